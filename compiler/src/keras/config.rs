@@ -1,0 +1,308 @@
+//! The model config, in either dialect, parsed into one functional form: layers with
+//! the tensors each call receives. Sequential models become a chain here, so nothing
+//! downstream distinguishes the two.
+
+use crate::error::{Error, Result};
+use serde_json::Value;
+
+/// A reference to a tensor: output `index` of the `node`-th call of `layer`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorRef {
+    /// The producing layer's name.
+    pub layer: String,
+    /// Which call of that layer (shared layers are called more than once).
+    pub node: usize,
+    /// Which output of that call.
+    pub index: usize,
+}
+
+/// One layer of a model and the calls made to it.
+#[derive(Debug, Clone)]
+pub struct LayerEntry {
+    /// The layer's name, unique within its model.
+    pub name: String,
+    /// The Keras class name, e.g. `Dense`.
+    pub class: String,
+    /// The layer's own config object.
+    pub config: Value,
+    /// For each call, the tensors passed in, in order.
+    pub calls: Vec<Vec<TensorRef>>,
+    /// For a nested model, its parsed config.
+    pub model: Option<Box<ModelConfig>>,
+}
+
+/// A Sequential or Functional model in functional form.
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    /// The model's name.
+    pub name: String,
+    /// Its layers in the file's order (InputLayers included).
+    pub layers: Vec<LayerEntry>,
+    /// The model's inputs, in Keras's order.
+    pub inputs: Vec<TensorRef>,
+    /// The model's outputs, in Keras's order.
+    pub outputs: Vec<TensorRef>,
+    /// Whether the config itself starts with an InputLayer. Keras 2 then numbers the
+    /// calls of this model, nested in another, from 1 rather than 0.
+    pub declares_input: bool,
+}
+
+const MAX_NESTING: usize = 16;
+const MODEL_CLASSES: &[&str] = &["Sequential", "Functional", "Model"];
+
+/// Parses `{"class_name": "Sequential"|"Functional"|"Model", "config": {...}}`.
+pub fn parse_model(json: &Value) -> Result<ModelConfig> {
+    parse_model_at(json, 0)
+}
+
+fn parse_model_at(json: &Value, depth: usize) -> Result<ModelConfig> {
+    if depth > MAX_NESTING {
+        return Err(Error::new(format!(
+            "models nest deeper than {MAX_NESTING} levels"
+        )));
+    }
+    let class = json.get("class_name").and_then(Value::as_str).unwrap_or("");
+    let config = json
+        .get("config")
+        .filter(|c| c.is_object())
+        .ok_or_else(|| Error::new("the model has no `config` object"))?;
+    let name = config
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or("model")
+        .to_string();
+    let layers = config
+        .get("layers")
+        .and_then(Value::as_array)
+        .ok_or_else(|| Error::new(format!("model `{name}` ({class}) has no `layers` list")))?;
+    let model = match class {
+        "Sequential" => parse_sequential(&name, config, layers, depth),
+        "Functional" | "Model" => parse_functional(&name, config, layers, depth),
+        other => Err(Error::new(format!(
+            "the top-level object is a `{other}`; expected a Sequential or Functional model"
+        ))),
+    }?;
+    check_names(&model)?;
+    Ok(model)
+}
+
+fn parse_entry(raw: &Value, depth: usize, fallback_name: String) -> Result<LayerEntry> {
+    let class = raw
+        .get("class_name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| Error::new("a layer has no `class_name`"))?
+        .to_string();
+    let config = raw.get("config").cloned().unwrap_or(Value::Null);
+    let name = raw
+        .get("name")
+        .or_else(|| config.get("name"))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or(fallback_name);
+    let model = if MODEL_CLASSES.contains(&class.as_str()) {
+        Some(Box::new(
+            parse_model_at(raw, depth + 1).map_err(|e| e.in_layer(&name, &class))?,
+        ))
+    } else {
+        None
+    };
+    Ok(LayerEntry {
+        name,
+        class,
+        config,
+        calls: Vec::new(),
+        model,
+    })
+}
+
+fn parse_sequential(
+    name: &str,
+    config: &Value,
+    layers: &[Value],
+    depth: usize,
+) -> Result<ModelConfig> {
+    let mut entries = Vec::with_capacity(layers.len() + 1);
+    for (i, raw) in layers.iter().enumerate() {
+        entries.push(parse_entry(raw, depth, format!("{name}_layer_{i}"))?);
+    }
+    let declares_input = entries.first().is_some_and(|e| e.class == "InputLayer");
+    if !declares_input {
+        let shape = entries
+            .first()
+            .and_then(|e| e.config.get("batch_input_shape").or_else(|| e.config.get("batch_shape")))
+            .or_else(|| config.get("build_input_shape"))
+            .cloned()
+            .ok_or_else(|| {
+                Error::new(format!(
+                    "Sequential model `{name}` records no input shape; build it with an Input before saving"
+                ))
+            })?;
+        let input_name = format!("{name}_input");
+        entries.insert(
+            0,
+            LayerEntry {
+                name: input_name.clone(),
+                class: "InputLayer".into(),
+                config: serde_json::json!({ "batch_shape": shape, "name": input_name }),
+                calls: Vec::new(),
+                model: None,
+            },
+        );
+    }
+    for i in 1..entries.len() {
+        let prev = entries[i - 1].name.clone();
+        entries[i].calls.push(vec![TensorRef {
+            layer: prev,
+            node: 0,
+            index: 0,
+        }]);
+    }
+    let first = &entries[0].name;
+    let last = &entries[entries.len() - 1].name;
+    Ok(ModelConfig {
+        name: name.to_string(),
+        inputs: vec![TensorRef {
+            layer: first.clone(),
+            node: 0,
+            index: 0,
+        }],
+        outputs: vec![TensorRef {
+            layer: last.clone(),
+            node: 0,
+            index: 0,
+        }],
+        layers: entries,
+        declares_input,
+    })
+}
+
+fn parse_functional(
+    name: &str,
+    config: &Value,
+    layers: &[Value],
+    depth: usize,
+) -> Result<ModelConfig> {
+    let mut entries = Vec::with_capacity(layers.len());
+    for (i, raw) in layers.iter().enumerate() {
+        let mut entry = parse_entry(raw, depth, format!("{name}_layer_{i}"))?;
+        let nodes = raw
+            .get("inbound_nodes")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for node in &nodes {
+            let call = parse_node(node).map_err(|e| e.in_layer(&entry.name, &entry.class))?;
+            entry.calls.push(call);
+        }
+        entries.push(entry);
+    }
+    let ends = |key: &str| -> Result<Vec<TensorRef>> {
+        let v = config
+            .get(key)
+            .ok_or_else(|| Error::new(format!("model `{name}` has no `{key}`")))?;
+        match v.as_array() {
+            // A lone triple when the model has a single input or output.
+            Some(items) if items.first().is_some_and(Value::is_string) => Ok(vec![tensor_ref(v)?]),
+            Some(items) => items.iter().map(tensor_ref).collect(),
+            None => match v.as_object() {
+                Some(map) => map.values().map(tensor_ref).collect(),
+                None => Err(Error::new(format!("model `{name}`: `{key}` is not a list"))),
+            },
+        }
+    };
+    Ok(ModelConfig {
+        name: name.to_string(),
+        inputs: ends("input_layers")?,
+        outputs: ends("output_layers")?,
+        layers: entries,
+        declares_input: true,
+    })
+}
+
+/// One inbound node: Keras 3 `{"args": [...], "kwargs": {...}}` holding
+/// `__keras_tensor__` objects, or Keras 2 `[[name, node, index, kwargs], ...]`.
+fn parse_node(node: &Value) -> Result<Vec<TensorRef>> {
+    if let Some(args) = node.get("args") {
+        let mut out = Vec::new();
+        collect_keras_tensors(args, &mut out, 0)?;
+        return Ok(out);
+    }
+    match node.as_array() {
+        Some(items) => items.iter().map(tensor_ref).collect(),
+        None => Err(Error::new(format!(
+            "unreadable inbound node: {}",
+            short(node)
+        ))),
+    }
+}
+
+fn collect_keras_tensors(v: &Value, out: &mut Vec<TensorRef>, depth: usize) -> Result<()> {
+    if depth > MAX_NESTING {
+        return Err(Error::new("call arguments nest too deeply"));
+    }
+    match v {
+        Value::Array(items) => {
+            for item in items {
+                collect_keras_tensors(item, out, depth + 1)?;
+            }
+        }
+        Value::Object(map)
+            if map.get("class_name").and_then(Value::as_str) == Some("__keras_tensor__") =>
+        {
+            let history = map
+                .get("config")
+                .and_then(|c| c.get("keras_history"))
+                .ok_or_else(|| Error::new("a tensor argument has no `keras_history`"))?;
+            out.push(tensor_ref(history)?);
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn tensor_ref(v: &Value) -> Result<TensorRef> {
+    let bad = || {
+        Error::new(format!(
+            "expected a tensor reference [layer, node, index], found {}",
+            short(v)
+        ))
+    };
+    let items = v.as_array().ok_or_else(bad)?;
+    let layer = items
+        .first()
+        .and_then(Value::as_str)
+        .ok_or_else(bad)?
+        .to_string();
+    let num = |i: usize| items.get(i).and_then(Value::as_u64).map(|n| n as usize);
+    Ok(TensorRef {
+        layer,
+        node: num(1).ok_or_else(bad)?,
+        index: num(2).ok_or_else(bad)?,
+    })
+}
+
+fn check_names(model: &ModelConfig) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    for layer in &model.layers {
+        if !seen.insert(layer.name.as_str()) {
+            return Err(Error::new(format!(
+                "model `{}` has two layers named `{}`",
+                model.name, layer.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A value shortened for an error message.
+pub fn short(v: &Value) -> String {
+    let s = v.to_string();
+    if s.len() > 80 {
+        format!(
+            "{}...",
+            &s[..s.char_indices().nth(77).map_or(s.len(), |(i, _)| i)]
+        )
+    } else {
+        s
+    }
+}

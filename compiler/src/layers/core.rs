@@ -1,0 +1,452 @@
+//! Core layers: Dense, the inference no-ops (Dropout and friends), Flatten, Reshape,
+//! Permute, RepeatVector, Rescaling and Normalization.
+
+use super::activation::Activation;
+use super::{axes, elements, resolve_axis, BuildFn, LayerCtx, Lowered, Op, Weight};
+use crate::error::{Error, Result};
+use crate::graph::Shape;
+use ndarray::{ArrayD, Axis, IxDyn, Zip};
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Supported layer classes.
+pub const LAYERS: &[(&str, BuildFn)] = &[
+    ("Dense", build_dense),
+    ("Dropout", build_identity),
+    ("SpatialDropout1D", build_identity),
+    ("SpatialDropout2D", build_identity),
+    ("SpatialDropout3D", build_identity),
+    ("GaussianNoise", build_identity),
+    ("GaussianDropout", build_identity),
+    ("AlphaDropout", build_identity),
+    ("ActivityRegularization", build_identity),
+    ("Identity", build_identity),
+    ("Flatten", build_flatten),
+    ("Reshape", build_reshape),
+    ("Permute", build_permute),
+    ("RepeatVector", build_repeat_vector),
+    ("Rescaling", build_rescaling),
+    ("Normalization", build_normalization),
+];
+
+/// `y = act(x W + b)` along the last axis.
+#[derive(Debug)]
+pub struct DenseOp {
+    /// `[in, units]`.
+    pub kernel: Weight,
+    /// `[units]`, when the layer has one.
+    pub bias: Option<Weight>,
+    /// Fused activation.
+    pub activation: Activation,
+    /// Rows per call (all axes but the last).
+    pub rows: usize,
+}
+
+impl Op for DenseOp {
+    fn eval(&self, inputs: &[&ArrayD<f32>]) -> Vec<ArrayD<f32>> {
+        let x = inputs[0];
+        let (k, n) = (self.kernel.shape()[0], self.kernel.shape()[1]);
+        let w = self.kernel.as_slice().unwrap_or_default();
+        let xs = x.as_slice().unwrap_or_default();
+        let mut out = vec![0f32; self.rows * n];
+        let mut acc = vec![0f64; n];
+        for r in 0..self.rows {
+            match &self.bias {
+                Some(b) => acc
+                    .iter_mut()
+                    .zip(b.iter())
+                    .for_each(|(a, &b)| *a = b as f64),
+                None => acc.fill(0.0),
+            }
+            for (i, &xv) in xs[r * k..(r + 1) * k].iter().enumerate() {
+                let xv = xv as f64;
+                for (a, &wv) in acc.iter_mut().zip(&w[i * n..(i + 1) * n]) {
+                    *a += xv * wv as f64;
+                }
+            }
+            for (o, &a) in out[r * n..(r + 1) * n].iter_mut().zip(&acc) {
+                *o = a as f32;
+            }
+        }
+        let mut shape = x.shape().to_vec();
+        *shape.last_mut().unwrap_or(&mut 0) = n;
+        let mut y = ArrayD::from_shape_vec(IxDyn(&shape), out)
+            .unwrap_or_else(|_| ArrayD::zeros(IxDyn(&shape)));
+        self.activation.apply(&mut y);
+        vec![y]
+    }
+    fn flops(&self) -> u64 {
+        let n = self.kernel.shape()[1];
+        (2 * self.kernel.len() as u64 + self.activation.flops_per_element() * n as u64)
+            * self.rows as u64
+    }
+}
+
+fn build_dense(ctx: &mut LayerCtx) -> Result<Lowered> {
+    #[derive(Deserialize)]
+    struct Config {
+        units: usize,
+        #[serde(default = "yes")]
+        use_bias: bool,
+    }
+    let c: Config = ctx.parse()?;
+    let activation = Activation::from_config(ctx.config.get("activation"), ctx.dialect)?;
+    let shape = ctx.input()?.clone();
+    if shape.len() < 2 {
+        return Err(Error::new(format!(
+            "expected an input of rank 2 or more, found {shape:?}"
+        )));
+    }
+    let k = shape[shape.len() - 1];
+    let kernel = ctx.weight("kernel", &[k, c.units])?;
+    let bias = if c.use_bias {
+        Some(ctx.weight("bias", &[c.units])?)
+    } else {
+        None
+    };
+    let mut out = shape.clone();
+    *out.last_mut().unwrap_or(&mut 0) = c.units;
+    activation.check_rank(out.len())?;
+    let rows = shape[..shape.len() - 1].iter().product();
+    Ok(Lowered::one(
+        DenseOp {
+            kernel,
+            bias,
+            activation,
+            rows,
+        },
+        out,
+    ))
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A layer that does nothing at inference (Dropout and friends).
+#[derive(Debug)]
+pub struct IdentityOp;
+
+impl Op for IdentityOp {
+    fn eval(&self, inputs: &[&ArrayD<f32>]) -> Vec<ArrayD<f32>> {
+        vec![inputs[0].clone()]
+    }
+    fn flops(&self) -> u64 {
+        0
+    }
+    fn is_identity(&self) -> bool {
+        true
+    }
+}
+
+fn build_identity(ctx: &mut LayerCtx) -> Result<Lowered> {
+    Ok(Lowered::one(IdentityOp, ctx.input()?.clone()))
+}
+
+/// A change of shape that keeps the row-major order of the values.
+#[derive(Debug)]
+pub struct ReshapeOp {
+    /// Output shape, batch first.
+    pub shape: Shape,
+}
+
+impl Op for ReshapeOp {
+    fn eval(&self, inputs: &[&ArrayD<f32>]) -> Vec<ArrayD<f32>> {
+        let data: Vec<f32> = inputs[0].iter().copied().collect();
+        vec![ArrayD::from_shape_vec(IxDyn(&self.shape), data)
+            .unwrap_or_else(|_| ArrayD::zeros(IxDyn(&self.shape)))]
+    }
+    fn flops(&self) -> u64 {
+        0
+    }
+}
+
+fn build_flatten(ctx: &mut LayerCtx) -> Result<Lowered> {
+    if let Some(format) = ctx.config.get("data_format").and_then(Value::as_str) {
+        super::geometry::check_channels_last(Some(format))?;
+    }
+    let shape = ctx.input()?;
+    let out = vec![shape[0], shape[1..].iter().product()];
+    Ok(Lowered::one(ReshapeOp { shape: out.clone() }, out))
+}
+
+fn build_reshape(ctx: &mut LayerCtx) -> Result<Lowered> {
+    #[derive(Deserialize)]
+    struct Config {
+        target_shape: Vec<i64>,
+    }
+    let c: Config = ctx.parse()?;
+    let shape = ctx.input()?;
+    let total: usize = shape[1..].iter().product();
+    let known: i64 = c.target_shape.iter().filter(|&&d| d != -1).product();
+    let unknown = c.target_shape.iter().filter(|&&d| d == -1).count();
+    let bad = || {
+        Error::new(format!(
+            "cannot reshape {:?} (per sample) to {:?}",
+            &shape[1..],
+            c.target_shape
+        ))
+    };
+    if unknown > 1 || c.target_shape.iter().any(|&d| d < -1 || d == 0) || known <= 0 {
+        return Err(bad());
+    }
+    let mut out = vec![shape[0]];
+    for &d in &c.target_shape {
+        out.push(if d == -1 {
+            total / known as usize
+        } else {
+            d as usize
+        });
+    }
+    if out[1..].iter().product::<usize>() != total {
+        return Err(bad());
+    }
+    Ok(Lowered::one(ReshapeOp { shape: out.clone() }, out))
+}
+
+/// Reorders the axes after the batch.
+#[derive(Debug)]
+struct PermuteOp {
+    order: Vec<usize>,
+}
+
+impl Op for PermuteOp {
+    fn eval(&self, inputs: &[&ArrayD<f32>]) -> Vec<ArrayD<f32>> {
+        vec![inputs[0]
+            .view()
+            .permuted_axes(IxDyn(&self.order))
+            .as_standard_layout()
+            .into_owned()]
+    }
+    fn flops(&self) -> u64 {
+        0
+    }
+}
+
+fn build_permute(ctx: &mut LayerCtx) -> Result<Lowered> {
+    #[derive(Deserialize)]
+    struct Config {
+        dims: Vec<usize>,
+    }
+    let c: Config = ctx.parse()?;
+    let shape = ctx.input()?;
+    let mut sorted = c.dims.clone();
+    sorted.sort_unstable();
+    if sorted != (1..shape.len()).collect::<Vec<_>>() {
+        return Err(Error::new(format!(
+            "dims {:?} is not a permutation of 1..={} for input {shape:?}",
+            c.dims,
+            shape.len() - 1
+        )));
+    }
+    let mut order = vec![0];
+    order.extend(&c.dims);
+    let out = order.iter().map(|&d| shape[d]).collect();
+    Ok(Lowered::one(PermuteOp { order }, out))
+}
+
+/// `[batch, features]` to `[batch, n, features]`.
+#[derive(Debug)]
+struct RepeatOp {
+    n: usize,
+}
+
+impl Op for RepeatOp {
+    fn eval(&self, inputs: &[&ArrayD<f32>]) -> Vec<ArrayD<f32>> {
+        let x = inputs[0];
+        let (b, f) = (x.shape()[0], x.shape()[1]);
+        let mut out = ArrayD::zeros(IxDyn(&[b, self.n, f]));
+        for (mut o, xi) in out.outer_iter_mut().zip(x.outer_iter()) {
+            for mut row in o.outer_iter_mut() {
+                row.assign(&xi);
+            }
+        }
+        vec![out]
+    }
+    fn flops(&self) -> u64 {
+        0
+    }
+}
+
+fn build_repeat_vector(ctx: &mut LayerCtx) -> Result<Lowered> {
+    #[derive(Deserialize)]
+    struct Config {
+        n: usize,
+    }
+    let c: Config = ctx.parse()?;
+    let shape = ctx.input()?;
+    if shape.len() != 2 {
+        return Err(Error::new(format!(
+            "expected a rank-2 input, found {shape:?}"
+        )));
+    }
+    let out = vec![shape[0], c.n, shape[1]];
+    elements(&out)?;
+    Ok(Lowered::one(RepeatOp { n: c.n }, out))
+}
+
+/// `y = x * scale + offset`, or a normalisation `(x - mean) / std`, with per-axis
+/// values broadcast against one sample.
+#[derive(Debug)]
+struct AffineOp {
+    scale: ArrayD<f32>,
+    offset: ArrayD<f32>,
+    elements: usize,
+}
+
+impl Op for AffineOp {
+    fn eval(&self, inputs: &[&ArrayD<f32>]) -> Vec<ArrayD<f32>> {
+        let mut out = inputs[0].clone();
+        for mut sample in out.outer_iter_mut() {
+            Zip::from(&mut sample)
+                .and_broadcast(&self.scale)
+                .and_broadcast(&self.offset)
+                .for_each(|v, &s, &o| *v = (*v as f64 * s as f64 + o as f64) as f32);
+        }
+        vec![out]
+    }
+    fn flops(&self) -> u64 {
+        2 * self.elements as u64
+    }
+}
+
+fn scalar_or_list(v: Option<&Value>, default: f32) -> Result<Vec<f32>> {
+    match v {
+        None | Some(Value::Null) => Ok(vec![default]),
+        Some(Value::Number(n)) => Ok(vec![n.as_f64().unwrap_or(default as f64) as f32]),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|i| {
+                i.as_f64()
+                    .map(|f| f as f32)
+                    .ok_or_else(|| Error::new(format!("expected numbers, found {i}")))
+            })
+            .collect(),
+        Some(other) => Err(Error::new(format!(
+            "expected a number or a list, found {other}"
+        ))),
+    }
+}
+
+/// A per-channel (last axis) or scalar value, shaped to broadcast against one sample.
+fn along_last(values: Vec<f32>, sample: &[usize]) -> Result<ArrayD<f32>> {
+    let mut shape = vec![1; sample.len()];
+    if values.len() != 1 {
+        if sample.last() != Some(&values.len()) {
+            return Err(Error::new(format!(
+                "{} values do not fit the last axis of {sample:?}",
+                values.len()
+            )));
+        }
+        *shape.last_mut().unwrap_or(&mut 0) = values.len();
+    }
+    ArrayD::from_shape_vec(IxDyn(&shape), values).map_err(|e| Error::new(e.to_string()))
+}
+
+fn build_rescaling(ctx: &mut LayerCtx) -> Result<Lowered> {
+    let shape = ctx.input()?.clone();
+    let scale = along_last(scalar_or_list(ctx.config.get("scale"), 1.0)?, &shape[1..])?;
+    let offset = along_last(scalar_or_list(ctx.config.get("offset"), 0.0)?, &shape[1..])?;
+    let elements = shape.iter().product();
+    Ok(Lowered::one(
+        AffineOp {
+            scale,
+            offset,
+            elements,
+        },
+        shape,
+    ))
+}
+
+fn build_normalization(ctx: &mut LayerCtx) -> Result<Lowered> {
+    #[derive(Deserialize)]
+    struct Config {
+        #[serde(default = "last_axis", deserialize_with = "maybe_axes")]
+        axis: Vec<i64>,
+        #[serde(default)]
+        invert: bool,
+    }
+    fn last_axis() -> Vec<i64> {
+        vec![-1]
+    }
+    fn maybe_axes<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> std::result::Result<Vec<i64>, D::Error> {
+        let v = Option::<Value>::deserialize(d)?;
+        match v {
+            None | Some(Value::Null) => Ok(Vec::new()),
+            Some(v) => axes(v).map_err(serde::de::Error::custom),
+        }
+    }
+    let c: Config = ctx.parse()?;
+    let shape = ctx.input()?.clone();
+    let rank = shape.len();
+    let mut keep: Vec<usize> = c
+        .axis
+        .iter()
+        .map(|&a| resolve_axis(a, rank))
+        .collect::<Result<_>>()?;
+    keep.sort_unstable();
+    if keep.contains(&0) {
+        return Err(Error::new(
+            "normalizing along the batch axis is not supported",
+        ));
+    }
+    let stat_shape: Vec<usize> = keep.iter().map(|&d| shape[d]).collect();
+    let mut broadcast = vec![1; rank - 1];
+    for &d in &keep {
+        broadcast[d - 1] = shape[d];
+    }
+    let count = elements(&stat_shape)?;
+    let (mean, variance) = match ctx.config.get("mean").filter(|m| !m.is_null()) {
+        Some(m) => {
+            let mean = scalar_or_list(Some(m), 0.0)?;
+            let var = scalar_or_list(ctx.config.get("variance"), 1.0)?;
+            let fit = |v: Vec<f32>| -> Result<Vec<f32>> {
+                match v.len() {
+                    1 => Ok(vec![v[0]; count]),
+                    n if n == count => Ok(v),
+                    n => Err(Error::new(format!(
+                        "{n} mean/variance values do not fit shape {stat_shape:?}"
+                    ))),
+                }
+            };
+            (fit(mean)?, fit(var)?)
+        }
+        None => {
+            let mean = ctx.weight("mean", &stat_shape)?;
+            let variance = ctx.weight("variance", &stat_shape)?;
+            ctx.weight("count", &[])?;
+            (mean.into_iter().collect(), variance.into_iter().collect())
+        }
+    };
+    // Keras divides by max(sqrt(variance), epsilon) with its epsilon 1e-7.
+    let std: Vec<f32> = variance
+        .iter()
+        .map(|&v| (v as f64).sqrt().max(1e-7) as f32)
+        .collect();
+    let to = |v: Vec<f32>| {
+        ArrayD::from_shape_vec(IxDyn(&broadcast), v).map_err(|e| Error::new(e.to_string()))
+    };
+    let (scale, offset): (Vec<f32>, Vec<f32>) = if c.invert {
+        (std.clone(), mean.clone())
+    } else {
+        (
+            std.iter().map(|&s| (1.0 / s as f64) as f32).collect(),
+            mean.iter()
+                .zip(&std)
+                .map(|(&m, &s)| (-(m as f64) / s as f64) as f32)
+                .collect(),
+        )
+    };
+    let elements = shape.iter().product();
+    let _ = Axis(0);
+    Ok(Lowered::one(
+        AffineOp {
+            scale: to(scale)?,
+            offset: to(offset)?,
+            elements,
+        },
+        shape,
+    ))
+}

@@ -1,0 +1,178 @@
+//! Shape arithmetic shared by the layer families: window geometry for convolution and
+//! pooling (Keras's padding rules), and grouping a tensor by a set of axes.
+//!
+//! Spatial layers of every rank are handled as 3-D: a 1-D length `L` is `[1, 1, L]` and a
+//! 2-D image `[1, H, W]`, so one loop nest serves Conv1D, Conv2D and Conv3D alike.
+
+use crate::error::{Error, Result};
+use ndarray::{ArrayD, IxDyn};
+
+/// One spatial axis of a sliding window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// Input length.
+    pub input: usize,
+    /// Output length.
+    pub output: usize,
+    /// Kernel taps.
+    pub kernel: usize,
+    /// Step between outputs.
+    pub stride: usize,
+    /// Spacing between taps.
+    pub dilation: usize,
+    /// Zero rows before the input (the rest of the padding goes after).
+    pub pad_before: usize,
+}
+
+impl Window {
+    /// A window with no effect: length-1 axis used to lift 1-D and 2-D layers to 3-D.
+    pub const UNIT: Window = Window {
+        input: 1,
+        output: 1,
+        kernel: 1,
+        stride: 1,
+        dilation: 1,
+        pad_before: 0,
+    };
+
+    /// Keras's output length and padding for `padding` in {valid, same, causal}.
+    /// "same" pads `total / 2` before and the rest after, like TensorFlow.
+    pub fn new(
+        input: usize,
+        kernel: usize,
+        stride: usize,
+        dilation: usize,
+        padding: &str,
+    ) -> Result<Window> {
+        if kernel == 0 || stride == 0 || dilation == 0 {
+            return Err(Error::new(format!(
+                "kernel size, strides and dilation must be positive (found {kernel}, {stride}, {dilation})"
+            )));
+        }
+        let span = dilation
+            .checked_mul(kernel - 1)
+            .and_then(|s| s.checked_add(1))
+            .ok_or_else(|| Error::new("kernel span overflows"))?;
+        let (output, pad_before) = match padding {
+            "valid" => {
+                if input < span {
+                    return Err(Error::new(format!(
+                        "input length {input} is shorter than the kernel span {span} with padding valid"
+                    )));
+                }
+                ((input - span) / stride + 1, 0)
+            }
+            "same" => {
+                let output = input.div_ceil(stride);
+                let needed = (output - 1) * stride + span;
+                (output, needed.saturating_sub(input) / 2)
+            }
+            "causal" => ((input - 1) / stride + 1, span - 1),
+            other => {
+                return Err(Error::new(format!(
+                    "padding `{other}` is not one of valid, same, causal"
+                )))
+            }
+        };
+        Ok(Window {
+            input,
+            output,
+            kernel,
+            stride,
+            dilation,
+            pad_before,
+        })
+    }
+
+    /// Input position of tap `k` for output `o`, or `None` where it falls in padding.
+    #[inline]
+    pub fn source(&self, o: usize, k: usize) -> Option<usize> {
+        (o * self.stride + k * self.dilation)
+            .checked_sub(self.pad_before)
+            .filter(|&i| i < self.input)
+    }
+}
+
+/// Lifts per-axis values of a 1-, 2- or 3-D layer to 3-D, filling leading axes with `fill`.
+pub fn lift3<T: Copy>(values: &[T], fill: T) -> [T; 3] {
+    let mut out = [fill; 3];
+    let offset = 3 - values.len().min(3);
+    for (i, v) in values.iter().take(3).enumerate() {
+        out[offset + i] = *v;
+    }
+    out
+}
+
+/// Checks an `int or list` option has one value per spatial axis (an int repeats).
+pub fn per_axis(name: &str, values: &[usize], rank: usize) -> Result<Vec<usize>> {
+    match values.len() {
+        1 => Ok(vec![values[0]; rank]),
+        n if n == rank => Ok(values.to_vec()),
+        n => Err(Error::new(format!(
+            "`{name}` has {n} values, expected 1 or {rank}"
+        ))),
+    }
+}
+
+/// Checks a channels_last input of a spatial layer: `[batch, spatial x rank, channels]`.
+pub fn spatial_input(shape: &[usize], rank: usize) -> Result<(usize, Vec<usize>, usize)> {
+    if shape.len() != rank + 2 {
+        return Err(Error::new(format!(
+            "expected a rank-{} input (batch, {rank} spatial, channels), found shape {shape:?}",
+            rank + 2
+        )));
+    }
+    Ok((shape[0], shape[1..=rank].to_vec(), shape[rank + 1]))
+}
+
+/// Only channels_last is supported; says what to do otherwise.
+pub fn check_channels_last(data_format: Option<&str>) -> Result<()> {
+    match data_format {
+        None | Some("channels_last") => Ok(()),
+        Some(other) => Err(Error::new(format!(
+            "data_format `{other}` is not supported; re-save the model with channels_last"
+        ))),
+    }
+}
+
+/// Calls `f` on each group of values that share every index outside `axes`: `f` sees
+/// the group flattened in row-major order of `axes`. Used for softmax and the norms.
+pub fn for_each_group(a: &mut ArrayD<f32>, axes: &[usize], mut f: impl FnMut(&mut [f32])) {
+    let rank = a.ndim();
+    let mut order: Vec<usize> = (0..rank).filter(|d| !axes.contains(d)).collect();
+    order.extend(axes);
+    let group: usize = axes.iter().map(|&d| a.shape()[d]).product();
+    let permuted = a.view().permuted_axes(IxDyn(&order));
+    let mut flat: Vec<f32> = permuted.iter().copied().collect();
+    for chunk in flat.chunks_mut(group.max(1)) {
+        f(chunk);
+    }
+    let permuted_shape: Vec<usize> = order.iter().map(|&d| a.shape()[d]).collect();
+    let back = ArrayD::from_shape_vec(IxDyn(&permuted_shape), flat).expect("same element count");
+    let mut inverse = vec![0; rank];
+    for (i, &d) in order.iter().enumerate() {
+        inverse[d] = i;
+    }
+    a.assign(&back.permuted_axes(IxDyn(&inverse)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Window;
+
+    #[test]
+    fn same_padding_puts_the_odd_row_after() {
+        let w = Window::new(5, 4, 2, 1, "same").unwrap();
+        assert_eq!((w.output, w.pad_before), (3, 1));
+        let w = Window::new(6, 3, 1, 2, "same").unwrap();
+        assert_eq!((w.output, w.pad_before), (6, 2));
+    }
+
+    #[test]
+    fn valid_and_causal_lengths() {
+        assert_eq!(Window::new(7, 3, 2, 1, "valid").unwrap().output, 3);
+        let c = Window::new(7, 3, 1, 2, "causal").unwrap();
+        assert_eq!((c.output, c.pad_before), (7, 4));
+        assert!(Window::new(2, 3, 1, 1, "valid").is_err());
+    }
+}

@@ -1,0 +1,291 @@
+//! Merge layers: Add, Subtract, Multiply, Average, Maximum, Minimum (with broadcasting),
+//! Concatenate (any axis) and Dot (axes, normalize).
+
+use super::geometry::for_each_group;
+use super::{axes, resolve_axis, BuildFn, LayerCtx, Lowered, Op};
+use crate::error::{Error, Result};
+use crate::graph::Shape;
+use ndarray::{ArrayD, Axis, IxDyn};
+use serde::Deserialize;
+
+/// Supported layer classes.
+pub const LAYERS: &[(&str, BuildFn)] = &[
+    ("Add", build_elementwise::<ADD>),
+    ("Subtract", build_elementwise::<SUBTRACT>),
+    ("Multiply", build_elementwise::<MULTIPLY>),
+    ("Average", build_elementwise::<AVERAGE>),
+    ("Maximum", build_elementwise::<MAXIMUM>),
+    ("Minimum", build_elementwise::<MINIMUM>),
+    ("Concatenate", build_concatenate),
+    ("Dot", build_dot),
+];
+
+const ADD: u8 = 0;
+const SUBTRACT: u8 = 1;
+const MULTIPLY: u8 = 2;
+const AVERAGE: u8 = 3;
+const MAXIMUM: u8 = 4;
+const MINIMUM: u8 = 5;
+
+/// Folds its inputs elementwise, broadcasting them to a common shape.
+#[derive(Debug)]
+struct ElementwiseOp {
+    kind: u8,
+    out_shape: Shape,
+    inputs: usize,
+}
+
+impl Op for ElementwiseOp {
+    fn eval(&self, inputs: &[&ArrayD<f32>]) -> Vec<ArrayD<f32>> {
+        let shape = IxDyn(&self.out_shape);
+        let mut acc: ArrayD<f64> = match inputs[0].broadcast(shape.clone()) {
+            Some(v) => v.mapv(|x| x as f64),
+            None => ArrayD::zeros(shape.clone()),
+        };
+        for x in &inputs[1..] {
+            let Some(x) = x.broadcast(shape.clone()) else {
+                continue;
+            };
+            acc.zip_mut_with(&x, |a, &b| {
+                let b = b as f64;
+                *a = match self.kind {
+                    SUBTRACT => *a - b,
+                    MULTIPLY => *a * b,
+                    MAXIMUM => a.max(b),
+                    MINIMUM => a.min(b),
+                    _ => *a + b,
+                }
+            });
+        }
+        if self.kind == AVERAGE {
+            acc.mapv_inplace(|a| a / self.inputs as f64);
+        }
+        vec![acc.mapv(|a| a as f32)]
+    }
+    fn flops(&self) -> u64 {
+        (self.inputs.saturating_sub(1) * self.out_shape.iter().product::<usize>()) as u64
+    }
+}
+
+/// The numpy broadcast of several shapes.
+fn broadcast(shapes: &[Shape]) -> Result<Shape> {
+    let rank = shapes.iter().map(Vec::len).max().unwrap_or(0);
+    let mut out = vec![1; rank];
+    for s in shapes {
+        for (i, &d) in s.iter().enumerate() {
+            let o = &mut out[rank - s.len() + i];
+            if *o == 1 {
+                *o = d;
+            } else if d != 1 && d != *o {
+                return Err(Error::new(format!(
+                    "input shapes {shapes:?} do not broadcast together"
+                )));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn build_elementwise<const KIND: u8>(ctx: &mut LayerCtx) -> Result<Lowered> {
+    let n = ctx.inputs.len();
+    let expected_ok = if KIND == SUBTRACT { n == 2 } else { n >= 1 };
+    if !expected_ok {
+        return Err(Error::new(format!(
+            "expected {} inputs, found {n}",
+            if KIND == SUBTRACT { "2" } else { "1 or more" }
+        )));
+    }
+    let out = broadcast(ctx.inputs)?;
+    Ok(Lowered::one(
+        ElementwiseOp {
+            kind: KIND,
+            out_shape: out.clone(),
+            inputs: n,
+        },
+        out,
+    ))
+}
+
+/// Joins its inputs along one axis.
+#[derive(Debug)]
+struct ConcatOp {
+    axis: usize,
+}
+
+impl Op for ConcatOp {
+    fn eval(&self, inputs: &[&ArrayD<f32>]) -> Vec<ArrayD<f32>> {
+        let views: Vec<_> = inputs.iter().map(|a| a.view()).collect();
+        let joined = ndarray::concatenate(Axis(self.axis), &views)
+            .unwrap_or_else(|_| ArrayD::zeros(IxDyn(&[0])));
+        vec![joined.as_standard_layout().into_owned()]
+    }
+    fn flops(&self) -> u64 {
+        0
+    }
+}
+
+fn build_concatenate(ctx: &mut LayerCtx) -> Result<Lowered> {
+    #[derive(Deserialize)]
+    struct Config {
+        #[serde(default = "last")]
+        axis: i64,
+    }
+    fn last() -> i64 {
+        -1
+    }
+    let c: Config = ctx.parse()?;
+    let first = ctx
+        .inputs
+        .first()
+        .ok_or_else(|| Error::new("expected at least one input"))?;
+    let axis = resolve_axis(c.axis, first.len())?;
+    if axis == 0 {
+        return Err(Error::new(
+            "concatenating along the batch axis is not supported",
+        ));
+    }
+    let mut out = first.clone();
+    out[axis] = 0;
+    for s in ctx.inputs {
+        let same_elsewhere = s.len() == first.len()
+            && s.iter()
+                .zip(first)
+                .enumerate()
+                .all(|(i, (a, b))| i == axis || a == b);
+        if !same_elsewhere {
+            return Err(Error::new(format!(
+                "input shapes {:?} differ outside axis {}",
+                ctx.inputs, c.axis
+            )));
+        }
+        out[axis] += s[axis];
+    }
+    Ok(Lowered::one(ConcatOp { axis }, out))
+}
+
+/// `batch_dot` along one axis of each input, optionally of L2-normalized inputs.
+#[derive(Debug)]
+struct DotOp {
+    axes: [usize; 2],
+    normalize: bool,
+    out_shape: Shape,
+    contracted: usize,
+}
+
+impl DotOp {
+    /// One sample as a matrix with the contracted axis last (`first == false`) or first.
+    fn matrix(x: &ArrayD<f32>, axis: usize, contracted_first: bool) -> (Vec<f64>, usize) {
+        let rank = x.ndim();
+        let mut order: Vec<usize> = (0..rank).filter(|&d| d != axis).collect();
+        if contracted_first {
+            order.insert(0, axis);
+        } else {
+            order.push(axis);
+        }
+        let v = x.view().permuted_axes(IxDyn(&order));
+        let data: Vec<f64> = v.iter().map(|&a| a as f64).collect();
+        let others = x.len() / x.shape()[axis].max(1);
+        (data, others)
+    }
+}
+
+impl Op for DotOp {
+    fn eval(&self, inputs: &[&ArrayD<f32>]) -> Vec<ArrayD<f32>> {
+        let k = self.contracted;
+        let mut out = Vec::with_capacity(self.out_shape.iter().product());
+        let norm = |x: &ArrayD<f32>, axis: usize| {
+            let mut x = x.clone();
+            if self.normalize {
+                for_each_group(&mut x, &[axis], |g| {
+                    let n = g
+                        .iter()
+                        .map(|&v| (v as f64).powi(2))
+                        .sum::<f64>()
+                        .sqrt()
+                        .max(1e-12);
+                    g.iter_mut().for_each(|v| *v = (*v as f64 / n) as f32);
+                });
+            }
+            x
+        };
+        let (a, b) = (norm(inputs[0], self.axes[0]), norm(inputs[1], self.axes[1]));
+        for (sa, sb) in a.outer_iter().zip(b.outer_iter()) {
+            let (ma, m) = Self::matrix(&sa.to_owned(), self.axes[0] - 1, false);
+            let (mb, n) = Self::matrix(&sb.to_owned(), self.axes[1] - 1, true);
+            for i in 0..m {
+                for j in 0..n {
+                    let s: f64 = (0..k).map(|t| ma[i * k + t] * mb[t * n + j]).sum();
+                    out.push(s as f32);
+                }
+            }
+        }
+        vec![ArrayD::from_shape_vec(IxDyn(&self.out_shape), out)
+            .unwrap_or_else(|_| ArrayD::zeros(IxDyn(&self.out_shape)))]
+    }
+    fn flops(&self) -> u64 {
+        2 * self.contracted as u64 * self.out_shape.iter().product::<usize>() as u64
+    }
+}
+
+fn build_dot(ctx: &mut LayerCtx) -> Result<Lowered> {
+    #[derive(Deserialize)]
+    struct Config {
+        #[serde(deserialize_with = "axes")]
+        axes: Vec<i64>,
+        #[serde(default)]
+        normalize: bool,
+    }
+    let c: Config = ctx.parse()?;
+    let [s1, s2] = ctx.inputs else {
+        return Err(Error::new(format!(
+            "expected 2 inputs, found {}",
+            ctx.inputs.len()
+        )));
+    };
+    let (a1, a2) = match c.axes.as_slice() {
+        [a] => (*a, *a),
+        [a, b] => (*a, *b),
+        other => {
+            return Err(Error::new(format!(
+                "axes {other:?}: expected one or two axes"
+            )))
+        }
+    };
+    let (a1, a2) = (resolve_axis(a1, s1.len())?, resolve_axis(a2, s2.len())?);
+    if a1 == 0 || a2 == 0 || s1[0] != s2[0] {
+        return Err(Error::new(format!(
+            "cannot take the dot product of {s1:?} and {s2:?} along axes {:?}",
+            c.axes
+        )));
+    }
+    if s1[a1] != s2[a2] {
+        return Err(Error::new(format!(
+            "axis {a1} of {s1:?} and axis {a2} of {s2:?} differ in length"
+        )));
+    }
+    let mut out = vec![s1[0]];
+    out.extend(
+        s1.iter()
+            .enumerate()
+            .skip(1)
+            .filter(|(i, _)| *i != a1)
+            .map(|(_, &d)| d),
+    );
+    out.extend(
+        s2.iter()
+            .enumerate()
+            .skip(1)
+            .filter(|(i, _)| *i != a2)
+            .map(|(_, &d)| d),
+    );
+    if out.len() == 1 {
+        out.push(1);
+    }
+    let op = DotOp {
+        axes: [a1, a2],
+        normalize: c.normalize,
+        out_shape: out.clone(),
+        contracted: s1[a1],
+    };
+    Ok(Lowered::one(op, out))
+}

@@ -1,0 +1,237 @@
+//! What each Keras layer means. One file per layer family; each exports a table of
+//! `(class name, build function)` and nothing else needs to change to add a layer.
+//!
+//! A build function reads the layer's config into a typed struct, checks its input
+//! shapes and weights, and returns an [`Op`]: the layer with every shape fixed, which
+//! knows its reference semantics, its output shapes and its cost.
+
+pub mod activation;
+pub mod conv;
+pub mod core;
+pub mod geometry;
+pub mod merge;
+pub mod norm;
+pub mod pool;
+pub mod spatial;
+
+use crate::error::{Error, Result};
+use crate::graph::Shape;
+use crate::keras::hdf5::Tensor;
+use crate::keras::Dialect;
+use ndarray::{ArrayD, IxDyn};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::Value;
+
+/// A layer lowered for fixed shapes.
+pub trait Op: std::fmt::Debug + Send + Sync {
+    /// Reference semantics: computes the outputs from the inputs (standard layout).
+    fn eval(&self, inputs: &[&ArrayD<f32>]) -> Vec<ArrayD<f32>>;
+    /// Floating-point operations per call (a multiply-add counts two).
+    fn flops(&self) -> u64;
+    /// True when the op passes its single input through unchanged at inference.
+    fn is_identity(&self) -> bool {
+        false
+    }
+}
+
+/// What a build function returns: the op and the shape of each output.
+pub struct Lowered {
+    /// The op.
+    pub op: Box<dyn Op>,
+    /// Output shapes, batch first.
+    pub outputs: Vec<Shape>,
+}
+
+impl Lowered {
+    /// A single-output op.
+    pub fn one(op: impl Op + 'static, shape: Shape) -> Self {
+        Lowered {
+            op: Box::new(op),
+            outputs: vec![shape],
+        }
+    }
+}
+
+/// Builds one call of a layer.
+pub type BuildFn = fn(&mut LayerCtx) -> Result<Lowered>;
+
+/// Every supported class, from each family's table.
+const FAMILIES: &[&[(&str, BuildFn)]] = &[
+    core::LAYERS,
+    activation::LAYERS,
+    conv::LAYERS,
+    pool::LAYERS,
+    norm::LAYERS,
+    spatial::LAYERS,
+    merge::LAYERS,
+];
+
+/// The build function for a Keras class, if kerac supports it.
+pub fn lookup(class: &str) -> Option<BuildFn> {
+    FAMILIES
+        .iter()
+        .flat_map(|f| f.iter())
+        .find(|(name, _)| *name == class)
+        .map(|(_, f)| *f)
+}
+
+/// Names of all supported layer classes, sorted.
+pub fn supported() -> Vec<&'static str> {
+    let mut names: Vec<&str> = FAMILIES
+        .iter()
+        .flat_map(|f| f.iter())
+        .map(|(n, _)| *n)
+        .collect();
+    names.sort_unstable();
+    names
+}
+
+/// A weight bound to a layer: its values with the shape the layer expects.
+pub type Weight = ArrayD<f32>;
+
+/// Everything a build function may look at for one call of one layer.
+pub struct LayerCtx<'a> {
+    /// The layer's config object.
+    pub config: &'a Value,
+    /// Which Keras wrote the file.
+    pub dialect: Dialect,
+    /// Input shapes, batch first.
+    pub inputs: &'a [Shape],
+    weights: &'a [&'a Tensor],
+    taken: usize,
+    params: usize,
+}
+
+impl<'a> LayerCtx<'a> {
+    /// A context over a layer's config, input shapes and stored weights.
+    pub fn new(
+        config: &'a Value,
+        dialect: Dialect,
+        inputs: &'a [Shape],
+        weights: &'a [&'a Tensor],
+    ) -> Self {
+        LayerCtx {
+            config,
+            dialect,
+            inputs,
+            weights,
+            taken: 0,
+            params: 0,
+        }
+    }
+
+    /// The config as a typed struct; unknown keys are ignored, missing ones use defaults.
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T> {
+        T::deserialize(self.config).map_err(|e| Error::new(format!("config: {e}")))
+    }
+
+    /// The only input's shape; an error if the layer got several.
+    pub fn input(&self) -> Result<&'a Shape> {
+        match self.inputs {
+            [one] => Ok(one),
+            other => Err(Error::new(format!(
+                "expected one input, found {}",
+                other.len()
+            ))),
+        }
+    }
+
+    /// The next stored weight, which must be called `name` (where the file names its
+    /// weights) and have `shape`.
+    pub fn weight(&mut self, name: &str, shape: &[usize]) -> Result<Weight> {
+        let Some(t) = self.weights.get(self.taken) else {
+            return Err(Error::new(format!(
+                "weight `{name}` (shape {shape:?}) is missing: the file holds {} weights for this layer",
+                self.weights.len()
+            )));
+        };
+        let stored = t.name.rsplit('/').next().unwrap_or(&t.name);
+        let stored = stored.strip_suffix(":0").unwrap_or(stored);
+        let positional = stored.bytes().all(|b| b.is_ascii_digit());
+        if !positional && stored != name {
+            return Err(Error::new(format!(
+                "weight {} should be `{name}`, the file has `{}`",
+                self.taken, t.name
+            )));
+        }
+        if t.shape != shape {
+            return Err(Error::new(format!(
+                "weight `{name}` should have shape {shape:?}, the file has {:?}",
+                t.shape
+            )));
+        }
+        self.taken += 1;
+        self.params += t.data.len();
+        ArrayD::from_shape_vec(IxDyn(shape), t.data.clone())
+            .map_err(|e| Error::new(format!("weight `{name}`: {e}")))
+    }
+
+    /// Parameters taken so far; the builder checks nothing is left over.
+    pub fn finish(&self) -> Result<usize> {
+        if self.taken != self.weights.len() {
+            return Err(Error::new(format!(
+                "the file holds {} weights for this layer, its config uses {}",
+                self.weights.len(),
+                self.taken
+            )));
+        }
+        Ok(self.params)
+    }
+}
+
+/// Deserializes Keras's `int or list of ints` fields (kernel_size, strides, ...).
+pub fn int_or_list<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<usize>, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(usize),
+        Many(Vec<usize>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(n) => vec![n],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+/// Deserializes Keras's `int or list of ints` axis fields, negative values allowed.
+pub fn axes<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<i64>, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(i64),
+        Many(Vec<i64>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(n) => vec![n],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+/// Resolves a Keras axis (negative counts from the end) against a rank.
+pub fn resolve_axis(axis: i64, rank: usize) -> Result<usize> {
+    let r = rank as i64;
+    let a = if axis < 0 { axis + r } else { axis };
+    if (0..r).contains(&a) {
+        Ok(a as usize)
+    } else {
+        Err(Error::new(format!(
+            "axis {axis} is out of range for a rank-{rank} tensor"
+        )))
+    }
+}
+
+/// Number of elements of a shape, or an error if it overflows.
+pub fn elements(shape: &[usize]) -> Result<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .filter(|&n| n <= crate::graph::MAX_TENSOR_ELEMENTS)
+        .ok_or_else(|| {
+            Error::new(format!(
+                "shape {shape:?} has more elements than kerac supports"
+            ))
+        })
+}

@@ -1,0 +1,242 @@
+//! Spatial reshaping: ZeroPadding, Cropping and UpSampling in 1D/2D/3D (UpSampling2D
+//! also bilinear). Each maps output positions to input positions along every axis.
+
+use super::geometry::{check_channels_last, lift3, spatial_input};
+use super::{elements, int_or_list, BuildFn, LayerCtx, Lowered, Op};
+use crate::error::{Error, Result};
+use crate::graph::Shape;
+use ndarray::{ArrayD, IxDyn};
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Supported layer classes.
+pub const LAYERS: &[(&str, BuildFn)] = &[
+    ("ZeroPadding1D", build_padding::<1, true>),
+    ("ZeroPadding2D", build_padding::<2, true>),
+    ("ZeroPadding3D", build_padding::<3, true>),
+    ("Cropping1D", build_padding::<1, false>),
+    ("Cropping2D", build_padding::<2, false>),
+    ("Cropping3D", build_padding::<3, false>),
+    ("UpSampling1D", build_upsampling::<1>),
+    ("UpSampling2D", build_upsampling::<2>),
+    ("UpSampling3D", build_upsampling::<3>),
+];
+
+/// Where one output position along an axis reads from: nothing (zero padding), one
+/// input position, or a blend of two (bilinear).
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    Zero,
+    At(usize),
+    Blend(usize, usize, f64),
+}
+
+/// Builds each output value from sources along each of three lifted axes.
+#[derive(Debug)]
+struct ResampleOp {
+    sources: [Vec<Source>; 3],
+    input: [usize; 3],
+    channels: usize,
+    batch: usize,
+    out_shape: Shape,
+}
+
+impl ResampleOp {
+    fn taps(s: Source) -> [(Option<usize>, f64); 2] {
+        match s {
+            Source::Zero => [(None, 0.0), (None, 0.0)],
+            Source::At(i) => [(Some(i), 1.0), (None, 0.0)],
+            Source::Blend(a, b, t) => [(Some(a), 1.0 - t), (Some(b), t)],
+        }
+    }
+}
+
+impl Op for ResampleOp {
+    fn eval(&self, inputs: &[&ArrayD<f32>]) -> Vec<ArrayD<f32>> {
+        let x = inputs[0].as_slice().unwrap_or_default();
+        let [id, ih, iw] = self.input;
+        let c = self.channels;
+        let mut out = Vec::with_capacity(self.out_shape.iter().product());
+        let mut acc = vec![0f64; c];
+        for b in 0..self.batch {
+            for &sd in &self.sources[0] {
+                for &sh in &self.sources[1] {
+                    for &sw in &self.sources[2] {
+                        acc.fill(0.0);
+                        for (d, wd) in Self::taps(sd) {
+                            let Some(d) = d else { continue };
+                            for (h, wh) in Self::taps(sh) {
+                                let Some(h) = h else { continue };
+                                for (w, ww) in Self::taps(sw) {
+                                    let Some(w) = w else { continue };
+                                    let xi = (((b * id + d) * ih + h) * iw + w) * c;
+                                    let weight = wd * wh * ww;
+                                    for (a, &v) in acc.iter_mut().zip(&x[xi..xi + c]) {
+                                        *a += weight * v as f64;
+                                    }
+                                }
+                            }
+                        }
+                        out.extend(acc.iter().map(|&a| a as f32));
+                    }
+                }
+            }
+        }
+        vec![ArrayD::from_shape_vec(IxDyn(&self.out_shape), out)
+            .unwrap_or_else(|_| ArrayD::zeros(IxDyn(&self.out_shape)))]
+    }
+    fn flops(&self) -> u64 {
+        0
+    }
+}
+
+fn finish<const R: usize>(
+    batch: usize,
+    spatial: &[usize],
+    channels: usize,
+    sources: Vec<Vec<Source>>,
+) -> Result<Lowered> {
+    let mut out = vec![batch];
+    out.extend(sources.iter().map(Vec::len));
+    out.push(channels);
+    elements(&out)?;
+    let mut lifted: [Vec<Source>; 3] = std::array::from_fn(|_| vec![Source::At(0)]);
+    for (i, s) in sources.into_iter().enumerate() {
+        lifted[3 - R + i] = s;
+    }
+    let op = ResampleOp {
+        sources: lifted,
+        input: lift3(spatial, 1),
+        channels,
+        batch,
+        out_shape: out.clone(),
+    };
+    Ok(Lowered::one(op, out))
+}
+
+/// Keras's padding/cropping amounts: an int, one int per axis, or (before, after) pairs.
+fn amounts(v: Option<&Value>, rank: usize, default: usize) -> Result<Vec<(usize, usize)>> {
+    let bad = || Error::new(format!("unreadable padding/cropping amounts {v:?}"));
+    let Some(v) = v else {
+        return Ok(vec![(default, default); rank]);
+    };
+    if let Some(n) = v.as_u64() {
+        return Ok(vec![(n as usize, n as usize); rank]);
+    }
+    let items = v.as_array().ok_or_else(bad)?;
+    // 1-D layers take a bare (before, after) pair.
+    if rank == 1 && items.len() == 2 && items.iter().all(Value::is_u64) {
+        let n = |i: usize| items[i].as_u64().unwrap_or(0) as usize;
+        return Ok(vec![(n(0), n(1))]);
+    }
+    if items.len() != rank {
+        return Err(bad());
+    }
+    items
+        .iter()
+        .map(
+            |item| match int_or_list(item).map_err(|_| bad())?.as_slice() {
+                [n] => Ok((*n, *n)),
+                [a, b] => Ok((*a, *b)),
+                _ => Err(bad()),
+            },
+        )
+        .collect()
+}
+
+fn build_padding<const R: usize, const PAD: bool>(ctx: &mut LayerCtx) -> Result<Lowered> {
+    let format = ctx.config.get("data_format").and_then(Value::as_str);
+    check_channels_last(format)?;
+    let (batch, spatial, channels) = spatial_input(ctx.input()?, R)?;
+    let key = if PAD { "padding" } else { "cropping" };
+    let amounts = amounts(ctx.config.get(key), R, if PAD { 1 } else { 0 })?;
+    let mut sources = Vec::with_capacity(R);
+    for (i, &(before, after)) in amounts.iter().enumerate() {
+        let len = spatial[i];
+        let axis: Vec<Source> = if PAD {
+            let total = before
+                .checked_add(len)
+                .and_then(|n| n.checked_add(after))
+                .ok_or_else(|| Error::new("padding overflows"))?;
+            if total > crate::graph::MAX_TENSOR_ELEMENTS {
+                return Err(Error::new("padding makes the tensor too large"));
+            }
+            (0..total)
+                .map(|o| {
+                    o.checked_sub(before)
+                        .filter(|&i| i < len)
+                        .map_or(Source::Zero, Source::At)
+                })
+                .collect()
+        } else {
+            if before + after >= len {
+                return Err(Error::new(format!(
+                    "cropping ({before}, {after}) removes all of an axis of length {len}"
+                )));
+            }
+            (before..len - after).map(Source::At).collect()
+        };
+        sources.push(axis);
+    }
+    finish::<R>(batch, &spatial, channels, sources)
+}
+
+fn build_upsampling<const R: usize>(ctx: &mut LayerCtx) -> Result<Lowered> {
+    #[derive(Deserialize)]
+    struct Config {
+        #[serde(default)]
+        size: Option<Value>,
+        #[serde(default)]
+        length: Option<usize>,
+        data_format: Option<String>,
+        #[serde(default = "nearest")]
+        interpolation: String,
+    }
+    fn nearest() -> String {
+        "nearest".into()
+    }
+    let c: Config = ctx.parse()?;
+    check_channels_last(c.data_format.as_deref())?;
+    let (batch, spatial, channels) = spatial_input(ctx.input()?, R)?;
+    let size: Vec<usize> = match (&c.size, c.length) {
+        (Some(v), _) if !v.is_null() => {
+            int_or_list(v).map_err(|e| Error::new(format!("size: {e}")))?
+        }
+        (_, Some(n)) => vec![n],
+        _ => vec![2],
+    };
+    let size = super::geometry::per_axis("size", &size, R)?;
+    if size.contains(&0) {
+        return Err(Error::new("upsampling size must be positive"));
+    }
+    let bilinear =
+        match c.interpolation.as_str() {
+            "nearest" => false,
+            "bilinear" if R == 2 => true,
+            other => return Err(Error::new(format!(
+                "interpolation `{other}` is not supported; expected nearest (or bilinear in 2D)"
+            ))),
+        };
+    let mut sources = Vec::with_capacity(R);
+    for i in 0..R {
+        let (len, s) = (spatial[i], size[i]);
+        let total = len
+            .checked_mul(s)
+            .ok_or_else(|| Error::new("upsampling overflows"))?;
+        elements(&[total])?;
+        let axis = (0..total)
+            .map(|o| {
+                if !bilinear {
+                    return Source::At(o / s);
+                }
+                // Half-pixel centres, as tf.image.resize (antialias off) does.
+                let pos = ((o as f64 + 0.5) / s as f64 - 0.5).max(0.0);
+                let lo = (pos.floor() as usize).min(len - 1);
+                let hi = (lo + 1).min(len - 1);
+                Source::Blend(lo, hi, pos - lo as f64)
+            })
+            .collect();
+        sources.push(axis);
+    }
+    finish::<R>(batch, &spatial, channels, sources)
+}

@@ -1,0 +1,194 @@
+//! The `kerac` command. Argument parsing and printing only; the work is in the library.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use kerac_compiler::io::{self, IoFile};
+use kerac_compiler::report::Report;
+use kerac_compiler::{interp, BuildOptions, Error, Graph};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "kerac",
+    version,
+    about = "Ahead-of-time compiler for Keras models"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the layers, shapes, parameters and FLOPs of a model.
+    Inspect {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a model on inputs from a kerac-io/1 file and write its outputs.
+    Run {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Inputs (kerac-io/1 JSON).
+        #[arg(long)]
+        input: PathBuf,
+        /// Where to write the outputs; standard output when absent.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = Backend::Interp)]
+        backend: Backend,
+    },
+    /// Compare a model's outputs with recorded Keras outputs; exits 0 only if all match.
+    Check {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Recorded inputs and outputs (kerac-io/1 JSON).
+        #[arg(long)]
+        reference: PathBuf,
+        #[arg(long, value_enum, default_value_t = Backend::Interp)]
+        backend: Backend,
+    },
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// The model: .keras, .h5, or a config JSON.
+    model: PathBuf,
+    /// Weights file for a config JSON (default: <stem>.weights.h5 or <stem>.h5 beside it).
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Batch size to fix shapes with.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Shape of one sample of an input whose file shape leaves dimensions open:
+    /// NAME=D1,D2,...
+    #[arg(long = "input-shape", value_name = "NAME=D1,D2,...")]
+    input_shapes: Vec<String>,
+}
+
+/// Which implementation runs the model.
+#[derive(Clone, Copy, ValueEnum)]
+enum Backend {
+    /// The reference interpreter.
+    Interp,
+}
+
+impl ModelArgs {
+    fn load(&self) -> Result<Graph, Error> {
+        let mut input_shapes = HashMap::new();
+        for spec in &self.input_shapes {
+            let (name, dims) = spec.split_once('=').ok_or_else(|| {
+                Error::new(format!("--input-shape `{spec}`: expected NAME=D1,D2,..."))
+            })?;
+            let dims = dims
+                .split(',')
+                .map(|d| d.trim().parse::<usize>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| {
+                    Error::new(format!(
+                        "--input-shape `{spec}`: dimensions must be whole numbers"
+                    ))
+                })?;
+            input_shapes.insert(name.to_string(), dims);
+        }
+        let options = BuildOptions {
+            batch: self.batch,
+            input_shapes,
+        };
+        kerac_compiler::load(&self.model, self.weights.as_deref(), &options)
+    }
+}
+
+fn run_file(
+    graph: &Graph,
+    input: &Path,
+    backend: Backend,
+) -> Result<(IoFile, Vec<io::IoTensor>), Error> {
+    let file = IoFile::read(input)?;
+    let outputs = match backend {
+        Backend::Interp => io::run_samples(graph, &file.inputs, |x| interp::run(graph, x)),
+    }
+    .map_err(|e| e.in_file(input))?;
+    Ok((file, outputs))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match execute(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn execute(command: Command) -> Result<ExitCode, Error> {
+    match command {
+        Command::Inspect { model, json } => {
+            let graph = model.load()?;
+            let report = Report::new(&graph);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).map_err(|e| Error::new(e.to_string()))?
+                );
+            } else {
+                print!("{}", report.to_text());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run {
+            model,
+            input,
+            output,
+            backend,
+        } => {
+            let graph = model.load()?;
+            let (file, outputs) = run_file(&graph, &input, backend)?;
+            let result = IoFile {
+                format: io::FORMAT.into(),
+                model: Some(graph.name.clone()),
+                keras_version: graph.keras_version.clone(),
+                inputs: file.inputs,
+                outputs,
+                atol: None,
+                rtol: None,
+            };
+            let text = serde_json::to_string(&result).map_err(|e| Error::new(e.to_string()))?;
+            match output {
+                Some(path) => std::fs::write(&path, text)
+                    .map_err(|e| Error::new(format!("cannot write: {e}")).in_file(&path))?,
+                None => println!("{text}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check {
+            model,
+            reference,
+            backend,
+        } => {
+            let graph = model.load()?;
+            let (file, outputs) = run_file(&graph, &reference, backend)?;
+            let results = io::compare(&outputs, &file).map_err(|e| e.in_file(&reference))?;
+            let mut ok = true;
+            for c in &results {
+                let verdict = if c.mismatches == 0 { "ok" } else { "MISMATCH" };
+                println!(
+                    "{:<24} max abs err {:.3e}  max rel err {:.3e}  {}/{} outside tolerance  {verdict}",
+                    c.name, c.max_abs, c.max_rel, c.mismatches, c.total
+                );
+                ok &= c.mismatches == 0;
+            }
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}

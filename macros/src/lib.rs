@@ -1,0 +1,1 @@
+//! Proc macros for kerac; the code generation itself lives in `kerac-compiler`.

@@ -1,0 +1,1 @@
+//! Helpers for the conformance tests: finding the fixtures saved by real Keras.
