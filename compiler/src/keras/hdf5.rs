@@ -141,9 +141,21 @@ pub fn read_f32(group: &Group, name: &str, budget: &mut Budget) -> Result<Tensor
             ))
         })?;
     budget.left -= count * 4;
-    let data = guard(|| ds.read_array::<f32>())
-        .map_err(|e| Error::new(format!("weight `{name}` is not readable as float32: {e}")))?;
-    let data: Vec<f32> = data.into_iter().collect();
+    // Weights are float32; counters such as Normalization's `count` are integers.
+    let data: Vec<f32> = match ds.dtype() {
+        hdf5_reader::Datatype::FixedPoint { .. } => {
+            guard(|| ds.read_array::<i64>()).map(|a| a.into_iter().map(|v| v as f32).collect())
+        }
+        hdf5_reader::Datatype::FloatingPoint { size: 8, .. } => {
+            guard(|| ds.read_array::<f64>()).map(|a| a.into_iter().map(|v| v as f32).collect())
+        }
+        _ => guard(|| ds.read_array::<f32>()).map(|a| a.into_iter().collect()),
+    }
+    .map_err(|e| {
+        Error::new(format!(
+            "weight `{name}` is not readable as a number array: {e}"
+        ))
+    })?;
     if data.len() != count {
         return Err(Error::new(format!(
             "weight `{name}` holds {} values, its shape {shape:?} says {count}",

@@ -294,7 +294,15 @@ fn build_depthwise<const R: usize>(ctx: &mut LayerCtx) -> Result<Lowered> {
     let c: Config = ctx.parse()?;
     let g = geometry::<R>(ctx, &c)?;
     let activation = Activation::from_config(ctx.config.get("activation"), ctx.dialect)?;
-    let op = depthwise_op::<R>(ctx, &c, &g, "kernel", c.use_bias, activation)?;
+    // Keras 2 names the depthwise kernel `depthwise_kernel`, Keras 3 `kernel`.
+    let op = depthwise_op::<R>(
+        ctx,
+        &c,
+        &g,
+        "kernel|depthwise_kernel",
+        c.use_bias,
+        activation,
+    )?;
     let out = op.out_shape.clone();
     Ok(Lowered::one(op, out))
 }

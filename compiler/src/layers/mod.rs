@@ -138,7 +138,8 @@ impl<'a> LayerCtx<'a> {
     }
 
     /// The next stored weight, which must be called `name` (where the file names its
-    /// weights) and have `shape`.
+    /// weights; `a|b` accepts either, for names that differ between Keras versions)
+    /// and have `shape`.
     pub fn weight(&mut self, name: &str, shape: &[usize]) -> Result<Weight> {
         let Some(t) = self.weights.get(self.taken) else {
             return Err(Error::new(format!(
@@ -149,7 +150,7 @@ impl<'a> LayerCtx<'a> {
         let stored = t.name.rsplit('/').next().unwrap_or(&t.name);
         let stored = stored.strip_suffix(":0").unwrap_or(stored);
         let positional = stored.bytes().all(|b| b.is_ascii_digit());
-        if !positional && stored != name {
+        if !positional && !name.split('|').any(|n| n == stored) {
             return Err(Error::new(format!(
                 "weight {} should be `{name}`, the file has `{}`",
                 self.taken, t.name

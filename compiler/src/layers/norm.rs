@@ -139,14 +139,11 @@ impl Op for LayerNormOp {
         let mut out = inputs[0].clone();
         for_each_group(&mut out, &self.axes, |g| {
             let n = g.len() as f64;
-            let (mean, denom) = if self.rms {
-                let ms = g.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / n;
-                (0.0, (ms + self.epsilon).sqrt())
-            } else {
-                let mean = g.iter().map(|&v| v as f64).sum::<f64>() / n;
-                let var = g.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
-                (mean, (var + self.epsilon).sqrt())
-            };
+            let mean = g.iter().map(|&v| v as f64).sum::<f64>() / n;
+            let var = g.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+            let denom = (var + self.epsilon).sqrt();
+            // Keras's rms_scaling divides by the same deviation but does not centre.
+            let mean = if self.rms { 0.0 } else { mean };
             for (i, v) in g.iter_mut().enumerate() {
                 let mut y = (*v as f64 - mean) / denom;
                 if let Some(gamma) = &self.gamma {

@@ -209,14 +209,15 @@ fn build_upsampling<const R: usize>(ctx: &mut LayerCtx) -> Result<Lowered> {
     if size.contains(&0) {
         return Err(Error::new("upsampling size must be positive"));
     }
-    let bilinear =
-        match c.interpolation.as_str() {
-            "nearest" => false,
-            "bilinear" if R == 2 => true,
-            other => return Err(Error::new(format!(
+    let bilinear = match c.interpolation.as_str() {
+        "nearest" => false,
+        "bilinear" if R == 2 => true,
+        other => {
+            return Err(Error::new(format!(
                 "interpolation `{other}` is not supported; expected nearest (or bilinear in 2D)"
-            ))),
-        };
+            )))
+        }
+    };
     let mut sources = Vec::with_capacity(R);
     for i in 0..R {
         let (len, s) = (spatial[i], size[i]);

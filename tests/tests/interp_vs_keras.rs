@@ -1,0 +1,105 @@
+//! Every fixture, in every file dialect, through the reference interpreter, compared
+//! with the outputs real Keras recorded.
+
+use kerac_compiler::io::{self, IoFile};
+use kerac_compiler::{interp, layers, BuildOptions};
+use kerac_conformance::fixtures;
+use std::collections::{BTreeMap, BTreeSet};
+
+#[test]
+fn interpreter_matches_keras_on_every_fixture_and_dialect() {
+    let all = fixtures();
+    assert!(
+        all.len() >= 50,
+        "expected the committed fixtures, found {}",
+        all.len()
+    );
+    let mut failures = Vec::new();
+    for f in &all {
+        let result = (|| {
+            let graph = kerac_compiler::load(&f.model, None, &BuildOptions::default())?;
+            let reference = IoFile::read(&f.reference)?;
+            let outputs = io::run_samples(&graph, &reference.inputs, |x| interp::run(&graph, x))?;
+            io::compare(&outputs, &reference)
+        })();
+        match result {
+            Ok(cmp) => {
+                for c in cmp.iter().filter(|c| c.mismatches > 0) {
+                    failures.push(format!(
+                        "{}: output `{}`: {}/{} values off (max abs {:.3e}, max rel {:.3e})",
+                        f.label(),
+                        c.name,
+                        c.mismatches,
+                        c.total,
+                        c.max_abs,
+                        c.max_rel
+                    ));
+                }
+            }
+            Err(e) => failures.push(format!("{}: {e}", f.label())),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn batched_run_matches_keras() {
+    // The recorded samples run as one batch give the same values as one at a time.
+    for f in fixtures().iter().filter(|f| f.file == "k3.keras") {
+        let reference = IoFile::read(&f.reference).unwrap();
+        let samples = reference.inputs[0].shape[0];
+        let options = BuildOptions {
+            batch: samples,
+            ..Default::default()
+        };
+        let graph = kerac_compiler::load(&f.model, None, &options).unwrap();
+        let outputs =
+            io::run_samples(&graph, &reference.inputs, |x| interp::run(&graph, x)).unwrap();
+        for c in io::compare(&outputs, &reference).unwrap() {
+            assert_eq!(
+                c.mismatches,
+                0,
+                "{}: output {} at batch {samples}",
+                f.label(),
+                c.name
+            );
+        }
+    }
+}
+
+/// Layer classes that Keras 2 (tf-keras) does not have, or Keras 3 dropped.
+const KERAS3_ONLY: &[&str] = &[];
+const KERAS2_ONLY: &[&str] = &["ThresholdedReLU"];
+
+#[test]
+fn every_supported_layer_has_a_fixture_in_every_dialect_that_has_it() {
+    let mut seen: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for f in fixtures() {
+        let graph = kerac_compiler::load(&f.model, None, &BuildOptions::default()).unwrap();
+        for node in &graph.nodes {
+            seen.entry(f.file.clone())
+                .or_default()
+                .insert(node.class.clone());
+        }
+    }
+    let mut missing = Vec::new();
+    for class in layers::supported() {
+        for file in ["k3.keras", "k3.h5", "k2.h5"] {
+            let exempt = (file.starts_with("k2") && KERAS3_ONLY.contains(&class))
+                || (file.starts_with("k3") && KERAS2_ONLY.contains(&class));
+            if !exempt && !seen.get(file).is_some_and(|s| s.contains(class)) {
+                missing.push(format!("{class} in {file}"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "supported layers without a Keras fixture: {}",
+        missing.join(", ")
+    );
+}
