@@ -11,8 +11,9 @@ use std::path::PathBuf;
 /// A tensor shape, batch first.
 pub type Shape = Vec<usize>;
 
-/// The largest tensor kerac accepts (elements); keeps hostile shapes from allocating.
-pub const MAX_TENSOR_ELEMENTS: usize = 1 << 31;
+/// The largest tensor kerac accepts: 2^28 elements (1 GiB of float32), far beyond what
+/// a statically planned model holds, and a bound on what a hostile shape can claim.
+pub const MAX_TENSOR_ELEMENTS: usize = 1 << 28;
 
 /// A tensor of the graph.
 #[derive(Debug, Clone)]

@@ -8,14 +8,24 @@ use hdf5_reader::Hdf5File;
 
 /// Opens HDF5 bytes with limits suited to untrusted model files.
 pub fn open(bytes: Vec<u8>) -> Result<Hdf5File> {
+    let len = bytes.len() as u64;
     let limit = read_budget(bytes.len());
     let options = hdf5_reader::OpenOptions::default()
         .with_max_read_bytes(limit)
         .with_max_chunk_bytes(limit)
         .with_chunk_cache_bytes(0)
         .with_max_object_header_bytes(limit.min(64 << 20));
-    guard(|| Hdf5File::from_vec_with_options(bytes, options))
-        .map_err(|e| Error::new(format!("not a readable HDF5 file: {e}")))
+    let file = guard(|| Hdf5File::from_vec_with_options(bytes, options))
+        .map_err(|e| Error::new(format!("not a readable HDF5 file: {e}")))?;
+    // HDF5 records its own length: a shorter file was cut off in transfer or on disk.
+    let sb = file.superblock();
+    let expected = sb.base_address.saturating_add(sb.eof_address);
+    if expected > len {
+        return Err(Error::new(format!(
+            "the HDF5 data is truncated: it records {expected} bytes, {len} are present"
+        )));
+    }
+    Ok(file)
 }
 
 /// The most bytes of decoded data a file of `file_len` bytes may make us hold: Keras

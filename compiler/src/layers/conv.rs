@@ -7,7 +7,7 @@
 
 use super::activation::Activation;
 use super::geometry::{check_channels_last, lift3, per_axis, spatial_input, Window};
-use super::{int_or_list, BuildFn, LayerCtx, Lowered, Op};
+use super::{elements, int_or_list, BuildFn, LayerCtx, Lowered, Op};
 use crate::error::{Error, Result};
 use crate::graph::Shape;
 use ndarray::{ArrayD, IxDyn};
@@ -472,25 +472,35 @@ fn build_transpose<const R: usize>(ctx: &mut LayerCtx) -> Result<Lowered> {
                 "kernel size, strides and dilation must be positive",
             ));
         }
-        let span = d * (k - 1) + 1;
+        let overflow = || Error::new("transposed convolution sizes overflow");
+        let span = d
+            .checked_mul(k - 1)
+            .and_then(|v| v.checked_add(1))
+            .ok_or_else(overflow)?;
+        let full = (input - 1)
+            .checked_mul(s)
+            .and_then(|v| v.checked_add(span))
+            .ok_or_else(overflow)?;
         // Keras's output length for a transposed convolution.
         let out_len = match (c.padding.as_str(), &output_padding) {
-            ("valid", None) => (input - 1) * s + span.max(s),
-            ("valid", Some(op)) => (input - 1) * s + span + op[i],
-            ("same", None) => input * s,
-            ("same", Some(op)) => ((input - 1) * s + span + op[i])
-                .checked_sub(2 * (span / 2))
-                .unwrap_or(0),
+            ("valid", None) => full - span + span.max(s),
+            ("valid", Some(op)) => full.checked_add(op[i]).ok_or_else(overflow)?,
+            ("same", None) => input.checked_mul(s).ok_or_else(overflow)?,
+            ("same", Some(op)) => full
+                .checked_add(op[i])
+                .ok_or_else(overflow)?
+                .saturating_sub(2 * (span / 2)),
             (other, _) => {
                 return Err(Error::new(format!(
                     "padding `{other}` is not one of valid, same"
                 )))
             }
         };
+        elements(&[out_len])?;
         if out_len == 0 {
             return Err(Error::new("the output would be empty"));
         }
-        let pad_total = ((input - 1) * s + span).saturating_sub(out_len);
+        let pad_total = full.saturating_sub(out_len);
         let pad_before = if c.padding == "same" {
             pad_total / 2
         } else {
@@ -517,7 +527,7 @@ fn build_transpose<const R: usize>(ctx: &mut LayerCtx) -> Result<Lowered> {
     let mut out = vec![g.batch];
     out.extend(w.iter().map(|w| w.input));
     out.push(filters);
-    super::elements(&out)?;
+    elements(&out)?;
     let activation = Activation::from_config(ctx.config.get("activation"), ctx.dialect)?;
     activation.check_rank(out.len())?;
     let op = TransposeOp {

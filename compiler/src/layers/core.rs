@@ -5,7 +5,7 @@ use super::activation::Activation;
 use super::{axes, elements, resolve_axis, BuildFn, LayerCtx, Lowered, Op, Weight};
 use crate::error::{Error, Result};
 use crate::graph::Shape;
-use ndarray::{ArrayD, Axis, IxDyn, Zip};
+use ndarray::{ArrayD, IxDyn, Zip};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -178,8 +178,6 @@ fn build_reshape(ctx: &mut LayerCtx) -> Result<Lowered> {
     let c: Config = ctx.parse()?;
     let shape = ctx.input()?;
     let total: usize = shape[1..].iter().product();
-    let known: i64 = c.target_shape.iter().filter(|&&d| d != -1).product();
-    let unknown = c.target_shape.iter().filter(|&&d| d == -1).count();
     let bad = || {
         Error::new(format!(
             "cannot reshape {:?} (per sample) to {:?}",
@@ -187,18 +185,28 @@ fn build_reshape(ctx: &mut LayerCtx) -> Result<Lowered> {
             c.target_shape
         ))
     };
-    if unknown > 1 || c.target_shape.iter().any(|&d| d < -1 || d == 0) || known <= 0 {
+    let unknown = c.target_shape.iter().filter(|&&d| d == -1).count();
+    if unknown > 1 || c.target_shape.iter().any(|&d| d < -1 || d == 0) {
         return Err(bad());
     }
+    let known = c
+        .target_shape
+        .iter()
+        .filter(|&&d| d != -1)
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d as usize))
+        .filter(|&k| k > 0 && total.is_multiple_of(k))
+        .ok_or_else(bad)?;
     let mut out = vec![shape[0]];
-    for &d in &c.target_shape {
-        out.push(if d == -1 {
-            total / known as usize
-        } else {
-            d as usize
-        });
-    }
-    if out[1..].iter().product::<usize>() != total {
+    out.extend(
+        c.target_shape
+            .iter()
+            .map(|&d| if d == -1 { total / known } else { d as usize }),
+    );
+    if out[1..]
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        != Some(total)
+    {
         return Err(bad());
     }
     Ok(Lowered::one(ReshapeOp { shape: out.clone() }, out))
@@ -393,33 +401,43 @@ fn build_normalization(ctx: &mut LayerCtx) -> Result<Lowered> {
         ));
     }
     let stat_shape: Vec<usize> = keep.iter().map(|&d| shape[d]).collect();
-    let mut broadcast = vec![1; rank - 1];
-    for &d in &keep {
-        broadcast[d - 1] = shape[d];
-    }
     let count = elements(&stat_shape)?;
-    let (mean, variance) = match ctx.config.get("mean").filter(|m| !m.is_null()) {
+    // Statistics from the config may be one value for all: keep it one value and let
+    // broadcasting spread it, so the config's size bounds what we hold.
+    let (mean, variance, held_shape) = match ctx.config.get("mean").filter(|m| !m.is_null()) {
         Some(m) => {
             let mean = scalar_or_list(Some(m), 0.0)?;
             let var = scalar_or_list(ctx.config.get("variance"), 1.0)?;
-            let fit = |v: Vec<f32>| -> Result<Vec<f32>> {
-                match v.len() {
-                    1 => Ok(vec![v[0]; count]),
-                    n if n == count => Ok(v),
-                    n => Err(Error::new(format!(
-                        "{n} mean/variance values do not fit shape {stat_shape:?}"
-                    ))),
-                }
+            let scalar = mean.len() == 1 && var.len() == 1;
+            if !scalar && (mean.len() != count || var.len() != count) {
+                return Err(Error::new(format!(
+                    "{} mean and {} variance values do not fit shape {stat_shape:?}",
+                    mean.len(),
+                    var.len()
+                )));
+            }
+            let held = if scalar {
+                vec![1; keep.len()]
+            } else {
+                stat_shape.clone()
             };
-            (fit(mean)?, fit(var)?)
+            (mean, var, held)
         }
         None => {
             let mean = ctx.weight("mean", &stat_shape)?;
             let variance = ctx.weight("variance", &stat_shape)?;
             ctx.weight("count", &[])?;
-            (mean.into_iter().collect(), variance.into_iter().collect())
+            (
+                mean.into_iter().collect(),
+                variance.into_iter().collect(),
+                stat_shape.clone(),
+            )
         }
     };
+    let mut broadcast = vec![1; rank - 1];
+    for (&d, &n) in keep.iter().zip(&held_shape) {
+        broadcast[d - 1] = n;
+    }
     // Keras divides by max(sqrt(variance), epsilon) with its epsilon 1e-7.
     let std: Vec<f32> = variance
         .iter()
@@ -440,7 +458,6 @@ fn build_normalization(ctx: &mut LayerCtx) -> Result<Lowered> {
         )
     };
     let elements = shape.iter().product();
-    let _ = Axis(0);
     Ok(Lowered::one(
         AffineOp {
             scale: to(scale)?,

@@ -64,8 +64,8 @@ impl Window {
             }
             "same" => {
                 let output = input.div_ceil(stride);
-                let needed = (output - 1) * stride + span;
-                (output, needed.saturating_sub(input) / 2)
+                let needed = ((output - 1) as u128) * stride as u128 + span as u128;
+                (output, (needed.saturating_sub(input as u128) / 2) as usize)
             }
             "causal" => ((input - 1) / stride + 1, span - 1),
             other => {

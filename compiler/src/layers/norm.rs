@@ -83,23 +83,25 @@ fn build_batch_norm(ctx: &mut LayerCtx) -> Result<Lowered> {
     let axes = resolve_axes(&c.axis, shape.len())?;
     let params: Vec<usize> = axes.iter().map(|&a| shape[a]).collect();
     let eps = c.epsilon.unwrap_or(1e-3);
-    let n: usize = params.iter().product();
-    let ones = || vec![1f32; n];
-    let gamma: Vec<f32> = if c.scale {
-        ctx.weight("gamma", &params)?.into_iter().collect()
+    // Read every stored weight before making defaults: the stored statistics bound
+    // the sizes, so a hostile shape cannot make us allocate before the check.
+    let gamma = if c.scale {
+        Some(ctx.weight("gamma", &params)?)
     } else {
-        ones()
+        None
     };
-    let beta: Vec<f32> = if c.center {
-        ctx.weight("beta", &params)?.into_iter().collect()
+    let beta = if c.center {
+        Some(ctx.weight("beta", &params)?)
     } else {
-        vec![0.0; n]
+        None
     };
     let mean: Vec<f32> = ctx.weight("moving_mean", &params)?.into_iter().collect();
     let var: Vec<f32> = ctx
         .weight("moving_variance", &params)?
         .into_iter()
         .collect();
+    let gamma: Vec<f32> = gamma.map_or_else(|| vec![1.0; var.len()], |g| g.into_iter().collect());
+    let beta: Vec<f32> = beta.map_or_else(|| vec![0.0; var.len()], |b| b.into_iter().collect());
     let scale: Vec<f64> = gamma
         .iter()
         .zip(&var)

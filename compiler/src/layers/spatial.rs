@@ -31,24 +31,74 @@ enum Source {
     Blend(usize, usize, f64),
 }
 
-/// Builds each output value from sources along each of three lifted axes.
-#[derive(Debug)]
-struct ResampleOp {
-    sources: [Vec<Source>; 3],
-    input: [usize; 3],
-    channels: usize,
-    batch: usize,
-    out_shape: Shape,
+/// How output positions along one axis map to input positions; computed per position
+/// so that no table proportional to a (possibly hostile) length is built at load time.
+#[derive(Debug, Clone, Copy)]
+enum AxisMap {
+    /// `before` zeros, the input, then zeros up to `len`.
+    Pad {
+        before: usize,
+        input: usize,
+        len: usize,
+    },
+    /// The input from `before`, `len` positions.
+    Crop { before: usize, len: usize },
+    /// Each input position `scale` times.
+    Nearest { scale: usize, len: usize },
+    /// Linear interpolation with half-pixel centres, as tf.image.resize does.
+    Bilinear {
+        scale: usize,
+        input: usize,
+        len: usize,
+    },
 }
 
-impl ResampleOp {
-    fn taps(s: Source) -> [(Option<usize>, f64); 2] {
-        match s {
+impl AxisMap {
+    const UNIT: AxisMap = AxisMap::Crop { before: 0, len: 1 };
+
+    fn len(&self) -> usize {
+        match *self {
+            AxisMap::Pad { len, .. }
+            | AxisMap::Crop { len, .. }
+            | AxisMap::Nearest { len, .. }
+            | AxisMap::Bilinear { len, .. } => len,
+        }
+    }
+
+    fn source(&self, o: usize) -> Source {
+        match *self {
+            AxisMap::Pad { before, input, .. } => o
+                .checked_sub(before)
+                .filter(|&i| i < input)
+                .map_or(Source::Zero, Source::At),
+            AxisMap::Crop { before, .. } => Source::At(before + o),
+            AxisMap::Nearest { scale, .. } => Source::At(o / scale),
+            AxisMap::Bilinear { scale, input, .. } => {
+                let pos = ((o as f64 + 0.5) / scale as f64 - 0.5).max(0.0);
+                let lo = (pos.floor() as usize).min(input - 1);
+                let hi = (lo + 1).min(input - 1);
+                Source::Blend(lo, hi, pos - lo as f64)
+            }
+        }
+    }
+
+    fn taps(&self, o: usize) -> [(Option<usize>, f64); 2] {
+        match self.source(o) {
             Source::Zero => [(None, 0.0), (None, 0.0)],
             Source::At(i) => [(Some(i), 1.0), (None, 0.0)],
             Source::Blend(a, b, t) => [(Some(a), 1.0 - t), (Some(b), t)],
         }
     }
+}
+
+/// Builds each output value from sources along each of three lifted axes.
+#[derive(Debug)]
+struct ResampleOp {
+    axes: [AxisMap; 3],
+    input: [usize; 3],
+    channels: usize,
+    batch: usize,
+    out_shape: Shape,
 }
 
 impl Op for ResampleOp {
@@ -59,15 +109,15 @@ impl Op for ResampleOp {
         let mut out = Vec::with_capacity(self.out_shape.iter().product());
         let mut acc = vec![0f64; c];
         for b in 0..self.batch {
-            for &sd in &self.sources[0] {
-                for &sh in &self.sources[1] {
-                    for &sw in &self.sources[2] {
+            for od in 0..self.axes[0].len() {
+                for oh in 0..self.axes[1].len() {
+                    for ow in 0..self.axes[2].len() {
                         acc.fill(0.0);
-                        for (d, wd) in Self::taps(sd) {
+                        for (d, wd) in self.axes[0].taps(od) {
                             let Some(d) = d else { continue };
-                            for (h, wh) in Self::taps(sh) {
+                            for (h, wh) in self.axes[1].taps(oh) {
                                 let Some(h) = h else { continue };
-                                for (w, ww) in Self::taps(sw) {
+                                for (w, ww) in self.axes[2].taps(ow) {
                                     let Some(w) = w else { continue };
                                     let xi = (((b * id + d) * ih + h) * iw + w) * c;
                                     let weight = wd * wh * ww;
@@ -94,18 +144,14 @@ fn finish<const R: usize>(
     batch: usize,
     spatial: &[usize],
     channels: usize,
-    sources: Vec<Vec<Source>>,
+    maps: Vec<AxisMap>,
 ) -> Result<Lowered> {
     let mut out = vec![batch];
-    out.extend(sources.iter().map(Vec::len));
+    out.extend(maps.iter().map(AxisMap::len));
     out.push(channels);
     elements(&out)?;
-    let mut lifted: [Vec<Source>; 3] = std::array::from_fn(|_| vec![Source::At(0)]);
-    for (i, s) in sources.into_iter().enumerate() {
-        lifted[3 - R + i] = s;
-    }
     let op = ResampleOp {
-        sources: lifted,
+        axes: lift3(&maps, AxisMap::UNIT),
         input: lift3(spatial, 1),
         channels,
         batch,
@@ -150,35 +196,29 @@ fn build_padding<const R: usize, const PAD: bool>(ctx: &mut LayerCtx) -> Result<
     let (batch, spatial, channels) = spatial_input(ctx.input()?, R)?;
     let key = if PAD { "padding" } else { "cropping" };
     let amounts = amounts(ctx.config.get(key), R, if PAD { 1 } else { 0 })?;
-    let mut sources = Vec::with_capacity(R);
+    let mut maps = Vec::with_capacity(R);
     for (i, &(before, after)) in amounts.iter().enumerate() {
-        let len = spatial[i];
-        let axis: Vec<Source> = if PAD {
-            let total = before
-                .checked_add(len)
+        let input = spatial[i];
+        let map = if PAD {
+            let len = before
+                .checked_add(input)
                 .and_then(|n| n.checked_add(after))
                 .ok_or_else(|| Error::new("padding overflows"))?;
-            if total > crate::graph::MAX_TENSOR_ELEMENTS {
-                return Err(Error::new("padding makes the tensor too large"));
-            }
-            (0..total)
-                .map(|o| {
-                    o.checked_sub(before)
-                        .filter(|&i| i < len)
-                        .map_or(Source::Zero, Source::At)
-                })
-                .collect()
+            AxisMap::Pad { before, input, len }
         } else {
-            if before + after >= len {
+            if before.saturating_add(after) >= input {
                 return Err(Error::new(format!(
-                    "cropping ({before}, {after}) removes all of an axis of length {len}"
+                    "cropping ({before}, {after}) removes all of an axis of length {input}"
                 )));
             }
-            (before..len - after).map(Source::At).collect()
+            AxisMap::Crop {
+                before,
+                len: input - before - after,
+            }
         };
-        sources.push(axis);
+        maps.push(map);
     }
-    finish::<R>(batch, &spatial, channels, sources)
+    finish::<R>(batch, &spatial, channels, maps)
 }
 
 fn build_upsampling<const R: usize>(ctx: &mut LayerCtx) -> Result<Lowered> {
@@ -218,26 +258,17 @@ fn build_upsampling<const R: usize>(ctx: &mut LayerCtx) -> Result<Lowered> {
             )))
         }
     };
-    let mut sources = Vec::with_capacity(R);
+    let mut maps = Vec::with_capacity(R);
     for i in 0..R {
-        let (len, s) = (spatial[i], size[i]);
-        let total = len
-            .checked_mul(s)
+        let (input, scale) = (spatial[i], size[i]);
+        let len = input
+            .checked_mul(scale)
             .ok_or_else(|| Error::new("upsampling overflows"))?;
-        elements(&[total])?;
-        let axis = (0..total)
-            .map(|o| {
-                if !bilinear {
-                    return Source::At(o / s);
-                }
-                // Half-pixel centres, as tf.image.resize (antialias off) does.
-                let pos = ((o as f64 + 0.5) / s as f64 - 0.5).max(0.0);
-                let lo = (pos.floor() as usize).min(len - 1);
-                let hi = (lo + 1).min(len - 1);
-                Source::Blend(lo, hi, pos - lo as f64)
-            })
-            .collect();
-        sources.push(axis);
+        maps.push(if bilinear {
+            AxisMap::Bilinear { scale, input, len }
+        } else {
+            AxisMap::Nearest { scale, len }
+        });
     }
-    finish::<R>(batch, &spatial, channels, sources)
+    finish::<R>(batch, &spatial, channels, maps)
 }
