@@ -202,9 +202,16 @@ impl Builder<'_> {
                 let outputs = self
                     .call_layer(layer, call, &inputs, scope, prefix, &keys[i])
                     .map_err(|e| e.in_layer(&format!("{prefix}{}", layer.name), &layer.class))?;
-                // tf-keras skips a nested model's own first node when numbering calls.
+                // tf-keras skips a nested model's own first node when it numbers the
+                // calls written in a Functional config.
                 let skipped = match &layer.model {
-                    Some(inner) if self.dialect == Dialect::Keras2 && inner.declares_input => 1,
+                    Some(inner)
+                        if self.dialect == Dialect::Keras2
+                            && inner.declares_input
+                            && !model.sequential =>
+                    {
+                        1
+                    }
                     _ => 0,
                 };
                 produced.insert((layer.name.as_str(), call + skipped), outputs);

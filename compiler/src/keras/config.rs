@@ -45,6 +45,9 @@ pub struct ModelConfig {
     /// Whether the config itself starts with an InputLayer. Keras 2 then numbers the
     /// calls of this model, nested in another, from 1 rather than 0.
     pub declares_input: bool,
+    /// Whether this is a Sequential model, whose calls kerac chains itself rather
+    /// than reading them from the file.
+    pub sequential: bool,
 }
 
 const MAX_NESTING: usize = 16;
@@ -173,6 +176,7 @@ fn parse_sequential(
         }],
         layers: entries,
         declares_input,
+        sequential: true,
     })
 }
 
@@ -216,6 +220,7 @@ fn parse_functional(
         outputs: ends("output_layers")?,
         layers: entries,
         declares_input: true,
+        sequential: false,
     })
 }
 

@@ -153,18 +153,12 @@ impl ConvOp {
                             }
                             None => acc.fill(0.0),
                         }
-                        for kd in 0..wd.kernel {
-                            let Some(id) = wd.source(od, kd) else {
-                                continue;
-                            };
-                            for kh in 0..wh.kernel {
-                                let Some(ih) = wh.source(oh, kh) else {
-                                    continue;
-                                };
-                                for kw in 0..ww.kernel {
-                                    let Some(iw) = ww.source(ow, kw) else {
-                                        continue;
-                                    };
+                        for kd in wd.taps(od) {
+                            let id = wd.at(od, kd);
+                            for kh in wh.taps(oh) {
+                                let ih = wh.at(oh, kh);
+                                for kw in ww.taps(ow) {
+                                    let iw = ww.at(ow, kw);
                                     let xi = (((b * wd.input + id) * wh.input + ih) * ww.input
                                         + iw)
                                         * self.cin;
@@ -398,18 +392,12 @@ impl Op for TransposeOp {
                         let xi =
                             (((b * wd.output + id) * wh.output + ih) * ww.output + iw) * self.cin;
                         let xs = &x[xi..xi + self.cin];
-                        for kd in 0..wd.kernel {
-                            let Some(od) = wd.source(id, kd) else {
-                                continue;
-                            };
-                            for kh in 0..wh.kernel {
-                                let Some(oh) = wh.source(ih, kh) else {
-                                    continue;
-                                };
-                                for kw in 0..ww.kernel {
-                                    let Some(ow) = ww.source(iw, kw) else {
-                                        continue;
-                                    };
+                        for kd in wd.taps(id) {
+                            let od = wd.at(id, kd);
+                            for kh in wh.taps(ih) {
+                                let oh = wh.at(ih, kh);
+                                for kw in ww.taps(iw) {
+                                    let ow = ww.at(iw, kw);
                                     let oi =
                                         (((b * od_n + od) * oh_n + oh) * ow_n + ow) * self.cout;
                                     let ki = ((kd * wh.kernel + kh) * ww.kernel + kw)
@@ -483,7 +471,9 @@ fn build_transpose<const R: usize>(ctx: &mut LayerCtx) -> Result<Lowered> {
             .ok_or_else(overflow)?;
         // Keras's output length for a transposed convolution.
         let out_len = match (c.padding.as_str(), &output_padding) {
-            ("valid", None) => full - span + span.max(s),
+            ("valid", None) => (full - span)
+                .checked_add(span.max(s))
+                .ok_or_else(overflow)?,
             ("valid", Some(op)) => full.checked_add(op[i]).ok_or_else(overflow)?,
             ("same", None) => input.checked_mul(s).ok_or_else(overflow)?,
             ("same", Some(op)) => full

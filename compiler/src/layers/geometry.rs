@@ -84,12 +84,26 @@ impl Window {
         })
     }
 
-    /// Input position of tap `k` for output `o`, or `None` where it falls in padding.
+    /// The kernel taps of output `o` that land inside the input (not in padding):
+    /// loops visit only these, so a window far larger than its input costs nothing.
     #[inline]
-    pub fn source(&self, o: usize, k: usize) -> Option<usize> {
-        (o * self.stride + k * self.dilation)
-            .checked_sub(self.pad_before)
-            .filter(|&i| i < self.input)
+    pub fn taps(&self, o: usize) -> std::ops::Range<usize> {
+        let start = o * self.stride;
+        let lo = self
+            .pad_before
+            .saturating_sub(start)
+            .div_ceil(self.dilation);
+        let hi = (self.input + self.pad_before)
+            .saturating_sub(start)
+            .div_ceil(self.dilation)
+            .min(self.kernel);
+        lo.min(hi)..hi
+    }
+
+    /// Input position of tap `k` of output `o`, for `k` in [`Window::taps`]`(o)`.
+    #[inline]
+    pub fn at(&self, o: usize, k: usize) -> usize {
+        o * self.stride + k * self.dilation - self.pad_before
     }
 }
 
@@ -166,6 +180,31 @@ mod tests {
         assert_eq!((w.output, w.pad_before), (3, 1));
         let w = Window::new(6, 3, 1, 2, "same").unwrap();
         assert_eq!((w.output, w.pad_before), (6, 2));
+    }
+
+    #[test]
+    fn taps_are_exactly_those_inside_the_input() {
+        for (input, kernel, stride, dilation, padding) in [
+            (7, 3, 2, 1, "same"),
+            (5, 4, 1, 2, "same"),
+            (9, 3, 3, 2, "causal"),
+            (3, 1000, 1, 1, "same"),
+        ] {
+            let w = Window::new(input, kernel, stride, dilation, padding).unwrap();
+            for o in 0..w.output {
+                let expected: Vec<usize> = (0..kernel)
+                    .filter(|&k| {
+                        let p = (o * stride + k * dilation) as i64 - w.pad_before as i64;
+                        (0..input as i64).contains(&p)
+                    })
+                    .collect();
+                assert_eq!(
+                    w.taps(o).collect::<Vec<_>>(),
+                    expected,
+                    "{input} {kernel} {stride} {dilation} {padding} o={o}"
+                );
+            }
+        }
     }
 
     #[test]

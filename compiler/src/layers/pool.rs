@@ -47,18 +47,12 @@ impl Op for PoolOp {
                     for ow in 0..ww.output {
                         acc.fill(if self.max { f64::NEG_INFINITY } else { 0.0 });
                         let mut count = 0usize;
-                        for kd in 0..wd.kernel {
-                            let Some(id) = wd.source(od, kd) else {
-                                continue;
-                            };
-                            for kh in 0..wh.kernel {
-                                let Some(ih) = wh.source(oh, kh) else {
-                                    continue;
-                                };
-                                for kw in 0..ww.kernel {
-                                    let Some(iw) = ww.source(ow, kw) else {
-                                        continue;
-                                    };
+                        for kd in wd.taps(od) {
+                            let id = wd.at(od, kd);
+                            for kh in wh.taps(oh) {
+                                let ih = wh.at(oh, kh);
+                                for kw in ww.taps(ow) {
+                                    let iw = ww.at(ow, kw);
                                     let xi =
                                         (((b * wd.input + id) * wh.input + ih) * ww.input + iw) * c;
                                     count += 1;
