@@ -78,6 +78,16 @@ impl IoFile {
     }
 }
 
+/// Per-sample input shapes from recorded inputs, by name: fills dimensions a model file
+/// leaves open when the user gives none.
+pub fn input_shapes(inputs: &[IoTensor]) -> std::collections::HashMap<String, Vec<usize>> {
+    inputs
+        .iter()
+        .filter(|t| !t.shape.is_empty())
+        .map(|t| (t.name.clone(), t.shape[1..].to_vec()))
+        .collect()
+}
+
 /// Runs every sample of `inputs` through `run`, `graph.batch` samples at a time, and
 /// returns the outputs with the samples' axis first.
 pub fn run_samples(

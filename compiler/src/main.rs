@@ -4,7 +4,6 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use kerac_compiler::io::{self, IoFile};
 use kerac_compiler::report::Report;
 use kerac_compiler::{interp, BuildOptions, Error, Graph};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -78,8 +77,12 @@ enum Backend {
 }
 
 impl ModelArgs {
-    fn load(&self) -> Result<Graph, Error> {
-        let mut input_shapes = HashMap::new();
+    /// Loads the model; `recorded` fills open dimensions from recorded inputs, where
+    /// `--input-shape` does not give them.
+    fn load(&self, recorded: Option<&IoFile>) -> Result<Graph, Error> {
+        let mut input_shapes = recorded
+            .map(|f| io::input_shapes(&f.inputs))
+            .unwrap_or_default();
         for spec in &self.input_shapes {
             let (name, dims) = spec.split_once('=').ok_or_else(|| {
                 Error::new(format!("--input-shape `{spec}`: expected NAME=D1,D2,..."))
@@ -105,10 +108,10 @@ impl ModelArgs {
 
 fn run_file(
     graph: &Graph,
+    file: IoFile,
     input: &Path,
     backend: Backend,
 ) -> Result<(IoFile, Vec<io::IoTensor>), Error> {
-    let file = IoFile::read(input)?;
     let outputs = match backend {
         Backend::Interp => io::run_samples(graph, &file.inputs, |x| interp::run(graph, x)),
     }
@@ -130,7 +133,7 @@ fn main() -> ExitCode {
 fn execute(command: Command) -> Result<ExitCode, Error> {
     match command {
         Command::Inspect { model, json } => {
-            let graph = model.load()?;
+            let graph = model.load(None)?;
             let report = Report::new(&graph);
             if json {
                 println!(
@@ -148,8 +151,9 @@ fn execute(command: Command) -> Result<ExitCode, Error> {
             output,
             backend,
         } => {
-            let graph = model.load()?;
-            let (file, outputs) = run_file(&graph, &input, backend)?;
+            let file = IoFile::read(&input)?;
+            let graph = model.load(Some(&file))?;
+            let (file, outputs) = run_file(&graph, file, &input, backend)?;
             let result = IoFile {
                 format: io::FORMAT.into(),
                 model: Some(graph.name.clone()),
@@ -172,8 +176,9 @@ fn execute(command: Command) -> Result<ExitCode, Error> {
             reference,
             backend,
         } => {
-            let graph = model.load()?;
-            let (file, outputs) = run_file(&graph, &reference, backend)?;
+            let file = IoFile::read(&reference)?;
+            let graph = model.load(Some(&file))?;
+            let (file, outputs) = run_file(&graph, file, &reference, backend)?;
             let results = io::compare(&outputs, &file).map_err(|e| e.in_file(&reference))?;
             let mut ok = true;
             for c in &results {

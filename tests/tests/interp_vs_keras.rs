@@ -17,8 +17,12 @@ fn interpreter_matches_keras_on_every_fixture_and_dialect() {
     let mut failures = Vec::new();
     for f in &all {
         let result = (|| {
-            let graph = kerac_compiler::load(&f.model, None, &BuildOptions::default())?;
             let reference = IoFile::read(&f.reference)?;
+            let options = BuildOptions {
+                input_shapes: io::input_shapes(&reference.inputs),
+                ..Default::default()
+            };
+            let graph = kerac_compiler::load(&f.model, None, &options)?;
             let outputs = io::run_samples(&graph, &reference.inputs, |x| interp::run(&graph, x))?;
             io::compare(&outputs, &reference)
         })();
@@ -55,7 +59,7 @@ fn batched_run_matches_keras() {
         let samples = reference.inputs[0].shape[0];
         let options = BuildOptions {
             batch: samples,
-            ..Default::default()
+            input_shapes: io::input_shapes(&reference.inputs),
         };
         let graph = kerac_compiler::load(&f.model, None, &options).unwrap();
         let outputs =
@@ -80,7 +84,12 @@ const KERAS2_ONLY: &[&str] = &["ThresholdedReLU"];
 fn every_supported_layer_has_a_fixture_in_every_dialect_that_has_it() {
     let mut seen: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for f in fixtures() {
-        let graph = kerac_compiler::load(&f.model, None, &BuildOptions::default()).unwrap();
+        let reference = IoFile::read(&f.reference).unwrap();
+        let options = BuildOptions {
+            input_shapes: io::input_shapes(&reference.inputs),
+            ..Default::default()
+        };
+        let graph = kerac_compiler::load(&f.model, None, &options).unwrap();
         for node in &graph.nodes {
             seen.entry(f.file.clone())
                 .or_default()
@@ -102,4 +111,28 @@ fn every_supported_layer_has_a_fixture_in_every_dialect_that_has_it() {
         "supported layers without a Keras fixture: {}",
         missing.join(", ")
     );
+}
+
+#[test]
+fn open_dimensions_need_a_shape_and_say_how_to_give_it() {
+    for f in fixtures().iter().filter(|f| f.name == "open_length") {
+        let err = kerac_compiler::load(&f.model, None, &BuildOptions::default()).unwrap_err();
+        assert!(
+            err.file.is_some() && err.layer.is_some(),
+            "{}: {err}",
+            f.label()
+        );
+        assert!(
+            err.message.contains("--input-shape series=N,3"),
+            "{}: {err}",
+            f.label()
+        );
+        let mut options = BuildOptions::default();
+        options.input_shapes.insert("series".into(), vec![4, 5]);
+        let err = kerac_compiler::load(&f.model, None, &options).unwrap_err();
+        assert!(err.message.contains("does not fit"), "{}: {err}", f.label());
+        options.input_shapes.insert("series".into(), vec![30, 3]);
+        let graph = kerac_compiler::load(&f.model, None, &options).unwrap();
+        assert_eq!(graph.shape(graph.inputs[0].tensor), &vec![1, 30, 3]);
+    }
 }

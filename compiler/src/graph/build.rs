@@ -280,6 +280,8 @@ impl Builder<'_> {
             }
         }
         let per_sample: Vec<usize> = match self.options.input_shapes.get(&layer.name) {
+            // A shape given for a fully known input only has to agree with it.
+            Some(given) if declared.iter().all(Option::is_some) && given.len() == declared.len() && given.iter().zip(&declared).all(|(g, d)| *d == Some(*g)) => given.clone(),
             Some(given) => {
                 let fits = given.len() == declared.len() && given.iter().zip(&declared).all(|(g, d)| d.is_none_or(|d| d == *g));
                 if !fits {
