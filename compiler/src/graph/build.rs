@@ -92,6 +92,14 @@ fn build_inner(file: &ModelFile, options: &BuildOptions) -> Result<Graph> {
     })
 }
 
+/// The tensor a reference names, once its layer call has been built.
+fn resolve(produced: &HashMap<(&str, usize), Vec<usize>>, r: &TensorRef) -> Option<usize> {
+    produced
+        .get(&(r.layer.as_str(), r.node))
+        .and_then(|outs| outs.get(r.index))
+        .copied()
+}
+
 fn find_unsupported(model: &ModelConfig, out: &mut BTreeMap<String, Vec<String>>) {
     for layer in &model.layers {
         match &layer.model {
@@ -186,15 +194,8 @@ impl Builder<'_> {
             for (i, call) in pending {
                 let layer = &model.layers[i];
                 let args = &layer.calls[call];
-                let ready: Option<Vec<usize>> = args
-                    .iter()
-                    .map(|r| {
-                        produced
-                            .get(&(r.layer.as_str(), r.node))
-                            .and_then(|outs| outs.get(r.index))
-                            .copied()
-                    })
-                    .collect();
+                let ready: Option<Vec<usize>> =
+                    args.iter().map(|r| resolve(&produced, r)).collect();
                 let Some(inputs) = ready else {
                     waiting.push((i, call));
                     continue;
@@ -237,16 +238,12 @@ impl Builder<'_> {
             .outputs
             .iter()
             .map(|r| {
-                produced
-                    .get(&(r.layer.as_str(), r.node))
-                    .and_then(|outs| outs.get(r.index))
-                    .copied()
-                    .ok_or_else(|| {
-                        Error::new(format!(
-                            "model `{}` names output {}[{}][{}], which is never produced",
-                            model.name, r.layer, r.node, r.index
-                        ))
-                    })
+                resolve(&produced, r).ok_or_else(|| {
+                    Error::new(format!(
+                        "model `{}` names output {}[{}][{}], which is never produced",
+                        model.name, r.layer, r.node, r.index
+                    ))
+                })
             })
             .collect()
     }

@@ -10,7 +10,7 @@ use super::geometry::{check_channels_last, lift3, per_axis, spatial_input, Windo
 use super::{elements, int_or_list, BuildFn, LayerCtx, Lowered, Op};
 use crate::error::{Error, Result};
 use crate::graph::Shape;
-use ndarray::{ArrayD, IxDyn};
+use ndarray::ArrayD;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -188,8 +188,7 @@ impl ConvOp {
     }
 
     fn finish(&self, data: Vec<f32>) -> ArrayD<f32> {
-        let mut y = ArrayD::from_shape_vec(IxDyn(&self.out_shape), data)
-            .unwrap_or_else(|_| ArrayD::zeros(IxDyn(&self.out_shape)));
+        let mut y = super::tensor(&self.out_shape, data);
         self.activation.apply(&mut y);
         y
     }
@@ -426,8 +425,7 @@ impl Op for TransposeOp {
             }
         }
         let data = acc.into_iter().map(|a| a as f32).collect();
-        let mut y = ArrayD::from_shape_vec(IxDyn(&self.out_shape), data)
-            .unwrap_or_else(|_| ArrayD::zeros(IxDyn(&self.out_shape)));
+        let mut y = super::tensor(&self.out_shape, data);
         self.activation.apply(&mut y);
         vec![y]
     }

@@ -70,8 +70,7 @@ impl Op for DenseOp {
         }
         let mut shape = x.shape().to_vec();
         *shape.last_mut().unwrap_or(&mut 0) = n;
-        let mut y = ArrayD::from_shape_vec(IxDyn(&shape), out)
-            .unwrap_or_else(|_| ArrayD::zeros(IxDyn(&shape)));
+        let mut y = super::tensor(&shape, out);
         self.activation.apply(&mut y);
         vec![y]
     }
@@ -153,8 +152,7 @@ pub struct ReshapeOp {
 impl Op for ReshapeOp {
     fn eval(&self, inputs: &[&ArrayD<f32>]) -> Vec<ArrayD<f32>> {
         let data: Vec<f32> = inputs[0].iter().copied().collect();
-        vec![ArrayD::from_shape_vec(IxDyn(&self.shape), data)
-            .unwrap_or_else(|_| ArrayD::zeros(IxDyn(&self.shape)))]
+        vec![super::tensor(&self.shape, data)]
     }
     fn flops(&self) -> u64 {
         0

@@ -224,6 +224,13 @@ pub fn resolve_axis(axis: i64, rank: usize) -> Result<usize> {
     }
 }
 
+/// An array of `shape` holding `data`. Ops size their outputs from the shapes fixed at
+/// build time, so the two always agree; a mismatch would be a kerac bug, and yields
+/// zeros rather than a panic.
+pub fn tensor(shape: &[usize], data: Vec<f32>) -> ArrayD<f32> {
+    ArrayD::from_shape_vec(IxDyn(shape), data).unwrap_or_else(|_| ArrayD::zeros(IxDyn(shape)))
+}
+
 /// Number of elements of a shape, or an error if it overflows.
 pub fn elements(shape: &[usize]) -> Result<usize> {
     shape

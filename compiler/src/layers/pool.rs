@@ -5,7 +5,7 @@ use super::geometry::{check_channels_last, lift3, per_axis, spatial_input, Windo
 use super::{int_or_list, BuildFn, LayerCtx, Lowered, Op};
 use crate::error::Result;
 use crate::graph::Shape;
-use ndarray::{ArrayD, IxDyn};
+use ndarray::ArrayD;
 use serde::Deserialize;
 
 /// Supported layer classes.
@@ -76,8 +76,7 @@ impl Op for PoolOp {
                 }
             }
         }
-        vec![ArrayD::from_shape_vec(IxDyn(&self.out_shape), out)
-            .unwrap_or_else(|_| ArrayD::zeros(IxDyn(&self.out_shape)))]
+        vec![super::tensor(&self.out_shape, out)]
     }
     fn flops(&self) -> u64 {
         let taps: usize = self.windows.iter().map(|w| w.kernel).product();
@@ -160,8 +159,7 @@ impl Op for GlobalPoolOp {
                 out.push(v as f32);
             }
         }
-        vec![ArrayD::from_shape_vec(IxDyn(&self.out_shape), out)
-            .unwrap_or_else(|_| ArrayD::zeros(IxDyn(&self.out_shape)))]
+        vec![super::tensor(&self.out_shape, out)]
     }
     fn flops(&self) -> u64 {
         (self.batch * self.positions * self.channels) as u64

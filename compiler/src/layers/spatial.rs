@@ -5,7 +5,7 @@ use super::geometry::{check_channels_last, lift3, spatial_input};
 use super::{elements, int_or_list, BuildFn, LayerCtx, Lowered, Op};
 use crate::error::{Error, Result};
 use crate::graph::Shape;
-use ndarray::{ArrayD, IxDyn};
+use ndarray::ArrayD;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -132,8 +132,7 @@ impl Op for ResampleOp {
                 }
             }
         }
-        vec![ArrayD::from_shape_vec(IxDyn(&self.out_shape), out)
-            .unwrap_or_else(|_| ArrayD::zeros(IxDyn(&self.out_shape)))]
+        vec![super::tensor(&self.out_shape, out)]
     }
     fn flops(&self) -> u64 {
         0
