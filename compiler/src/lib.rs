@@ -13,6 +13,7 @@ pub mod interp;
 pub mod io;
 pub mod keras;
 pub mod layers;
+pub mod plan;
 pub mod report;
 
 pub use error::{Error, Result};

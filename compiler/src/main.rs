@@ -2,6 +2,7 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kerac_compiler::io::{self, IoFile};
+use kerac_compiler::plan::{self, Plan};
 use kerac_compiler::report::Report;
 use kerac_compiler::{interp, BuildOptions, Error, Graph};
 use std::path::{Path, PathBuf};
@@ -74,6 +75,8 @@ struct ModelArgs {
 enum Backend {
     /// The reference interpreter.
     Interp,
+    /// The compiled plan on the runtime's kernels: what generated code runs.
+    Plan,
 }
 
 impl ModelArgs {
@@ -114,6 +117,10 @@ fn run_file(
 ) -> Result<(IoFile, Vec<io::IoTensor>), Error> {
     let outputs = match backend {
         Backend::Interp => io::run_samples(graph, &file.inputs, |x| interp::run(graph, x)),
+        Backend::Plan => {
+            let plan = Plan::new(graph)?;
+            io::run_samples(graph, &file.inputs, |x| plan::exec::run(&plan, x))
+        }
     }
     .map_err(|e| e.in_file(input))?;
     Ok((file, outputs))

@@ -8,6 +8,8 @@ use super::geometry::for_each_group;
 use super::{axes, resolve_axis, BuildFn, LayerCtx, Lowered, Op, Weight};
 use crate::error::{Error, Result};
 use crate::keras::Dialect;
+use crate::plan::{Kernel, Lower, StridedAxes};
+use kerac::Act;
 use ndarray::{ArrayD, Zip};
 use serde::Deserialize;
 use serde_json::Value;
@@ -188,6 +190,48 @@ impl Activation {
         }
     }
 
+    /// The runtime's activation, for elementwise ones (softmax is a kernel of its own).
+    pub fn to_act(&self) -> Option<Act> {
+        Some(match *self {
+            Activation::Linear => Act::Linear,
+            Activation::Relu => Act::Relu,
+            Activation::Relu6 => Act::Relu6,
+            Activation::LeakyRelu(s) => Act::LeakyRelu(s as f32),
+            Activation::Elu(a) => Act::Elu(a as f32),
+            Activation::Selu => Act::Selu,
+            Activation::Gelu(false) => Act::Gelu,
+            Activation::Gelu(true) => Act::GeluTanh,
+            Activation::Sigmoid => Act::Sigmoid,
+            Activation::HardSigmoidKeras2 => Act::HardSigmoidKeras2,
+            Activation::HardSigmoid => Act::HardSigmoid,
+            Activation::Tanh => Act::Tanh,
+            Activation::Softplus => Act::Softplus,
+            Activation::Softsign => Act::Softsign,
+            Activation::Swish => Act::Swish,
+            Activation::Exponential => Act::Exponential,
+            Activation::Mish => Act::Mish,
+            Activation::HardSwish => Act::HardSwish,
+            Activation::Softmax(_) | Activation::LogSoftmax(_) => return None,
+        })
+    }
+
+    /// The softmax kernel for a tensor of `shape`; an error for elementwise activations.
+    pub fn softmax_kernel(&self, shape: &[usize]) -> Result<Kernel> {
+        let (axes, log) = match self {
+            Activation::Softmax(axes) => (axes, false),
+            Activation::LogSoftmax(axes) => (axes, true),
+            _ => return Err(Error::new("not a softmax")),
+        };
+        let axes: Vec<usize> = axes
+            .iter()
+            .map(|&a| resolve_axis(a, shape.len()))
+            .collect::<Result<_>>()?;
+        Ok(Kernel::Softmax {
+            p: shape.strided(&axes)?,
+            log,
+        })
+    }
+
     /// Checks the axes of a softmax fit a tensor of `rank`.
     pub fn check_rank(&self, rank: usize) -> Result<()> {
         if let Activation::Softmax(axes) | Activation::LogSoftmax(axes) = self {
@@ -229,6 +273,14 @@ impl Op for ActivationOp {
     }
     fn flops(&self) -> u64 {
         self.activation.flops_per_element() * self.elements as u64
+    }
+    fn lower(&self, l: &mut Lower) -> Result<()> {
+        let kernel = match self.activation.to_act() {
+            Some(act) => Kernel::Activation(act),
+            None => self.activation.softmax_kernel(&l.input_shapes[0])?,
+        };
+        l.unary(kernel, self.flops());
+        Ok(())
     }
 }
 
@@ -277,6 +329,15 @@ impl Op for ReluOp {
     }
     fn flops(&self) -> u64 {
         2 * self.elements as u64
+    }
+    fn lower(&self, l: &mut Lower) -> Result<()> {
+        let act = Act::ReluFull {
+            max: self.max_value.map_or(f32::MAX, |m| m as f32),
+            slope: self.negative_slope as f32,
+            threshold: self.threshold as f32,
+        };
+        l.unary(Kernel::Activation(act), self.flops());
+        Ok(())
     }
 }
 
@@ -350,6 +411,13 @@ impl Op for ThresholdOp {
     fn flops(&self) -> u64 {
         self.elements as u64
     }
+    fn lower(&self, l: &mut Lower) -> Result<()> {
+        l.unary(
+            Kernel::Activation(Act::Thresholded(self.theta)),
+            self.flops(),
+        );
+        Ok(())
+    }
 }
 
 fn build_thresholded_relu(ctx: &mut LayerCtx) -> Result<Lowered> {
@@ -390,6 +458,21 @@ impl Op for PreluOp {
     }
     fn flops(&self) -> u64 {
         self.alpha.len() as u64
+    }
+    fn lower(&self, l: &mut Lower) -> Result<()> {
+        // alpha broadcasts over the batch and the shared axes (its length-1 axes).
+        let axes: Vec<usize> = self
+            .alpha
+            .shape()
+            .iter()
+            .enumerate()
+            .filter(|(_, &d)| d != 1)
+            .map(|(i, _)| i + 1)
+            .collect();
+        let p = l.input_shapes[0].strided(&axes)?;
+        let alpha = l.weight("alpha", self.alpha.iter().copied().collect());
+        l.unary(Kernel::Prelu { p, alpha }, self.flops());
+        Ok(())
     }
 }
 

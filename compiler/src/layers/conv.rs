@@ -6,10 +6,11 @@
 //! depthwise convolution followed by a 1x1 one, so one loop nest serves them all.
 
 use super::activation::Activation;
-use super::geometry::{check_channels_last, lift3, per_axis, spatial_input, Window};
+use super::geometry::{check_channels_last, lift3, per_axis, spatial_input, window, Window};
 use super::{elements, int_or_list, BuildFn, LayerCtx, Lowered, Op};
 use crate::error::{Error, Result};
 use crate::graph::Shape;
+use crate::plan::{Kernel, Lower};
 use ndarray::ArrayD;
 use serde::Deserialize;
 use serde_json::Value;
@@ -95,7 +96,7 @@ fn windows(g: &Geometry, padding: &str, rank: usize) -> Result<[Window; 3]> {
     }
     let mut w = Vec::with_capacity(rank);
     for i in 0..rank {
-        w.push(Window::new(
+        w.push(window(
             g.spatial[i],
             g.kernel[i],
             g.strides[i],
@@ -194,10 +195,33 @@ impl ConvOp {
     }
 }
 
+impl ConvOp {
+    /// The runtime kernel's parameters.
+    fn params(&self, act: kerac::Act) -> kerac::conv::Conv {
+        kerac::conv::Conv {
+            batch: self.batch,
+            windows: self.windows,
+            cin: self.cin,
+            cout: self.cout,
+            groups: self.groups,
+            act,
+        }
+    }
+}
+
 impl Op for ConvOp {
     fn eval(&self, inputs: &[&ArrayD<f32>]) -> Vec<ArrayD<f32>> {
         let x = inputs[0].as_slice().unwrap_or_default();
         vec![self.finish(self.run(x))]
+    }
+    fn lower(&self, l: &mut Lower) -> Result<()> {
+        let w = l.weight("kernel", self.kernel.clone());
+        let b = self.bias.as_ref().map(|b| l.weight("bias", b.clone()));
+        super::lower_with_activation(l, &self.activation, self.flops(), |act| Kernel::Conv {
+            p: self.params(act),
+            w,
+            b,
+        })
     }
     fn flops(&self) -> u64 {
         let taps: usize = self.windows.iter().map(|w| w.kernel).product();
@@ -315,6 +339,45 @@ impl Op for SeparableOp {
     fn flops(&self) -> u64 {
         self.depthwise.flops() + self.pointwise.flops()
     }
+    fn lower(&self, l: &mut Lower) -> Result<()> {
+        let dw = &self.depthwise;
+        let dw_w = l.weight("depthwise_kernel", dw.kernel.clone());
+        let mid = l.temp(dw.out_shape.iter().product());
+        let input = l.inputs[0];
+        l.step(
+            Kernel::Conv {
+                p: dw.params(kerac::Act::Linear),
+                w: dw_w,
+                b: None,
+            },
+            vec![input],
+            mid,
+            dw.flops(),
+        );
+        // The 1x1 convolution is a dense layer over every position.
+        let pw = &self.pointwise;
+        let w = l.weight("pointwise_kernel", pw.kernel.clone());
+        let b = pw.bias.as_ref().map(|b| l.weight("bias", b.clone()));
+        let rows = pw.out_shape.iter().product::<usize>() / pw.cout;
+        let (k, n) = (pw.cin, pw.cout);
+        let act = pw.activation.to_act().ok_or_else(|| {
+            Error::new(
+                "softmax after a separable convolution is not supported by the compiled backends",
+            )
+        })?;
+        let out = l.output(0);
+        l.step(
+            Kernel::Dense {
+                p: kerac::dense::Dense { rows, k, n, act },
+                w,
+                b,
+            },
+            vec![mid],
+            out,
+            pw.flops(),
+        );
+        Ok(())
+    }
 }
 
 fn build_separable<const R: usize>(ctx: &mut LayerCtx) -> Result<Lowered> {
@@ -340,7 +403,7 @@ fn build_separable<const R: usize>(ctx: &mut LayerCtx) -> Result<Lowered> {
     *out.last_mut().unwrap_or(&mut 0) = filters;
     let activation = Activation::from_config(ctx.config.get("activation"), ctx.dialect)?;
     activation.check_rank(out.len())?;
-    let pw = |w: &Window| Window::new(w.output, 1, 1, 1, "valid");
+    let pw = |w: &Window| window(w.output, 1, 1, 1, "valid");
     let d = depthwise.windows;
     let pointwise = ConvOp {
         windows: [pw(&d[0])?, pw(&d[1])?, pw(&d[2])?],
@@ -433,6 +496,24 @@ impl Op for TransposeOp {
         let taps: usize = self.windows.iter().map(|w| w.kernel).product();
         let inputs: usize = self.batch * self.windows.iter().map(|w| w.output).product::<usize>();
         (2 * taps * self.cin * self.cout * inputs) as u64
+    }
+    fn lower(&self, l: &mut Lower) -> Result<()> {
+        let w = l.weight("kernel", self.kernel.clone());
+        let b = self.bias.as_ref().map(|b| l.weight("bias", b.clone()));
+        let (batch, windows, cin, cout) = (self.batch, self.windows, self.cin, self.cout);
+        super::lower_with_activation(l, &self.activation, self.flops(), |act| {
+            Kernel::ConvTranspose {
+                p: kerac::conv::ConvTranspose {
+                    batch,
+                    windows,
+                    cin,
+                    cout,
+                    act,
+                },
+                w,
+                b,
+            }
+        })
     }
 }
 

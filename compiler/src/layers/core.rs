@@ -5,6 +5,7 @@ use super::activation::Activation;
 use super::{axes, elements, resolve_axis, BuildFn, LayerCtx, Lowered, Op, Weight};
 use crate::error::{Error, Result};
 use crate::graph::Shape;
+use crate::plan::{lower::padded, Kernel, Lower, StridedAxes};
 use ndarray::{ArrayD, IxDyn, Zip};
 use serde::Deserialize;
 use serde_json::Value;
@@ -79,6 +80,20 @@ impl Op for DenseOp {
         (2 * self.kernel.len() as u64 + self.activation.flops_per_element() * n as u64)
             * self.rows as u64
     }
+    fn lower(&self, l: &mut Lower) -> Result<()> {
+        let (k, n) = (self.kernel.shape()[0], self.kernel.shape()[1]);
+        let w = l.weight("kernel", self.kernel.iter().copied().collect());
+        let b = self
+            .bias
+            .as_ref()
+            .map(|b| l.weight("bias", b.iter().copied().collect()));
+        let rows = self.rows;
+        super::lower_with_activation(l, &self.activation, self.flops(), |act| Kernel::Dense {
+            p: kerac::dense::Dense { rows, k, n, act },
+            w,
+            b,
+        })
+    }
 }
 
 fn build_dense(ctx: &mut LayerCtx) -> Result<Lowered> {
@@ -136,6 +151,11 @@ impl Op for IdentityOp {
     fn is_identity(&self) -> bool {
         true
     }
+    fn lower(&self, l: &mut Lower) -> Result<()> {
+        let input = l.inputs[0];
+        l.alias(0, input);
+        Ok(())
+    }
 }
 
 fn build_identity(ctx: &mut LayerCtx) -> Result<Lowered> {
@@ -157,6 +177,37 @@ impl Op for ReshapeOp {
     fn flops(&self) -> u64 {
         0
     }
+    fn lower(&self, l: &mut Lower) -> Result<()> {
+        // Row-major order is unchanged: the output is the input's buffer.
+        let input = l.inputs[0];
+        l.alias(0, input);
+        Ok(())
+    }
+}
+
+/// Row-major strides of a shape.
+fn strides_of(shape: &[usize]) -> Vec<usize> {
+    let mut strides = vec![1; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        strides[i] = strides[i + 1] * shape[i + 1];
+    }
+    strides
+}
+
+/// A strided copy producing `out` by reading the input through `strides` (one per
+/// output axis).
+fn strided_copy(l: &mut Lower, out: &[usize], strides: &[usize]) -> Result<()> {
+    let shape = padded(out)?;
+    let mut padded_strides = [0; kerac::merge::RANK];
+    padded_strides[kerac::merge::RANK - strides.len()..].copy_from_slice(strides);
+    l.unary(
+        Kernel::StridedCopy(kerac::shape::Strided {
+            shape,
+            strides: padded_strides,
+        }),
+        0,
+    );
+    Ok(())
 }
 
 fn build_flatten(ctx: &mut LayerCtx) -> Result<Lowered> {
@@ -227,6 +278,12 @@ impl Op for PermuteOp {
     fn flops(&self) -> u64 {
         0
     }
+    fn lower(&self, l: &mut Lower) -> Result<()> {
+        let input = strides_of(&l.input_shapes[0]);
+        let strides: Vec<usize> = self.order.iter().map(|&d| input[d]).collect();
+        let out = l.output_shapes[0].clone();
+        strided_copy(l, &out, &strides)
+    }
 }
 
 fn build_permute(ctx: &mut LayerCtx) -> Result<Lowered> {
@@ -272,6 +329,11 @@ impl Op for RepeatOp {
     fn flops(&self) -> u64 {
         0
     }
+    fn lower(&self, l: &mut Lower) -> Result<()> {
+        let features = l.input_shapes[0][1];
+        let out = l.output_shapes[0].clone();
+        strided_copy(l, &out, &[features, 0, 1])
+    }
 }
 
 fn build_repeat_vector(ctx: &mut LayerCtx) -> Result<Lowered> {
@@ -313,6 +375,34 @@ impl Op for AffineOp {
     }
     fn flops(&self) -> u64 {
         2 * self.elements as u64
+    }
+    fn lower(&self, l: &mut Lower) -> Result<()> {
+        // Bring scale and offset to one per-sample parameter shape, then view the
+        // input along that shape's non-unit axes.
+        let param: Vec<usize> = self
+            .scale
+            .shape()
+            .iter()
+            .zip(self.offset.shape())
+            .map(|(&a, &b)| a.max(b))
+            .collect();
+        let expand = |a: &ArrayD<f32>| -> Result<Vec<f32>> {
+            a.broadcast(IxDyn(&param))
+                .map(|v| v.iter().copied().collect())
+                .ok_or_else(|| Error::new("scale and offset shapes do not broadcast"))
+        };
+        let (scale, offset) = (expand(&self.scale)?, expand(&self.offset)?);
+        let axes: Vec<usize> = param
+            .iter()
+            .enumerate()
+            .filter(|(_, &d)| d != 1)
+            .map(|(i, _)| i + 1)
+            .collect();
+        let p = l.input_shapes[0].strided(&axes)?;
+        let scale = l.weight("scale", scale);
+        let offset = l.weight("offset", offset);
+        l.unary(Kernel::ScaleShift { p, scale, offset }, self.flops());
+        Ok(())
     }
 }
 

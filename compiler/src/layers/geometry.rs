@@ -7,104 +7,55 @@
 use crate::error::{Error, Result};
 use ndarray::{ArrayD, IxDyn};
 
-/// One spatial axis of a sliding window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Window {
-    /// Input length.
-    pub input: usize,
-    /// Output length.
-    pub output: usize,
-    /// Kernel taps.
-    pub kernel: usize,
-    /// Step between outputs.
-    pub stride: usize,
-    /// Spacing between taps.
-    pub dilation: usize,
-    /// Zero rows before the input (the rest of the padding goes after).
-    pub pad_before: usize,
-}
+pub use kerac::Window;
 
-impl Window {
-    /// A window with no effect: length-1 axis used to lift 1-D and 2-D layers to 3-D.
-    pub const UNIT: Window = Window {
-        input: 1,
-        output: 1,
-        kernel: 1,
-        stride: 1,
-        dilation: 1,
-        pad_before: 0,
-    };
-
-    /// Keras's output length and padding for `padding` in {valid, same, causal}.
-    /// "same" pads `total / 2` before and the rest after, like TensorFlow.
-    pub fn new(
-        input: usize,
-        kernel: usize,
-        stride: usize,
-        dilation: usize,
-        padding: &str,
-    ) -> Result<Window> {
-        if kernel == 0 || stride == 0 || dilation == 0 {
-            return Err(Error::new(format!(
-                "kernel size, strides and dilation must be positive (found {kernel}, {stride}, {dilation})"
-            )));
-        }
-        let span = dilation
-            .checked_mul(kernel - 1)
-            .and_then(|s| s.checked_add(1))
-            .ok_or_else(|| Error::new("kernel span overflows"))?;
-        let (output, pad_before) = match padding {
-            "valid" => {
-                if input < span {
-                    return Err(Error::new(format!(
-                        "input length {input} is shorter than the kernel span {span} with padding valid"
-                    )));
-                }
-                ((input - span) / stride + 1, 0)
-            }
-            "same" => {
-                let output = input.div_ceil(stride);
-                let needed = ((output - 1) as u128) * stride as u128 + span as u128;
-                (output, (needed.saturating_sub(input as u128) / 2) as usize)
-            }
-            "causal" => ((input - 1) / stride + 1, span - 1),
-            other => {
+/// Keras's output length and padding for `padding` in {valid, same, causal}.
+/// "same" pads `total / 2` before and the rest after, like TensorFlow.
+pub fn window(
+    input: usize,
+    kernel: usize,
+    stride: usize,
+    dilation: usize,
+    padding: &str,
+) -> Result<Window> {
+    if kernel == 0 || stride == 0 || dilation == 0 {
+        return Err(Error::new(format!(
+            "kernel size, strides and dilation must be positive (found {kernel}, {stride}, {dilation})"
+        )));
+    }
+    let span = dilation
+        .checked_mul(kernel - 1)
+        .and_then(|s| s.checked_add(1))
+        .ok_or_else(|| Error::new("kernel span overflows"))?;
+    let (output, pad_before) = match padding {
+        "valid" => {
+            if input < span {
                 return Err(Error::new(format!(
-                    "padding `{other}` is not one of valid, same, causal"
-                )))
+                    "input length {input} is shorter than the kernel span {span} with padding valid"
+                )));
             }
-        };
-        Ok(Window {
-            input,
-            output,
-            kernel,
-            stride,
-            dilation,
-            pad_before,
-        })
-    }
-
-    /// The kernel taps of output `o` that land inside the input (not in padding):
-    /// loops visit only these, so a window far larger than its input costs nothing.
-    #[inline]
-    pub fn taps(&self, o: usize) -> std::ops::Range<usize> {
-        let start = o * self.stride;
-        let lo = self
-            .pad_before
-            .saturating_sub(start)
-            .div_ceil(self.dilation);
-        let hi = (self.input + self.pad_before)
-            .saturating_sub(start)
-            .div_ceil(self.dilation)
-            .min(self.kernel);
-        lo.min(hi)..hi
-    }
-
-    /// Input position of tap `k` of output `o`, for `k` in [`Window::taps`]`(o)`.
-    #[inline]
-    pub fn at(&self, o: usize, k: usize) -> usize {
-        o * self.stride + k * self.dilation - self.pad_before
-    }
+            ((input - span) / stride + 1, 0)
+        }
+        "same" => {
+            let output = input.div_ceil(stride);
+            let needed = ((output - 1) as u128) * stride as u128 + span as u128;
+            (output, (needed.saturating_sub(input as u128) / 2) as usize)
+        }
+        "causal" => ((input - 1) / stride + 1, span - 1),
+        other => {
+            return Err(Error::new(format!(
+                "padding `{other}` is not one of valid, same, causal"
+            )))
+        }
+    };
+    Ok(Window {
+        input,
+        output,
+        kernel,
+        stride,
+        dilation,
+        pad_before,
+    })
 }
 
 /// Lifts per-axis values of a 1-, 2- or 3-D layer to 3-D, filling leading axes with `fill`.
@@ -172,13 +123,13 @@ pub fn for_each_group(a: &mut ArrayD<f32>, axes: &[usize], mut f: impl FnMut(&mu
 
 #[cfg(test)]
 mod tests {
-    use super::Window;
+    use super::window;
 
     #[test]
     fn same_padding_puts_the_odd_row_after() {
-        let w = Window::new(5, 4, 2, 1, "same").unwrap();
+        let w = window(5, 4, 2, 1, "same").unwrap();
         assert_eq!((w.output, w.pad_before), (3, 1));
-        let w = Window::new(6, 3, 1, 2, "same").unwrap();
+        let w = window(6, 3, 1, 2, "same").unwrap();
         assert_eq!((w.output, w.pad_before), (6, 2));
     }
 
@@ -190,7 +141,7 @@ mod tests {
             (9, 3, 3, 2, "causal"),
             (3, 1000, 1, 1, "same"),
         ] {
-            let w = Window::new(input, kernel, stride, dilation, padding).unwrap();
+            let w = window(input, kernel, stride, dilation, padding).unwrap();
             for o in 0..w.output {
                 let expected: Vec<usize> = (0..kernel)
                     .filter(|&k| {
@@ -209,9 +160,9 @@ mod tests {
 
     #[test]
     fn valid_and_causal_lengths() {
-        assert_eq!(Window::new(7, 3, 2, 1, "valid").unwrap().output, 3);
-        let c = Window::new(7, 3, 1, 2, "causal").unwrap();
+        assert_eq!(window(7, 3, 2, 1, "valid").unwrap().output, 3);
+        let c = window(7, 3, 1, 2, "causal").unwrap();
         assert_eq!((c.output, c.pad_before), (7, 4));
-        assert!(Window::new(2, 3, 1, 1, "valid").is_err());
+        assert!(window(2, 3, 1, 1, "valid").is_err());
     }
 }

@@ -5,6 +5,9 @@ use super::geometry::for_each_group;
 use super::{axes, resolve_axis, BuildFn, LayerCtx, Lowered, Op};
 use crate::error::{Error, Result};
 use crate::graph::Shape;
+use crate::plan::lower::{broadcast_strides, padded};
+use crate::plan::{Kernel, Lower};
+use kerac::merge::Fold;
 use ndarray::{ArrayD, Axis, IxDyn};
 use serde::Deserialize;
 
@@ -65,6 +68,35 @@ impl Op for ElementwiseOp {
     fn flops(&self) -> u64 {
         (self.inputs.saturating_sub(1) * self.out_shape.iter().product::<usize>()) as u64
     }
+    fn lower(&self, l: &mut Lower) -> Result<()> {
+        let fold = match self.kind {
+            SUBTRACT => Fold::Subtract,
+            MULTIPLY => Fold::Multiply,
+            AVERAGE => Fold::Average,
+            MAXIMUM => Fold::Maximum,
+            MINIMUM => Fold::Minimum,
+            _ => Fold::Add,
+        };
+        let shape = padded(&self.out_shape)?;
+        let strides = l
+            .input_shapes
+            .iter()
+            .map(|s| broadcast_strides(s, &shape))
+            .collect::<Result<Vec<_>>>()?;
+        let out = l.output(0);
+        let inputs = l.inputs.clone();
+        l.step(
+            Kernel::Merge {
+                fold,
+                shape,
+                strides,
+            },
+            inputs,
+            out,
+            self.flops(),
+        );
+        Ok(())
+    }
 }
 
 /// The numpy broadcast of several shapes.
@@ -121,6 +153,18 @@ impl Op for ConcatOp {
     }
     fn flops(&self) -> u64 {
         0
+    }
+    fn lower(&self, l: &mut Lower) -> Result<()> {
+        let outer = l.output_shapes[0][..self.axis].iter().product();
+        let parts = l
+            .input_shapes
+            .iter()
+            .map(|s| s[self.axis..].iter().product())
+            .collect();
+        let out = l.output(0);
+        let inputs = l.inputs.clone();
+        l.step(Kernel::Concat { outer, parts }, inputs, out, 0);
+        Ok(())
     }
 }
 
@@ -223,6 +267,37 @@ impl Op for DotOp {
     }
     fn flops(&self) -> u64 {
         2 * self.contracted as u64 * self.out_shape.iter().product::<usize>() as u64
+    }
+    fn lower(&self, l: &mut Lower) -> Result<()> {
+        // Each operand: batch axis, the contracted axis, and at most one other axis.
+        let operand = |shape: &[usize], axis: usize| -> Result<(usize, usize, usize, usize)> {
+            let strides: Vec<usize> = (0..shape.len())
+                .map(|i| shape[i + 1..].iter().product())
+                .collect();
+            let others: Vec<usize> = (1..shape.len()).filter(|&i| i != axis).collect();
+            match others.as_slice() {
+                [] => Ok((strides[0], strides[axis], 0, 1)),
+                [o] => Ok((strides[0], strides[axis], strides[*o], shape[*o])),
+                _ => Err(Error::new(
+                    "Dot of inputs with more than 3 axes is not supported by the compiled backends",
+                )),
+            }
+        };
+        let (a_batch, a_k, a_other, m) = operand(&l.input_shapes[0], self.axes[0])?;
+        let (b_batch, b_k, b_other, n) = operand(&l.input_shapes[1], self.axes[1])?;
+        let p = kerac::merge::BatchDot {
+            batch: l.input_shapes[0][0],
+            m,
+            n,
+            k: self.contracted,
+            a: [a_batch, a_other, a_k],
+            b: [b_batch, b_k, b_other],
+            normalize: self.normalize,
+        };
+        let out = l.output(0);
+        let inputs = l.inputs.clone();
+        l.step(Kernel::BatchDot(p), inputs, out, self.flops());
+        Ok(())
     }
 }
 

@@ -33,6 +33,39 @@ pub trait Op: std::fmt::Debug + Send + Sync {
     fn is_identity(&self) -> bool {
         false
     }
+    /// Lowers the op to runtime kernel calls, for the compiled backends.
+    fn lower(&self, l: &mut crate::plan::Lower) -> Result<()>;
+}
+
+/// Lowers a producer (Dense, Conv, ...) whose activation may be a softmax, which no
+/// kernel fuses: the producer then writes a temporary and a softmax step follows.
+pub fn lower_with_activation(
+    l: &mut crate::plan::Lower,
+    activation: &activation::Activation,
+    flops: u64,
+    kernel: impl FnOnce(kerac::Act) -> crate::plan::Kernel,
+) -> Result<()> {
+    match activation.to_act() {
+        Some(act) => {
+            l.unary(kernel(act), flops);
+            Ok(())
+        }
+        None => {
+            let shape = l.output_shapes[0].clone();
+            let tmp = l.temp(shape.iter().product());
+            let input = l.inputs[0];
+            l.step(kernel(kerac::Act::Linear), vec![input], tmp, flops);
+            let softmax = activation.softmax_kernel(&shape)?;
+            let out = l.output(0);
+            l.step(
+                softmax,
+                vec![tmp],
+                out,
+                4 * shape.iter().product::<usize>() as u64,
+            );
+            Ok(())
+        }
+    }
 }
 
 /// What a build function returns: the op and the shape of each output.

@@ -5,6 +5,7 @@
 use super::geometry::for_each_group;
 use super::{axes, resolve_axis, BuildFn, LayerCtx, Lowered, Op};
 use crate::error::{Error, Result};
+use crate::plan::{Kernel, Lower, StridedAxes};
 use ndarray::ArrayD;
 use serde::Deserialize;
 
@@ -74,6 +75,13 @@ impl Op for ScaleShiftOp {
     }
     fn flops(&self) -> u64 {
         2 * self.elements as u64
+    }
+    fn lower(&self, l: &mut Lower) -> Result<()> {
+        let p = l.input_shapes[0].strided(&self.axes)?;
+        let scale = l.weight("scale", self.scale.iter().map(|&v| v as f32).collect());
+        let offset = l.weight("offset", self.offset.iter().map(|&v| v as f32).collect());
+        l.unary(Kernel::ScaleShift { p, scale, offset }, self.flops());
+        Ok(())
     }
 }
 
@@ -162,6 +170,18 @@ impl Op for LayerNormOp {
     fn flops(&self) -> u64 {
         5 * self.elements as u64
     }
+    fn lower(&self, l: &mut Lower) -> Result<()> {
+        let shape = l.input_shapes[0].strided(&self.axes)?;
+        let p = kerac::norm::LayerNorm {
+            shape,
+            epsilon: self.epsilon as f32,
+            rms: self.rms,
+        };
+        let gamma = self.gamma.as_ref().map(|g| l.weight("gamma", g.clone()));
+        let beta = self.beta.as_ref().map(|b| l.weight("beta", b.clone()));
+        l.unary(Kernel::LayerNorm { p, gamma, beta }, self.flops());
+        Ok(())
+    }
 }
 
 fn build_layer_norm(ctx: &mut LayerCtx) -> Result<Lowered> {
@@ -245,6 +265,19 @@ impl Op for GroupNormOp {
     fn flops(&self) -> u64 {
         5 * (self.positions * self.channels) as u64
     }
+    fn lower(&self, l: &mut Lower) -> Result<()> {
+        let p = kerac::norm::GroupNorm {
+            batch: l.input_shapes[0][0],
+            positions: self.positions,
+            channels: self.channels,
+            groups: self.groups,
+            epsilon: self.epsilon as f32,
+        };
+        let gamma = self.gamma.as_ref().map(|g| l.weight("gamma", g.clone()));
+        let beta = self.beta.as_ref().map(|b| l.weight("beta", b.clone()));
+        l.unary(Kernel::GroupNorm { p, gamma, beta }, self.flops());
+        Ok(())
+    }
 }
 
 fn build_group_norm(ctx: &mut LayerCtx) -> Result<Lowered> {
@@ -310,6 +343,11 @@ impl Op for UnitNormOp {
     }
     fn flops(&self) -> u64 {
         3 * self.elements as u64
+    }
+    fn lower(&self, l: &mut Lower) -> Result<()> {
+        let p = l.input_shapes[0].strided(&self.axes)?;
+        l.unary(Kernel::UnitNorm(p), self.flops());
+        Ok(())
     }
 }
 

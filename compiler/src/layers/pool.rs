@@ -1,10 +1,11 @@
 //! Pooling: MaxPooling and AveragePooling 1D/2D/3D (valid and same; averages count
 //! only the values inside the input, like Keras), and the global poolings (keepdims).
 
-use super::geometry::{check_channels_last, lift3, per_axis, spatial_input, Window};
+use super::geometry::{check_channels_last, lift3, per_axis, spatial_input, window, Window};
 use super::{int_or_list, BuildFn, LayerCtx, Lowered, Op};
 use crate::error::Result;
 use crate::graph::Shape;
+use crate::plan::{Kernel, Lower};
 use ndarray::ArrayD;
 use serde::Deserialize;
 
@@ -82,6 +83,16 @@ impl Op for PoolOp {
         let taps: usize = self.windows.iter().map(|w| w.kernel).product();
         (taps * self.out_shape.iter().product::<usize>()) as u64
     }
+    fn lower(&self, l: &mut Lower) -> Result<()> {
+        let p = kerac::pool::Pool {
+            batch: self.batch,
+            windows: self.windows,
+            channels: self.channels,
+            max: self.max,
+        };
+        l.unary(Kernel::Pool(p), self.flops());
+        Ok(())
+    }
 }
 
 fn build_pool<const R: usize, const MAX: bool>(ctx: &mut LayerCtx) -> Result<Lowered> {
@@ -117,7 +128,7 @@ fn build_pool<const R: usize, const MAX: bool>(ctx: &mut LayerCtx) -> Result<Low
     };
     let mut w = Vec::with_capacity(R);
     for i in 0..R {
-        w.push(Window::new(spatial[i], pool[i], strides[i], 1, &c.padding)?);
+        w.push(window(spatial[i], pool[i], strides[i], 1, &c.padding)?);
     }
     let mut out = vec![batch];
     out.extend(w.iter().map(|w| w.output));
@@ -163,6 +174,16 @@ impl Op for GlobalPoolOp {
     }
     fn flops(&self) -> u64 {
         (self.batch * self.positions * self.channels) as u64
+    }
+    fn lower(&self, l: &mut Lower) -> Result<()> {
+        let p = kerac::pool::GlobalPool {
+            batch: self.batch,
+            positions: self.positions,
+            channels: self.channels,
+            max: self.max,
+        };
+        l.unary(Kernel::GlobalPool(p), self.flops());
+        Ok(())
     }
 }
 

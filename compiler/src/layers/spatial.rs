@@ -5,6 +5,7 @@ use super::geometry::{check_channels_last, lift3, spatial_input};
 use super::{elements, int_or_list, BuildFn, LayerCtx, Lowered, Op};
 use crate::error::{Error, Result};
 use crate::graph::Shape;
+use crate::plan::{Kernel, Lower};
 use ndarray::ArrayD;
 use serde::Deserialize;
 use serde_json::Value;
@@ -136,6 +137,23 @@ impl Op for ResampleOp {
     }
     fn flops(&self) -> u64 {
         0
+    }
+    fn lower(&self, l: &mut Lower) -> Result<()> {
+        use kerac::shape::AxisMap as Map;
+        let map = |m: &AxisMap| match *m {
+            AxisMap::Pad { before, input, len } => Map::Pad { before, input, len },
+            AxisMap::Crop { before, len } => Map::Crop { before, len },
+            AxisMap::Nearest { scale, len } => Map::Nearest { scale, len },
+            AxisMap::Bilinear { scale, input, len } => Map::Bilinear { scale, input, len },
+        };
+        let p = kerac::shape::Resample {
+            batch: self.batch,
+            input: self.input,
+            axes: self.axes.each_ref().map(map),
+            channels: self.channels,
+        };
+        l.unary(Kernel::Resample(p), 0);
+        Ok(())
     }
 }
 

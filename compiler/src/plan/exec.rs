@@ -1,0 +1,164 @@
+//! Runs a plan on the runtime's kernels, in one arena, exactly as generated code does:
+//! the check that lowering, the passes, the arena plan and the kernels agree with the
+//! interpreter and with Keras, without compiling anything.
+
+use super::{Kernel, Plan, Step};
+use crate::error::{Error, Result};
+use kerac::arena::{views, Region};
+use kerac::{conv, dense, merge, norm, pool, shape};
+use ndarray::{ArrayD, IxDyn};
+
+/// Runs the plan once at its batch size. `inputs` are in Keras's order.
+pub fn run(plan: &Plan, inputs: &[ArrayD<f32>]) -> Result<Vec<ArrayD<f32>>> {
+    if inputs.len() != plan.inputs.len() {
+        return Err(Error::new(format!(
+            "the model has {} inputs, {} were given",
+            plan.inputs.len(),
+            inputs.len()
+        )));
+    }
+    let mut arena = vec![0f32; plan.arena_floats];
+    for (port, x) in plan.inputs.iter().zip(inputs) {
+        if x.shape() != port.shape.as_slice() {
+            return Err(Error::new(format!(
+                "input `{}` has shape {:?}, the model expects {:?}",
+                port.name,
+                x.shape(),
+                port.shape
+            )));
+        }
+        let v = &plan.values[port.value];
+        for (dst, &src) in arena[v.offset..v.offset + v.len].iter_mut().zip(x.iter()) {
+            *dst = src;
+        }
+    }
+    for step in &plan.steps {
+        call(plan, step, &mut arena).map_err(|e| {
+            Error::new(format!(
+                "step `{}` ({}): {}",
+                step.layers,
+                step.kernel.name(),
+                e.message
+            ))
+        })?;
+    }
+    plan.outputs
+        .iter()
+        .map(|port| {
+            let v = &plan.values[port.value];
+            ArrayD::from_shape_vec(
+                IxDyn(&port.shape),
+                arena[v.offset..v.offset + v.len].to_vec(),
+            )
+            .map_err(|e| Error::new(e.to_string()))
+        })
+        .collect()
+}
+
+fn region(plan: &Plan, value: usize) -> Region {
+    (plan.values[value].offset, plan.values[value].len)
+}
+
+/// Calls `$f` with the step's inputs as an array of `N` slices, for the const-generic
+/// merge kernels.
+macro_rules! with_inputs {
+    ($plan:expr, $step:expr, $arena:expr, |$ins:ident, $out:ident| $body:expr) => {{
+        let n = $step.inputs.len();
+        macro_rules! arm {
+            ($n:literal) => {{
+                let reads: [Region; $n] = std::array::from_fn(|i| region($plan, $step.inputs[i]));
+                let ($ins, $out) =
+                    views($arena, reads, region($plan, $step.output)).ok_or_else(bad_regions)?;
+                $body
+            }};
+        }
+        match n {
+            1 => arm!(1),
+            2 => arm!(2),
+            3 => arm!(3),
+            4 => arm!(4),
+            5 => arm!(5),
+            6 => arm!(6),
+            7 => arm!(7),
+            8 => arm!(8),
+            _ => {
+                return Err(Error::new(format!(
+                    "{n} inputs; the compiled backends merge at most 8"
+                )))
+            }
+        }
+    }};
+}
+
+fn bad_regions() -> Error {
+    Error::new("the arena plan gave overlapping or out-of-bounds regions")
+}
+
+fn call(plan: &Plan, step: &Step, arena: &mut [f32]) -> Result<()> {
+    let w = |id: usize| plan.weights[id].data.as_slice();
+    let ow = |id: Option<usize>| id.map(|id| plan.weights[id].data.as_slice());
+    match &step.kernel {
+        Kernel::Merge {
+            fold,
+            shape,
+            strides,
+        } => with_inputs!(plan, step, arena, |ins, out| {
+            let p = merge::Merge {
+                fold: *fold,
+                shape: *shape,
+                strides: std::array::from_fn(|i| strides[i]),
+            };
+            merge::merge(&p, ins, out);
+        }),
+        Kernel::Concat { outer, parts } => with_inputs!(plan, step, arena, |ins, out| {
+            let p = merge::Concat {
+                outer: *outer,
+                parts: std::array::from_fn(|i| parts[i]),
+            };
+            merge::concat(&p, ins, out);
+        }),
+        Kernel::BatchDot(p) => {
+            let ([a, b], out) = views(
+                arena,
+                [region(plan, step.inputs[0]), region(plan, step.inputs[1])],
+                region(plan, step.output),
+            )
+            .ok_or_else(bad_regions)?;
+            merge::batch_dot(p, a, b, out);
+        }
+        kernel => {
+            let ([x], y) = views(
+                arena,
+                [region(plan, step.inputs[0])],
+                region(plan, step.output),
+            )
+            .ok_or_else(bad_regions)?;
+            match kernel {
+                Kernel::Dense { p, w: k, b } => dense::dense(p, x, w(*k), ow(*b), y),
+                Kernel::Conv { p, w: k, b } => conv::conv(p, x, w(*k), ow(*b), y),
+                Kernel::ConvTranspose { p, w: k, b } => {
+                    conv::conv_transpose(p, x, w(*k), ow(*b), y)
+                }
+                Kernel::Pool(p) => pool::pool(p, x, y),
+                Kernel::GlobalPool(p) => pool::global_pool(p, x, y),
+                Kernel::ScaleShift { p, scale, offset } => {
+                    norm::scale_shift(p, w(*scale), w(*offset), x, y)
+                }
+                Kernel::Prelu { p, alpha } => norm::prelu(p, w(*alpha), x, y),
+                Kernel::Activation(act) => norm::activation(*act, x, y),
+                Kernel::Softmax { p, log } => norm::softmax(p, *log, x, y),
+                Kernel::LayerNorm { p, gamma, beta } => {
+                    norm::layer_norm(p, ow(*gamma), ow(*beta), x, y)
+                }
+                Kernel::GroupNorm { p, gamma, beta } => {
+                    norm::group_norm(p, ow(*gamma), ow(*beta), x, y)
+                }
+                Kernel::UnitNorm(p) => norm::unit_norm(p, x, y),
+                Kernel::StridedCopy(p) => shape::strided_copy(p, x, y),
+                Kernel::Resample(p) => shape::resample(p, x, y),
+                Kernel::Merge { .. } | Kernel::Concat { .. } | Kernel::BatchDot(_) => {}
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,137 @@
+//! Plan rewrites: BatchNormalization folded into the Dense or Conv before it, and
+//! elementwise activations fused into their producer. Both apply only where the
+//! producer's output feeds nothing else, so no other reader sees a changed value.
+
+use super::{Kernel, Plan, ValueId, WeightData};
+use kerac::Act;
+
+/// How many steps read a value, plus one if it is a model output.
+fn readers(plan: &Plan, value: ValueId) -> usize {
+    plan.steps
+        .iter()
+        .filter(|s| s.inputs.contains(&value))
+        .count()
+        + plan.outputs.iter().filter(|p| p.value == value).count()
+}
+
+/// The step that reads `value`, when exactly one step does and it is not an output.
+fn sole_reader(plan: &Plan, value: ValueId) -> Option<usize> {
+    if readers(plan, value) != 1 {
+        return None;
+    }
+    plan.steps.iter().position(|s| s.inputs.contains(&value))
+}
+
+/// Output channels and current activation of a producer that can absorb a per-channel
+/// affine map or an activation.
+fn producer(kernel: &Kernel) -> Option<(usize, Act)> {
+    match kernel {
+        Kernel::Dense { p, .. } => Some((p.n, p.act)),
+        Kernel::Conv { p, .. } => Some((p.cout, p.act)),
+        Kernel::ConvTranspose { p, .. } => Some((p.cout, p.act)),
+        _ => None,
+    }
+}
+
+/// `Dense|Conv -> scale_shift over channels` becomes one Dense|Conv with scaled kernel
+/// and shifted bias: exact up to float rounding, and one pass over memory fewer.
+pub(super) fn fold_batch_norm(plan: &mut Plan) {
+    let mut i = 0;
+    while i < plan.steps.len() {
+        let Some(j) = foldable(plan, i) else {
+            i += 1;
+            continue;
+        };
+        let Kernel::ScaleShift { scale, offset, .. } = plan.steps[j].kernel else {
+            unreachable_step()
+        };
+        let scale = plan.weights[scale].data.clone();
+        let offset = plan.weights[offset].data.clone();
+        let (w, b) = match &plan.steps[i].kernel {
+            Kernel::Dense { w, b, .. } | Kernel::Conv { w, b, .. } => (*w, *b),
+            _ => unreachable_step(),
+        };
+        let mut kernel = plan.weights[w].clone();
+        let cout = scale.len();
+        for (k, v) in kernel.data.iter_mut().enumerate() {
+            *v *= scale[k % cout];
+        }
+        let bias: Vec<f32> = (0..cout)
+            .map(|c| b.map_or(0.0, |b| plan.weights[b].data[c]) * scale[c] + offset[c])
+            .collect();
+        kernel.name.push_str(" (batch norm folded)");
+        plan.weights.push(kernel);
+        let new_w = plan.weights.len() - 1;
+        plan.weights.push(WeightData {
+            name: format!("{} (folded bias)", plan.steps[j].layers),
+            data: bias,
+        });
+        let new_b = Some(plan.weights.len() - 1);
+        match &mut plan.steps[i].kernel {
+            Kernel::Dense { w, b, .. } | Kernel::Conv { w, b, .. } => {
+                *w = new_w;
+                *b = new_b;
+            }
+            _ => unreachable_step(),
+        }
+        absorb(plan, i, j);
+    }
+}
+
+fn foldable(plan: &Plan, i: usize) -> Option<usize> {
+    let step = &plan.steps[i];
+    if !matches!(step.kernel, Kernel::Dense { .. } | Kernel::Conv { .. }) {
+        return None;
+    }
+    let (cout, act) = producer(&step.kernel)?;
+    if act != Act::Linear {
+        return None;
+    }
+    let j = sole_reader(plan, step.output)?;
+    match &plan.steps[j].kernel {
+        Kernel::ScaleShift { p, .. } if p.inner == 1 && p.n == cout => Some(j),
+        _ => None,
+    }
+}
+
+/// `Dense|Conv|ConvTranspose -> activation` becomes one call.
+pub(super) fn fuse_activations(plan: &mut Plan) {
+    let mut i = 0;
+    while i < plan.steps.len() {
+        let fusable = producer(&plan.steps[i].kernel)
+            .filter(|(_, act)| *act == Act::Linear)
+            .and_then(|_| {
+                let j = sole_reader(plan, plan.steps[i].output)?;
+                matches!(plan.steps[j].kernel, Kernel::Activation(_)).then_some(j)
+            });
+        let Some(j) = fusable else {
+            i += 1;
+            continue;
+        };
+        let Kernel::Activation(act) = plan.steps[j].kernel else {
+            unreachable_step()
+        };
+        match &mut plan.steps[i].kernel {
+            Kernel::Dense { p, .. } => p.act = act,
+            Kernel::Conv { p, .. } => p.act = act,
+            Kernel::ConvTranspose { p, .. } => p.act = act,
+            _ => unreachable_step(),
+        }
+        absorb(plan, i, j);
+    }
+}
+
+/// Step `i` takes over step `j`'s output and layer names; `j` goes.
+fn absorb(plan: &mut Plan, i: usize, j: usize) {
+    let absorbed = plan.steps.remove(j);
+    let i = if j < i { i - 1 } else { i };
+    let step = &mut plan.steps[i];
+    step.output = absorbed.output;
+    step.flops += absorbed.flops;
+    step.layers = format!("{} + {}", step.layers, absorbed.layers);
+}
+
+/// The matches above are guarded by the checks just before them.
+fn unreachable_step() -> ! {
+    unreachable!("a fusion matched a step it then failed to find")
+}

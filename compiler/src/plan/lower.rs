@@ -1,0 +1,198 @@
+//! Graph to plan: each node's op emits its kernel calls through [`Lower`].
+
+use super::{Kernel, Plan, Port, Step, Value, ValueId, WeightData, WeightId};
+use crate::error::{Error, Result};
+use crate::graph::{Graph, Shape};
+use kerac::merge::RANK;
+use kerac::norm::Strided;
+
+/// What an op sees while it lowers one call: its values, and ways to add weights,
+/// temporaries and kernel calls.
+pub struct Lower<'a> {
+    plan: &'a mut Plan,
+    layer: &'a str,
+    /// Values of the inputs.
+    pub inputs: Vec<ValueId>,
+    /// Shapes of the inputs, batch first.
+    pub input_shapes: Vec<Shape>,
+    /// Shapes of the outputs, batch first.
+    pub output_shapes: Vec<Shape>,
+    outputs: Vec<Option<ValueId>>,
+}
+
+impl Lower<'_> {
+    /// Registers a weight array.
+    pub fn weight(&mut self, name: &str, data: Vec<f32>) -> WeightId {
+        self.plan.weights.push(WeightData {
+            name: format!("{}/{name}", self.layer),
+            data,
+        });
+        self.plan.weights.len() - 1
+    }
+
+    /// A fresh buffer of `len` floats.
+    pub fn temp(&mut self, len: usize) -> ValueId {
+        self.plan.values.push(Value { len, offset: 0 });
+        self.plan.values.len() - 1
+    }
+
+    /// The buffer of output `i`.
+    pub fn output(&mut self, i: usize) -> ValueId {
+        if let Some(v) = self.outputs[i] {
+            return v;
+        }
+        let len = self.output_shapes[i].iter().product();
+        let v = self.temp(len);
+        self.outputs[i] = Some(v);
+        v
+    }
+
+    /// Makes output `i` share `value`'s buffer: reshapes and identities cost nothing.
+    pub fn alias(&mut self, i: usize, value: ValueId) {
+        self.outputs[i] = Some(value);
+    }
+
+    /// Adds a kernel call.
+    pub fn step(&mut self, kernel: Kernel, inputs: Vec<ValueId>, output: ValueId, flops: u64) {
+        self.plan.steps.push(Step {
+            layers: self.layer.to_string(),
+            kernel,
+            inputs,
+            output,
+            flops,
+        });
+    }
+
+    /// One input to output 0 through one kernel.
+    pub fn unary(&mut self, kernel: Kernel, flops: u64) {
+        let out = self.output(0);
+        let input = self.inputs[0];
+        self.step(kernel, vec![input], out, flops);
+    }
+}
+
+/// `outer x n x inner` views of a shape for a set of axes.
+pub trait StridedAxes {
+    /// The view for `axes`, which must be adjacent (in any order); an error otherwise.
+    fn strided(&self, axes: &[usize]) -> Result<Strided>;
+}
+
+impl StridedAxes for [usize] {
+    fn strided(&self, axes: &[usize]) -> Result<Strided> {
+        let mut sorted = axes.to_vec();
+        sorted.sort_unstable();
+        let (Some(&first), Some(&last)) = (sorted.first(), sorted.last()) else {
+            return Ok(Strided {
+                outer: self.iter().product(),
+                n: 1,
+                inner: 1,
+            });
+        };
+        if last - first + 1 != sorted.len() || last >= self.len() {
+            return Err(Error::new(format!(
+                "axes {axes:?} of shape {self:?} are not adjacent; the compiled backends need adjacent axes"
+            )));
+        }
+        Ok(Strided {
+            outer: self[..first].iter().product(),
+            n: self[first..=last].iter().product(),
+            inner: self[last + 1..].iter().product(),
+        })
+    }
+}
+
+/// Pads a shape to the merge rank with leading 1s.
+pub fn padded(shape: &[usize]) -> Result<[usize; RANK]> {
+    if shape.len() > RANK {
+        return Err(Error::new(format!(
+            "shape {shape:?} has more than {RANK} axes"
+        )));
+    }
+    let mut out = [1; RANK];
+    out[RANK - shape.len()..].copy_from_slice(shape);
+    Ok(out)
+}
+
+/// Row-major strides of `shape` seen through `out`'s (padded) axes: 0 where `shape`
+/// broadcasts (length 1 against a longer axis, or missing).
+pub fn broadcast_strides(shape: &[usize], out: &[usize; RANK]) -> Result<[usize; RANK]> {
+    let dims = padded(shape)?;
+    let mut strides = [0; RANK];
+    let mut step = 1;
+    for i in (0..RANK).rev() {
+        strides[i] = if dims[i] == out[i] { step } else { 0 };
+        step *= dims[i];
+    }
+    Ok(strides)
+}
+
+pub(super) fn lower(graph: &Graph) -> Result<Plan> {
+    let mut plan = Plan {
+        name: graph.name.clone(),
+        batch: graph.batch,
+        steps: Vec::new(),
+        values: Vec::new(),
+        weights: Vec::new(),
+        inputs: Vec::new(),
+        outputs: Vec::new(),
+        arena_floats: 0,
+        lower_bound_floats: 0,
+    };
+    let mut value_of: Vec<Option<ValueId>> = vec![None; graph.tensors.len()];
+    for port in &graph.inputs {
+        let shape = graph.shape(port.tensor).clone();
+        plan.values.push(Value {
+            len: shape.iter().product(),
+            offset: 0,
+        });
+        let value = plan.values.len() - 1;
+        value_of[port.tensor] = Some(value);
+        plan.inputs.push(Port {
+            name: port.name.clone(),
+            shape,
+            value,
+        });
+    }
+    for node in &graph.nodes {
+        let inputs = node
+            .inputs
+            .iter()
+            .map(|&t| value_of[t].ok_or_else(|| Error::new("input used before it is computed")))
+            .collect::<Result<Vec<_>>>()
+            .map_err(|e| e.in_layer(&node.name, &node.class))?;
+        let mut l = Lower {
+            layer: &node.name,
+            inputs,
+            input_shapes: node
+                .inputs
+                .iter()
+                .map(|&t| graph.shape(t).clone())
+                .collect(),
+            output_shapes: node
+                .outputs
+                .iter()
+                .map(|&t| graph.shape(t).clone())
+                .collect(),
+            outputs: vec![None; node.outputs.len()],
+            plan: &mut plan,
+        };
+        node.op
+            .lower(&mut l)
+            .map_err(|e| e.in_layer(&node.name, &node.class).in_file(&graph.source))?;
+        for (i, &t) in node.outputs.iter().enumerate() {
+            value_of[t] = Some(l.outputs[i].ok_or_else(|| {
+                Error::new("lowering produced no output").in_layer(&node.name, &node.class)
+            })?);
+        }
+    }
+    for port in &graph.outputs {
+        let value = value_of[port.tensor]
+            .ok_or_else(|| Error::new(format!("output `{}` is never computed", port.name)))?;
+        plan.outputs.push(Port {
+            name: port.name.clone(),
+            shape: graph.shape(port.tensor).clone(),
+            value,
+        });
+    }
+    Ok(plan)
+}

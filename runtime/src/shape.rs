@@ -1,0 +1,168 @@
+//! Data movement: strided copies (Permute, RepeatVector, and plain copies) and
+//! resampling (ZeroPadding, Cropping, UpSampling nearest and bilinear).
+
+use crate::merge::RANK;
+
+/// Copies `x` into `y` in the order of `shape`, reading `x` through `strides` (Permute
+/// is a reordering of strides, RepeatVector a stride of 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Strided {
+    /// Output shape, leading axes padded with 1.
+    pub shape: [usize; RANK],
+    /// Strides of `x` over the output's axes.
+    pub strides: [usize; RANK],
+}
+
+/// The strided copy.
+#[inline]
+pub fn strided_copy(p: &Strided, x: &[f32], y: &mut [f32]) {
+    crate::merge::merge(
+        &crate::merge::Merge {
+            fold: crate::merge::Fold::Add,
+            shape: p.shape,
+            strides: [p.strides],
+        },
+        [x],
+        y,
+    );
+}
+
+/// How output positions along one axis map to input positions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AxisMap {
+    /// `before` zeros, the `input` values, then zeros up to `len`.
+    Pad {
+        /// Zeros first.
+        before: usize,
+        /// Input length.
+        input: usize,
+        /// Output length.
+        len: usize,
+    },
+    /// The input from `before`, `len` positions.
+    Crop {
+        /// Positions skipped.
+        before: usize,
+        /// Output length.
+        len: usize,
+    },
+    /// Each input position `scale` times.
+    Nearest {
+        /// Repeat count.
+        scale: usize,
+        /// Output length.
+        len: usize,
+    },
+    /// Linear interpolation with half-pixel centres, as tf.image.resize does.
+    Bilinear {
+        /// Upsampling factor.
+        scale: usize,
+        /// Input length.
+        input: usize,
+        /// Output length.
+        len: usize,
+    },
+}
+
+impl AxisMap {
+    /// An axis of length 1 that maps to itself.
+    pub const UNIT: AxisMap = AxisMap::Crop { before: 0, len: 1 };
+
+    /// Output length.
+    pub const fn len(&self) -> usize {
+        match *self {
+            AxisMap::Pad { len, .. }
+            | AxisMap::Crop { len, .. }
+            | AxisMap::Nearest { len, .. }
+            | AxisMap::Bilinear { len, .. } => len,
+        }
+    }
+
+    /// True for an empty axis.
+    pub const fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The input taps of output `o`: two (position, weight) pairs; weight 0 for none.
+    #[inline(always)]
+    fn taps(&self, o: usize) -> [(usize, f32); 2] {
+        match *self {
+            AxisMap::Pad { before, input, .. } => {
+                let inside = o >= before && o - before < input;
+                [
+                    (
+                        if inside { o - before } else { 0 },
+                        if inside { 1.0 } else { 0.0 },
+                    ),
+                    (0, 0.0),
+                ]
+            }
+            AxisMap::Crop { before, .. } => [(before + o, 1.0), (0, 0.0)],
+            AxisMap::Nearest { scale, .. } => [(o / scale, 1.0), (0, 0.0)],
+            AxisMap::Bilinear { scale, input, .. } => {
+                let pos = crate::act::fmax((o as f32 + 0.5) / scale as f32 - 0.5, 0.0);
+                let lo = pos as usize;
+                let lo = if lo < input - 1 { lo } else { input - 1 };
+                let hi = if lo + 1 < input { lo + 1 } else { input - 1 };
+                let t = pos - lo as f32;
+                [(lo, 1.0 - t), (hi, t)]
+            }
+        }
+    }
+}
+
+/// Resampling of a channels_last tensor lifted to 3-D.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resample {
+    /// Batch size.
+    pub batch: usize,
+    /// Input depth, height, width.
+    pub input: [usize; 3],
+    /// How each output axis reads its input axis.
+    pub axes: [AxisMap; 3],
+    /// Channels.
+    pub channels: usize,
+}
+
+/// The resampling.
+#[inline]
+pub fn resample(p: &Resample, x: &[f32], y: &mut [f32]) {
+    let [id, ih, iw] = p.input;
+    let c = p.channels;
+    let (od, oh, ow) = (p.axes[0].len(), p.axes[1].len(), p.axes[2].len());
+    if x.len() < p.batch * id * ih * iw * c
+        || y.len() < p.batch * od * oh * ow * c
+        || id * ih * iw == 0
+    {
+        return;
+    }
+    let mut at = 0;
+    for b in 0..p.batch {
+        for d in 0..od {
+            for h in 0..oh {
+                for w in 0..ow {
+                    let out = &mut y[at..at + c];
+                    out.fill(0.0);
+                    for (sd, wd) in p.axes[0].taps(d) {
+                        for (sh, wh) in p.axes[1].taps(h) {
+                            for (sw, ww) in p.axes[2].taps(w) {
+                                let weight = wd * wh * ww;
+                                // Taps outside the input have weight 0; skipping them (a
+                                // choice fixed by position, not data) keeps inf and NaN
+                                // in the input from leaking into the padding.
+                                if weight == 0.0 {
+                                    continue;
+                                }
+                                let xi = (((b * id + sd) * ih + sh) * iw + sw) * c;
+                                for (o, &v) in out.iter_mut().zip(&x[xi..xi + c]) {
+                                    *o += weight * v;
+                                }
+                            }
+                        }
+                    }
+                    at += c;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! One spatial axis of a sliding window (convolution, pooling), with Keras's padding
+//! already resolved into `pad_before`.
+
+use core::ops::Range;
+
+/// One spatial axis of a sliding window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// Input length.
+    pub input: usize,
+    /// Output length.
+    pub output: usize,
+    /// Kernel taps.
+    pub kernel: usize,
+    /// Step between outputs.
+    pub stride: usize,
+    /// Spacing between taps.
+    pub dilation: usize,
+    /// Zero rows before the input (the rest of the padding goes after).
+    pub pad_before: usize,
+}
+
+impl Window {
+    /// A window with no effect: the length-1 axis that lifts 1-D and 2-D layers to 3-D.
+    pub const UNIT: Window = Window {
+        input: 1,
+        output: 1,
+        kernel: 1,
+        stride: 1,
+        dilation: 1,
+        pad_before: 0,
+    };
+
+    /// The kernel taps of output `o` that land inside the input (not in padding):
+    /// loops visit only these, so a window far larger than its input costs nothing.
+    #[inline(always)]
+    pub const fn taps(&self, o: usize) -> Range<usize> {
+        let start = o * self.stride;
+        let lo = self
+            .pad_before
+            .saturating_sub(start)
+            .div_ceil(self.dilation);
+        let hi = (self.input + self.pad_before)
+            .saturating_sub(start)
+            .div_ceil(self.dilation);
+        let hi = if hi < self.kernel { hi } else { self.kernel };
+        let lo = if lo < hi { lo } else { hi };
+        lo..hi
+    }
+
+    /// Input position of tap `k` of output `o`, for `k` in [`Window::taps`]`(o)`.
+    #[inline(always)]
+    pub const fn at(&self, o: usize, k: usize) -> usize {
+        o * self.stride + k * self.dilation - self.pad_before
+    }
+}

@@ -1,0 +1,119 @@
+//! Every fixture, in every file dialect, lowered to a plan (BatchNorm folded,
+//! activations fused, arena planned) and run on the runtime's kernels, compared with
+//! the outputs real Keras recorded.
+
+use kerac_compiler::io::{self, IoFile};
+use kerac_compiler::plan::{self, Plan};
+use kerac_compiler::BuildOptions;
+use kerac_conformance::fixtures;
+
+#[test]
+fn plan_on_runtime_kernels_matches_keras_on_every_fixture_and_dialect() {
+    let mut failures = Vec::new();
+    for f in fixtures() {
+        let result = (|| {
+            let reference = IoFile::read(&f.reference)?;
+            let options = BuildOptions {
+                input_shapes: io::input_shapes(&reference.inputs),
+                ..Default::default()
+            };
+            let graph = kerac_compiler::load(&f.model, None, &options)?;
+            let plan = Plan::new(&graph)?;
+            let outputs =
+                io::run_samples(&graph, &reference.inputs, |x| plan::exec::run(&plan, x))?;
+            io::compare(&outputs, &reference)
+        })();
+        match result {
+            Ok(cmp) => {
+                for c in cmp.iter().filter(|c| c.mismatches > 0) {
+                    failures.push(format!(
+                        "{}: output `{}`: {}/{} values off (max abs {:.3e}, max rel {:.3e})",
+                        f.label(),
+                        c.name,
+                        c.mismatches,
+                        c.total,
+                        c.max_abs,
+                        c.max_rel
+                    ));
+                }
+            }
+            Err(e) => failures.push(format!("{}: {e}", f.label())),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn arena_is_within_ten_percent_of_the_liveness_lower_bound() {
+    let mut report = Vec::new();
+    for f in fixtures()
+        .iter()
+        .filter(|f| f.file != "k3.json" && f.file != "k2.json")
+    {
+        let reference = IoFile::read(&f.reference).unwrap();
+        let options = BuildOptions {
+            input_shapes: io::input_shapes(&reference.inputs),
+            ..Default::default()
+        };
+        let graph = kerac_compiler::load(&f.model, None, &options).unwrap();
+        let plan = Plan::new(&graph).unwrap();
+        assert!(
+            plan.arena_floats >= plan.lower_bound_floats,
+            "{}",
+            f.label()
+        );
+        if plan.arena_floats * 10 > plan.lower_bound_floats * 11 {
+            report.push(format!(
+                "{}: arena {} floats, lower bound {}",
+                f.label(),
+                plan.arena_floats,
+                plan.lower_bound_floats
+            ));
+        }
+    }
+    assert!(report.is_empty(), "{}", report.join("\n"));
+}
+
+#[test]
+fn batch_norm_folds_and_activations_fuse() {
+    let f = fixtures()
+        .into_iter()
+        .find(|f| f.name == "resnet_cnn" && f.file == "k3.keras")
+        .unwrap();
+    let graph = kerac_compiler::load(&f.model, None, &BuildOptions::default()).unwrap();
+    let plan = Plan::new(&graph).unwrap();
+    let names: Vec<&str> = plan.steps.iter().map(|s| s.kernel.name()).collect();
+    assert!(
+        !names.contains(&"scale_shift"),
+        "every BatchNormalization follows a Conv: {names:?}"
+    );
+    assert!(
+        plan.steps[0].layers.contains("batch_normalization")
+            && plan.steps[0].layers.contains("re_lu"),
+        "{}",
+        plan.steps[0].layers
+    );
+    // An activation stays a step of its own only after a kernel that cannot absorb it.
+    for step in plan
+        .steps
+        .iter()
+        .filter(|s| s.kernel.name() == "activation")
+    {
+        let producer = plan
+            .steps
+            .iter()
+            .find(|p| p.output == step.inputs[0])
+            .unwrap();
+        assert!(
+            !["dense", "conv", "conv_transpose"].contains(&producer.kernel.name()),
+            "{} not fused into {}",
+            step.layers,
+            producer.layers
+        );
+    }
+}
