@@ -42,6 +42,20 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Backend::Interp)]
         backend: Backend,
     },
+    /// Compile a model to Rust source (the code the `model!` macro expands to).
+    Compile {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// What to produce.
+        #[arg(long, value_enum, default_value_t = Emit::Rust)]
+        emit: Emit,
+        /// Output file; standard output when absent.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Name of the generated type.
+        #[arg(long, default_value = "Model")]
+        name: String,
+    },
     /// Compare a model's outputs with recorded Keras outputs; exits 0 only if all match.
     Check {
         #[command(flatten)]
@@ -68,6 +82,13 @@ struct ModelArgs {
     /// NAME=D1,D2,...
     #[arg(long = "input-shape", value_name = "NAME=D1,D2,...")]
     input_shapes: Vec<String>,
+}
+
+/// What `compile` produces.
+#[derive(Clone, Copy, ValueEnum)]
+enum Emit {
+    /// Rust source using the `kerac` runtime crate.
+    Rust,
 }
 
 /// Which implementation runs the model.
@@ -149,6 +170,46 @@ fn execute(command: Command) -> Result<ExitCode, Error> {
                 );
             } else {
                 print!("{}", report.to_text());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Compile {
+            model,
+            emit: Emit::Rust,
+            output,
+            name,
+        } => {
+            let graph = model.load(None)?;
+            let plan = Plan::new(&graph)?;
+            use kerac_compiler::emit::rust::{emit_source, RustOptions, WeightsAt};
+            // Beside a file, the weights go to `<file>.weights.bin`; on standard output
+            // they stay inline.
+            let weights_file = output.as_ref().map(|p| p.with_extension("weights.bin"));
+            let options = RustOptions {
+                type_name: name,
+                visibility: "pub".into(),
+                track_file: None,
+                source: model.model.display().to_string(),
+                weights: match &weights_file {
+                    Some(w) => WeightsAt::File(
+                        w.file_name()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or_default(),
+                    ),
+                    None => WeightsAt::Inline,
+                },
+            };
+            let source = emit_source(&plan, &options)?;
+            let write = |path: &Path, bytes: &[u8]| {
+                std::fs::write(path, bytes)
+                    .map_err(|e| Error::new(format!("cannot write: {e}")).in_file(path))
+            };
+            match (output, weights_file) {
+                (Some(path), Some(weights)) => {
+                    write(&path, source.as_bytes())?;
+                    write(&weights, &kerac_compiler::emit::weight_blob(&plan))?;
+                }
+                _ => print!("{source}"),
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -1,1 +1,115 @@
-//! Proc macros for kerac; the code generation itself lives in `kerac-compiler`.
+//! The `model!` proc macro. It parses its arguments, resolves the model path against the
+//! calling crate, and hands the rest to `kerac-compiler`; the code it returns is what
+//! `kerac compile --emit rust` writes.
+
+use kerac_compiler::emit::rust::{emit, RustOptions, WeightsAt};
+use kerac_compiler::plan::Plan;
+use kerac_compiler::BuildOptions;
+use proc_macro::TokenStream;
+use std::path::PathBuf;
+use syn::parse::{Parse, ParseStream};
+use syn::{bracketed, parenthesized, Ident, LitInt, LitStr, Token, Visibility};
+
+struct Args {
+    vis: Visibility,
+    name: Ident,
+    path: LitStr,
+    batch: Option<LitInt>,
+    weights: Option<LitStr>,
+    input_shapes: Vec<(String, Vec<usize>)>,
+}
+
+impl Parse for Args {
+    fn parse(input: ParseStream) -> syn::Result<Self> {
+        let vis: Visibility = input.parse()?;
+        let name: Ident = input.parse()?;
+        input.parse::<Token![=]>()?;
+        let path: LitStr = input.parse()?;
+        let mut args = Args {
+            vis,
+            name,
+            path,
+            batch: None,
+            weights: None,
+            input_shapes: Vec::new(),
+        };
+        while input.parse::<Option<Token![,]>>()?.is_some() {
+            if input.is_empty() {
+                break;
+            }
+            let key: Ident = input.parse()?;
+            match key.to_string().as_str() {
+                "batch" => {
+                    input.parse::<Token![=]>()?;
+                    args.batch = Some(input.parse()?);
+                }
+                "weights" => {
+                    input.parse::<Token![=]>()?;
+                    args.weights = Some(input.parse()?);
+                }
+                "input_shape" => {
+                    let inner;
+                    parenthesized!(inner in input);
+                    let input_name = if inner.peek(LitStr) {
+                        inner.parse::<LitStr>()?.value()
+                    } else {
+                        inner.parse::<Ident>()?.to_string()
+                    };
+                    input.parse::<Token![=]>()?;
+                    let dims;
+                    bracketed!(dims in input);
+                    let dims = dims.parse_terminated(LitInt::parse, Token![,])?;
+                    let dims = dims
+                        .iter()
+                        .map(LitInt::base10_parse::<usize>)
+                        .collect::<syn::Result<Vec<_>>>()?;
+                    args.input_shapes.push((input_name, dims));
+                }
+                other => {
+                    return Err(syn::Error::new(key.span(), format!("unknown option `{other}`; expected batch, weights or input_shape(NAME)")));
+                }
+            }
+        }
+        Ok(args)
+    }
+}
+
+/// Compiles a Keras model file into a Rust type: `model!(pub Net = "models/net.keras")`.
+#[proc_macro]
+pub fn model(input: TokenStream) -> TokenStream {
+    let args = syn::parse_macro_input!(input as Args);
+    match expand(&args) {
+        Ok(tokens) => tokens.into(),
+        Err(message) => syn::Error::new(args.path.span(), message)
+            .to_compile_error()
+            .into(),
+    }
+}
+
+fn expand(args: &Args) -> Result<proc_macro2::TokenStream, String> {
+    let root = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let path = root.join(args.path.value());
+    let weights = args.weights.as_ref().map(|w| root.join(w.value()));
+    let batch = match &args.batch {
+        Some(b) => b.base10_parse::<usize>().map_err(|e| e.to_string())?,
+        None => 1,
+    };
+    let options = BuildOptions {
+        batch,
+        input_shapes: args.input_shapes.iter().cloned().collect(),
+    };
+    let graph =
+        kerac_compiler::load(&path, weights.as_deref(), &options).map_err(|e| e.to_string())?;
+    let plan = Plan::new(&graph).map_err(|e| e.to_string())?;
+    let vis = &args.vis;
+    let rust = RustOptions {
+        type_name: args.name.to_string(),
+        visibility: quote::quote!(#vis).to_string(),
+        track_file: Some(path.display().to_string()),
+        source: args.path.value(),
+        weights: WeightsAt::Inline,
+    };
+    emit(&plan, &rust).map_err(|e| e.to_string())
+}

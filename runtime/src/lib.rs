@@ -1,43 +1,23 @@
-//! Runtime for models compiled by kerac.
+//! Run Keras models compiled ahead of time by kerac.
 //!
-//! Generated code calls these kernels with constant parameters; it is `no_std`,
-//! allocates nothing and never panics. Every kernel checks its buffer lengths once on
-//! entry (a branch that depends only on constants) and then runs loops whose trip
-//! counts come from its parameters alone, so the instruction path does not depend on
-//! the data.
+//! ```ignore
+//! kerac::model!(pub Controller = "models/controller.keras");
+//!
+//! let mut net = Controller::new();        // owns its fixed-size arena
+//! let y: [f32; 8] = net.predict(&x);      // x: &[f32; 32]; shapes are types
+//! ```
+//!
+//! `no_std`, no allocation: generated code and the kernels it calls allocate nothing,
+//! never panic, and run the same instructions for every input.
 #![no_std]
-#![deny(missing_docs)]
 
-pub mod act;
-pub mod arena;
-pub mod conv;
-pub mod dense;
-pub mod merge;
-pub mod norm;
-pub mod pool;
-pub mod shape;
-mod simd;
-pub mod window;
+pub use kerac_kernels::*;
 
-pub use act::Act;
-pub use arena::Arena;
-pub use window::Window;
-
-/// Errors a compiled model reports through its generic entry points.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Error {
-    /// The caller passed a different number of input or output buffers than the model has.
-    BufferCount,
-    /// A buffer's length differs from the number of floats the model expects there.
-    BufferLength,
-}
-
-/// What every compiled model implements: flat row-major buffers in Keras's input and
-/// output order, for the batch size it was compiled with. Generic code (a server, a test
-/// harness, a benchmark) drives any compiled model through it.
-pub trait Model {
-    /// A model with a zeroed arena.
-    fn new() -> Self;
-    /// Runs the model; a wrong number or length of buffers is an error, never a panic.
-    fn run(&mut self, inputs: &[&[f32]], outputs: &mut [&mut [f32]]) -> Result<(), Error>;
-}
+/// Compiles a Keras model file into a Rust type at build time.
+///
+/// `kerac::model!(pub Net = "models/net.keras");` — the path is relative to the crate's
+/// `Cargo.toml`. Options follow, comma-separated: `batch = 4`, `weights = "net.weights.h5"`
+/// (for a config JSON), `input_shape(name) = [30, 3]` (for dimensions the file leaves
+/// open). Errors are compile errors at the call.
+#[cfg(feature = "macros")]
+pub use kerac_macros::model;

@@ -47,3 +47,26 @@ pub fn views<const R: usize>(
         Some((ins, out))
     }
 }
+
+/// Copies `src` into the arena at `offset`; nothing when it does not fit, which planned
+/// code never hits.
+#[inline(always)]
+pub fn write(arena: &mut [f32], offset: usize, src: &[f32]) {
+    if let Some(dst) = offset
+        .checked_add(src.len())
+        .and_then(|end| arena.get_mut(offset..end))
+    {
+        dst.copy_from_slice(src);
+    }
+}
+
+/// Copies from the arena at `offset` into `dst`; nothing when it does not fit.
+#[inline(always)]
+pub fn read(arena: &[f32], offset: usize, dst: &mut [f32]) {
+    if let Some(src) = offset
+        .checked_add(dst.len())
+        .and_then(|end| arena.get(offset..end))
+    {
+        dst.copy_from_slice(src);
+    }
+}

@@ -1,0 +1,8 @@
+//! Code generation from a [`Plan`](crate::plan::Plan).
+
+pub mod rust;
+
+/// The weight bytes of a plan in the order and alignment [`rust::emit`] lays them out.
+pub fn weight_blob(plan: &crate::plan::Plan) -> Vec<u8> {
+    rust::layout(plan).1
+}

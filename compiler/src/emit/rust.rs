@@ -1,0 +1,584 @@
+//! Rust source for a plan: a type that owns its arena, with `predict` on arrays shaped
+//! like the model and the generic [`kerac::Model`] entry point. The `model!` macro and
+//! `kerac compile --emit rust` both call [`emit`], so they produce the same code.
+//!
+//! The code calls the runtime's kernels with named constant parameters, one block per
+//! plan step under a comment naming its Keras layers; weights are one aligned byte
+//! literal in read-only memory.
+
+use crate::error::{Error, Result};
+use crate::plan::{Kernel, Plan, Port, Step};
+use proc_macro2::{Literal, TokenStream};
+use quote::{format_ident, quote};
+use std::collections::BTreeMap;
+
+/// Choices for the generated code.
+#[derive(Debug, Clone)]
+pub struct RustOptions {
+    /// The type's name.
+    pub type_name: String,
+    /// Its visibility, as written before `struct` (`pub`, `pub(crate)`, or empty).
+    pub visibility: String,
+    /// A file whose bytes the expansion includes, so cargo rebuilds when it changes.
+    pub track_file: Option<String>,
+    /// Where the model came from, for the doc comment.
+    pub source: String,
+    /// Where the weight bytes live in the generated code.
+    pub weights: WeightsAt,
+}
+
+/// Where generated code keeps its weight bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WeightsAt {
+    /// In the code, as one byte-string literal (what the macro expands to).
+    Inline,
+    /// In a file beside the code, named here and read with `include_bytes!`.
+    File(String),
+}
+
+/// Floats between weight offsets: 64 bytes, a cache line.
+const WEIGHT_ALIGN: usize = 16;
+
+/// The generated code as tokens.
+pub fn emit(plan: &Plan, options: &RustOptions) -> Result<TokenStream> {
+    let name = syn::parse_str::<syn::Ident>(&options.type_name)
+        .map_err(|_| Error::new(format!("`{}` is not a valid type name", options.type_name)))?;
+    let vis: syn::Visibility = syn::parse_str(&options.visibility).map_err(|_| {
+        Error::new(format!(
+            "`{}` is not a valid visibility",
+            options.visibility
+        ))
+    })?;
+    let module = format_ident!("__kerac_{}", options.type_name.to_lowercase());
+
+    let (used, blob) = layout(plan);
+    let weight_bytes = blob.len();
+    let blob = match &options.weights {
+        WeightsAt::Inline => {
+            let literal = Literal::byte_string(&blob);
+            quote!(*#literal)
+        }
+        WeightsAt::File(path) => {
+            let path = Literal::string(path);
+            quote!(*include_bytes!(#path))
+        }
+    };
+
+    let mut consts = Vec::new();
+    let mut calls = Vec::new();
+    for (i, step) in plan.steps.iter().enumerate() {
+        let (c, call) = emit_step(plan, i, step, &used)?;
+        consts.push(c);
+        calls.push(call);
+    }
+
+    let arena_floats = plan.arena_floats;
+    let flops = plan.flops();
+    let params: usize = plan
+        .weights
+        .iter()
+        .enumerate()
+        .filter(|(id, _)| used.contains_key(id))
+        .map(|(_, w)| w.data.len())
+        .sum();
+    let input_types: Vec<TokenStream> = plan.inputs.iter().map(|p| array_type(plan, p)).collect();
+    let output_types: Vec<TokenStream> = plan.outputs.iter().map(|p| array_type(plan, p)).collect();
+    let output_zeros: Vec<TokenStream> = plan.outputs.iter().map(|p| array_zero(plan, p)).collect();
+    let input_names = arg_names(&plan.inputs);
+    let input_shapes: Vec<TokenStream> =
+        plan.inputs.iter().map(|p| shape_tokens(&p.shape)).collect();
+    let output_shapes: Vec<TokenStream> = plan
+        .outputs
+        .iter()
+        .map(|p| shape_tokens(&p.shape))
+        .collect();
+    let input_sizes: Vec<usize> = plan
+        .inputs
+        .iter()
+        .map(|p| p.shape.iter().product())
+        .collect();
+    let output_sizes: Vec<usize> = plan
+        .outputs
+        .iter()
+        .map(|p| p.shape.iter().product())
+        .collect();
+    let input_offsets: Vec<usize> = plan
+        .inputs
+        .iter()
+        .map(|p| plan.values[p.value].offset)
+        .collect();
+    let output_offsets: Vec<usize> = plan
+        .outputs
+        .iter()
+        .map(|p| plan.values[p.value].offset)
+        .collect();
+    let (n_in, n_out) = (plan.inputs.len(), plan.outputs.len());
+    let out_idx: Vec<usize> = (0..n_out).collect();
+    let in_idx: Vec<usize> = (0..n_in).collect();
+    let out_vars: Vec<syn::Ident> = (0..n_out).map(|i| format_ident!("output_{}", i)).collect();
+    let returns = if n_out == 1 {
+        let t = &output_types[0];
+        quote!(#t)
+    } else {
+        quote!((#(#output_types),*))
+    };
+    let result = if n_out == 1 {
+        quote!(output_0)
+    } else {
+        quote!((#(#out_vars),*))
+    };
+    let track = options.track_file.as_ref().map(|path| {
+        let path = Literal::string(path);
+        quote!(
+            const _: &[u8] = include_bytes!(#path);
+        )
+    });
+    let doc = format!(
+        " `{}` compiled by kerac from `{}`: {} steps, {} parameters, {} FLOPs per call, batch {}.",
+        plan.name,
+        options.source,
+        plan.steps.len(),
+        params,
+        flops,
+        plan.batch
+    );
+    let predict_doc = format!(
+        " Runs the model on {} and returns {}.",
+        describe(&plan.inputs),
+        describe(&plan.outputs)
+    );
+
+    Ok(quote! {
+        #[doc = #doc]
+        #vis struct #name {
+            arena: kerac::Arena<{ #module::ARENA_FLOATS }>,
+        }
+
+        #[allow(clippy::all, clippy::pedantic, non_upper_case_globals, unused_imports)]
+        mod #module {
+            use kerac::act::Act::{self, *};
+            use kerac::merge::Fold::*;
+            use kerac::norm::Strided;
+            use kerac::shape::AxisMap::*;
+            use kerac::Window;
+            #track
+            /// Floats in the activation arena.
+            pub(super) const ARENA_FLOATS: usize = #arena_floats;
+            /// Every weight, little-endian float32, each 64-byte aligned.
+            pub(super) static WEIGHTS: kerac::Weights<#weight_bytes> = kerac::Weights(#blob);
+            #(#consts)*
+            /// Runs every step; the inputs are already in the arena.
+            #[inline(never)]
+            pub(super) fn run(arena: &mut [f32]) {
+                #(#calls)*
+            }
+        }
+
+        impl #name {
+            /// Input shapes, batch first, in Keras's order.
+            pub const INPUT_SHAPES: [&'static [usize]; #n_in] = [#(#input_shapes),*];
+            /// Output shapes, batch first, in Keras's order.
+            pub const OUTPUT_SHAPES: [&'static [usize]; #n_out] = [#(#output_shapes),*];
+            /// Bytes of the activation arena the type holds.
+            pub const ARENA_BYTES: usize = #arena_floats * 4;
+            /// Bytes of read-only weights.
+            pub const WEIGHT_BYTES: usize = #weight_bytes;
+            /// Floating-point operations per call.
+            pub const FLOPS: u64 = #flops;
+
+            /// A model with a zeroed arena.
+            pub const fn new() -> Self {
+                #name { arena: kerac::Arena::new() }
+            }
+
+            #[doc = #predict_doc]
+            pub fn predict(&mut self, #(#input_names: &#input_types),*) -> #returns {
+                use kerac::Flat;
+                let arena = &mut self.arena.0;
+                #(kerac::arena::write(arena, #input_offsets, #input_names.flat());)*
+                #module::run(arena);
+                #(let mut #out_vars: #output_types = #output_zeros;
+                  kerac::arena::read(arena, #output_offsets, #out_vars.flat_mut());)*
+                #result
+            }
+        }
+
+        impl Default for #name {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl kerac::Model for #name {
+            fn new() -> Self {
+                #name::new()
+            }
+
+            fn run(&mut self, inputs: &[&[f32]], outputs: &mut [&mut [f32]]) -> Result<(), kerac::Error> {
+                if inputs.len() != #n_in || outputs.len() != #n_out {
+                    return Err(kerac::Error::BufferCount);
+                }
+                if #(inputs[#in_idx].len() != #input_sizes)||* #(|| outputs[#out_idx].len() != #output_sizes)* {
+                    return Err(kerac::Error::BufferLength);
+                }
+                let arena = &mut self.arena.0;
+                #(kerac::arena::write(arena, #input_offsets, inputs[#in_idx]);)*
+                #module::run(arena);
+                #(kerac::arena::read(arena, #output_offsets, outputs[#out_idx]);)*
+                Ok(())
+            }
+        }
+    })
+}
+
+/// Integer literals without type suffixes, as a person writes them.
+fn unsuffixed(tokens: TokenStream) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|t| match t {
+            proc_macro2::TokenTree::Literal(l) => {
+                let text = l.to_string();
+                match text
+                    .strip_suffix("usize")
+                    .or_else(|| text.strip_suffix("u64"))
+                    .and_then(|n| n.parse::<u64>().ok())
+                {
+                    Some(n) => proc_macro2::TokenTree::Literal(Literal::u64_unsuffixed(n)),
+                    None => proc_macro2::TokenTree::Literal(l),
+                }
+            }
+            proc_macro2::TokenTree::Group(g) => {
+                let mut group = proc_macro2::Group::new(g.delimiter(), unsuffixed(g.stream()));
+                group.set_span(g.span());
+                proc_macro2::TokenTree::Group(group)
+            }
+            other => other,
+        })
+        .collect()
+}
+
+/// The generated code as formatted source.
+pub fn emit_source(plan: &Plan, options: &RustOptions) -> Result<String> {
+    let tokens = unsuffixed(emit(plan, options)?);
+    let file: syn::File = syn::parse2(tokens)
+        .map_err(|e| Error::new(format!("generated code does not parse: {e}")))?;
+    Ok(prettyplease::unparse(&file))
+}
+
+/// Where each used weight sits in the blob (float offset and length), and the blob:
+/// only the weights the steps use (folding leaves the originals unused), each aligned.
+pub fn layout(plan: &Plan) -> (BTreeMap<usize, (usize, usize)>, Vec<u8>) {
+    let mut used: BTreeMap<usize, (usize, usize)> = BTreeMap::new();
+    let mut blob: Vec<u8> = Vec::new();
+    for step in &plan.steps {
+        for id in step_weights(&step.kernel) {
+            if used.contains_key(&id) {
+                continue;
+            }
+            let data = &plan.weights[id].data;
+            let offset = blob.len() / 4;
+            used.insert(id, (offset, data.len()));
+            blob.extend(data.iter().flat_map(|v| v.to_le_bytes()));
+            blob.resize(blob.len().div_ceil(WEIGHT_ALIGN * 4) * WEIGHT_ALIGN * 4, 0);
+        }
+    }
+    (used, blob)
+}
+
+fn step_weights(kernel: &Kernel) -> Vec<usize> {
+    match kernel {
+        Kernel::Dense { w, b, .. }
+        | Kernel::Conv { w, b, .. }
+        | Kernel::ConvTranspose { w, b, .. } => std::iter::once(*w).chain(*b).collect(),
+        Kernel::ScaleShift { scale, offset, .. } => vec![*scale, *offset],
+        Kernel::Prelu { alpha, .. } => vec![*alpha],
+        Kernel::LayerNorm { gamma, beta, .. } | Kernel::GroupNorm { gamma, beta, .. } => {
+            gamma.iter().chain(beta).copied().collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// A runtime parameter struct as a Rust expression: its `Debug` form, which spells
+/// struct and variant names the generated module imports.
+fn params(value: &impl std::fmt::Debug, path: &str) -> Result<TokenStream> {
+    let text = format!("{value:?}");
+    // Qualify the outermost struct name, so same-named structs of two modules can't clash.
+    let text = match text.find(|c: char| c == ' ' || c == '{' || c == '(') {
+        Some(end)
+            if !path.is_empty() && text[..end].chars().all(|c| c.is_alphanumeric() || c == '_') =>
+        {
+            format!("{path}{}", &text[end..])
+        }
+        _ => text,
+    };
+    syn::parse_str::<syn::Expr>(&text)
+        .map(|e| quote!(#e))
+        .map_err(|e| Error::new(format!("kernel parameters `{text}` do not parse: {e}")))
+}
+
+fn emit_step(
+    plan: &Plan,
+    i: usize,
+    step: &Step,
+    used: &BTreeMap<usize, (usize, usize)>,
+) -> Result<(TokenStream, TokenStream)> {
+    let name = format_ident!("STEP_{}", i);
+    let weight = |id: usize| {
+        let (offset, len) = used.get(&id).copied().unwrap_or((0, 0));
+        quote!(WEIGHTS.floats(#offset, #len))
+    };
+    let opt_weight = |id: Option<usize>| match id {
+        Some(id) => {
+            let w = weight(id);
+            quote!(Some(#w))
+        }
+        None => quote!(None),
+    };
+    let reads: Vec<TokenStream> = step
+        .inputs
+        .iter()
+        .map(|&v| {
+            let (o, l) = (plan.values[v].offset, plan.values[v].len);
+            quote!((#o, #l))
+        })
+        .collect();
+    let (wo, wl) = (
+        plan.values[step.output].offset,
+        plan.values[step.output].len,
+    );
+    let ins: Vec<syn::Ident> = (0..step.inputs.len())
+        .map(|k| format_ident!("x{}", k))
+        .collect();
+    let (ty, value, call): (TokenStream, TokenStream, TokenStream) = match &step.kernel {
+        Kernel::Dense { p, w, b } => (
+            quote!(kerac::dense::Dense),
+            params(p, "kerac::dense::Dense")?,
+            {
+                let (w, b) = (weight(*w), opt_weight(*b));
+                quote!(kerac::dense::dense(&#name, x0, #w, #b, y))
+            },
+        ),
+        Kernel::Conv { p, w, b } => (
+            quote!(kerac::conv::Conv),
+            params(p, "kerac::conv::Conv")?,
+            {
+                let (w, b) = (weight(*w), opt_weight(*b));
+                quote!(kerac::conv::conv(&#name, x0, #w, #b, y))
+            },
+        ),
+        Kernel::ConvTranspose { p, w, b } => (
+            quote!(kerac::conv::ConvTranspose),
+            params(p, "kerac::conv::ConvTranspose")?,
+            {
+                let (w, b) = (weight(*w), opt_weight(*b));
+                quote!(kerac::conv::conv_transpose(&#name, x0, #w, #b, y))
+            },
+        ),
+        Kernel::Pool(p) => (
+            quote!(kerac::pool::Pool),
+            params(p, "kerac::pool::Pool")?,
+            quote!(kerac::pool::pool(&#name, x0, y)),
+        ),
+        Kernel::GlobalPool(p) => (
+            quote!(kerac::pool::GlobalPool),
+            params(p, "kerac::pool::GlobalPool")?,
+            quote!(kerac::pool::global_pool(&#name, x0, y)),
+        ),
+        Kernel::ScaleShift { p, scale, offset } => (
+            quote!(kerac::norm::Strided),
+            params(p, "kerac::norm::Strided")?,
+            {
+                let (s, o) = (weight(*scale), weight(*offset));
+                quote!(kerac::norm::scale_shift(&#name, #s, #o, x0, y))
+            },
+        ),
+        Kernel::Prelu { p, alpha } => (
+            quote!(kerac::norm::Strided),
+            params(p, "kerac::norm::Strided")?,
+            {
+                let a = weight(*alpha);
+                quote!(kerac::norm::prelu(&#name, #a, x0, y))
+            },
+        ),
+        Kernel::Activation(act) => (
+            quote!(kerac::Act),
+            params(act, "")?,
+            quote!(kerac::norm::activation(#name, x0, y)),
+        ),
+        Kernel::Softmax { p, log } => (
+            quote!(kerac::norm::Strided),
+            params(p, "kerac::norm::Strided")?,
+            quote!(kerac::norm::softmax(&#name, #log, x0, y)),
+        ),
+        Kernel::LayerNorm { p, gamma, beta } => (
+            quote!(kerac::norm::LayerNorm),
+            params(p, "kerac::norm::LayerNorm")?,
+            {
+                let (g, b) = (opt_weight(*gamma), opt_weight(*beta));
+                quote!(kerac::norm::layer_norm(&#name, #g, #b, x0, y))
+            },
+        ),
+        Kernel::GroupNorm { p, gamma, beta } => (
+            quote!(kerac::norm::GroupNorm),
+            params(p, "kerac::norm::GroupNorm")?,
+            {
+                let (g, b) = (opt_weight(*gamma), opt_weight(*beta));
+                quote!(kerac::norm::group_norm(&#name, #g, #b, x0, y))
+            },
+        ),
+        Kernel::UnitNorm(p) => (
+            quote!(kerac::norm::Strided),
+            params(p, "kerac::norm::Strided")?,
+            quote!(kerac::norm::unit_norm(&#name, x0, y)),
+        ),
+        Kernel::Merge {
+            fold,
+            shape,
+            strides,
+        } => {
+            let n = strides.len();
+            let value = params(
+                &kerac::merge::Merge::<0> {
+                    fold: *fold,
+                    shape: *shape,
+                    strides: [],
+                },
+                "kerac::merge::Merge",
+            )?;
+            let text = value
+                .to_string()
+                .replace("strides : []", &format!("strides : {strides:?}"));
+            let value: TokenStream = text.parse().map_err(|_| Error::new("merge parameters"))?;
+            (
+                quote!(kerac::merge::Merge<#n>),
+                value,
+                quote!(kerac::merge::merge(&#name, [#(#ins),*], y)),
+            )
+        }
+        Kernel::Concat { outer, parts } => {
+            let n = parts.len();
+            (
+                quote!(kerac::merge::Concat<#n>),
+                quote!(kerac::merge::Concat { outer: #outer, parts: [#(#parts),*] }),
+                quote!(kerac::merge::concat(&#name, [#(#ins),*], y)),
+            )
+        }
+        Kernel::BatchDot(p) => (
+            quote!(kerac::merge::BatchDot),
+            params(p, "kerac::merge::BatchDot")?,
+            quote!(kerac::merge::batch_dot(&#name, x0, x1, y)),
+        ),
+        Kernel::StridedCopy(p) => (
+            quote!(kerac::shape::Strided),
+            params(p, "kerac::shape::Strided")?,
+            quote!(kerac::shape::strided_copy(&#name, x0, y)),
+        ),
+        Kernel::Resample(p) => (
+            quote!(kerac::shape::Resample),
+            params(p, "kerac::shape::Resample")?,
+            quote!(kerac::shape::resample(&#name, x0, y)),
+        ),
+    };
+    let in_shapes: Vec<String> = step
+        .inputs
+        .iter()
+        .map(|&v| format!("{} floats", plan.values[v].len))
+        .collect();
+    let doc = format!(
+        " `{}` ({}): {} -> {} floats, {} FLOPs.",
+        step.layers,
+        step.kernel.name(),
+        in_shapes.join(" + "),
+        wl,
+        step.flops
+    );
+    let constant = quote! {
+        #[doc = #doc]
+        const #name: #ty = #value;
+    };
+    let call = quote! {
+        if let Some(([#(#ins),*], y)) = kerac::arena::views(arena, [#(#reads),*], (#wo, #wl)) {
+            #call;
+        }
+    };
+    Ok((constant, call))
+}
+
+fn array_type(plan: &Plan, port: &Port) -> TokenStream {
+    // One sample drops the batch axis; a batch keeps it.
+    let dims: &[usize] = if plan.batch == 1 {
+        &port.shape[1..]
+    } else {
+        &port.shape
+    };
+    let mut t = quote!(f32);
+    for &d in dims.iter().rev() {
+        t = quote!([#t; #d]);
+    }
+    if dims.is_empty() {
+        t = quote!([f32; 1]);
+    }
+    t
+}
+
+/// A zero value of [`array_type`] (arrays past 32 elements have no `Default`).
+fn array_zero(plan: &Plan, port: &Port) -> TokenStream {
+    let dims: &[usize] = if plan.batch == 1 {
+        &port.shape[1..]
+    } else {
+        &port.shape
+    };
+    let mut t = quote!(0.0f32);
+    for &d in dims.iter().rev() {
+        t = quote!([#t; #d]);
+    }
+    if dims.is_empty() {
+        t = quote!([0.0f32; 1]);
+    }
+    t
+}
+
+fn shape_tokens(shape: &[usize]) -> TokenStream {
+    quote!(&[#(#shape),*])
+}
+
+fn arg_names(ports: &[Port]) -> Vec<syn::Ident> {
+    let mut seen = std::collections::HashSet::new();
+    ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let mut s: String = p
+                .name
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() {
+                        c.to_ascii_lowercase()
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            if s.is_empty()
+                || s.starts_with(|c: char| c.is_ascii_digit())
+                || syn::parse_str::<syn::Ident>(&s).is_err()
+                || s.starts_with("output_")
+            {
+                s = format!("input_{i}");
+            }
+            while !seen.insert(s.clone()) {
+                s.push('_');
+            }
+            format_ident!("{}", s)
+        })
+        .collect()
+}
+
+fn describe(ports: &[Port]) -> String {
+    let parts: Vec<String> = ports
+        .iter()
+        .map(|p| format!("`{}` {:?}", p.name, p.shape))
+        .collect();
+    parts.join(", ")
+}

@@ -1,0 +1,47 @@
+//! Runtime for models compiled by kerac.
+//!
+//! Generated code calls these kernels with constant parameters; it is `no_std`,
+//! allocates nothing and never panics. Every kernel checks its buffer lengths once on
+//! entry (a branch that depends only on constants) and then runs loops whose trip
+//! counts come from its parameters alone, so the instruction path does not depend on
+//! the data.
+#![no_std]
+#![deny(missing_docs)]
+
+pub mod act;
+pub mod arena;
+pub mod conv;
+pub mod dense;
+pub mod merge;
+pub mod norm;
+pub mod pool;
+pub mod shape;
+mod simd;
+pub mod weights;
+pub mod window;
+
+pub use act::Act;
+pub use arena::Arena;
+pub use weights::{Flat, Weights};
+pub use window::Window;
+
+/// Errors a compiled model reports through its generic entry points.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Error {
+    /// The caller passed a different number of input or output buffers than the model has.
+    BufferCount,
+    /// A buffer's length differs from the number of floats the model expects there.
+    BufferLength,
+}
+
+/// What every compiled model implements: flat row-major buffers in Keras's input and
+/// output order, for the batch size it was compiled with. Generic code (a server, a test
+/// harness, a benchmark) drives any compiled model through it.
+pub trait Model {
+    /// A model with a zeroed arena.
+    fn new() -> Self
+    where
+        Self: Sized;
+    /// Runs the model; a wrong number or length of buffers is an error, never a panic.
+    fn run(&mut self, inputs: &[&[f32]], outputs: &mut [&mut [f32]]) -> Result<(), Error>;
+}

@@ -1,0 +1,118 @@
+//! Every fixture, in every file dialect, compiled by the `model!` macro and run through
+//! the generic `kerac::Model` entry point, compared with the outputs real Keras recorded.
+
+#[allow(dead_code)]
+mod compiled {
+    include!(concat!(env!("OUT_DIR"), "/compiled_fixtures.rs"));
+}
+
+use kerac_compiler::io::{self, IoFile};
+use std::path::Path;
+
+#[test]
+fn model_macro_matches_keras_on_every_fixture_and_dialect() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let all = compiled::compiled();
+    assert!(
+        all.len() >= 50,
+        "expected every fixture file, found {}",
+        all.len()
+    );
+    let mut failures = Vec::new();
+    for (label, reference, make) in all {
+        let reference = IoFile::read(&root.join(reference)).unwrap();
+        let mut model = make();
+        let samples = reference.inputs[0].shape[0];
+        let mut outputs: Vec<io::IoTensor> = reference
+            .outputs
+            .iter()
+            .map(|o| io::IoTensor {
+                name: o.name.clone(),
+                shape: o.shape.clone(),
+                data: vec![0.0; o.data.len()],
+            })
+            .collect();
+        for s in 0..samples {
+            let inputs: Vec<&[f32]> = reference
+                .inputs
+                .iter()
+                .map(|t| {
+                    let per = t.data.len() / samples;
+                    &t.data[s * per..(s + 1) * per]
+                })
+                .collect();
+            let mut outs: Vec<&mut [f32]> = outputs
+                .iter_mut()
+                .map(|t| {
+                    let per = t.data.len() / samples;
+                    &mut t.data[s * per..(s + 1) * per]
+                })
+                .collect();
+            model
+                .run(&inputs, &mut outs)
+                .unwrap_or_else(|e| panic!("{label}: {e:?}"));
+        }
+        for c in io::compare(&outputs, &reference).unwrap() {
+            if c.mismatches > 0 {
+                failures.push(format!(
+                    "{label}: output `{}`: {}/{} off (max abs {:.3e}, max rel {:.3e})",
+                    c.name, c.mismatches, c.total, c.max_abs, c.max_rel
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn generic_entry_point_rejects_wrong_buffers() {
+    let (_, _, make) = compiled::compiled()
+        .into_iter()
+        .find(|(l, _, _)| *l == "mlp/k3.keras")
+        .unwrap();
+    let mut model = make();
+    let x = [0f32; 12];
+    let mut y = [0f32; 10];
+    assert_eq!(
+        model.run(&[&x, &x], &mut [&mut y]),
+        Err(kerac::Error::BufferCount)
+    );
+    assert_eq!(
+        model.run(&[&x[..11]], &mut [&mut y]),
+        Err(kerac::Error::BufferLength)
+    );
+    assert_eq!(
+        model.run(&[&x], &mut [&mut y[..9]]),
+        Err(kerac::Error::BufferLength)
+    );
+    assert_eq!(model.run(&[&x], &mut [&mut y]), Ok(()));
+}
+
+#[test]
+fn predict_takes_and_returns_arrays_shaped_like_the_model() {
+    use compiled::m_functional_graph_k3_keras::Model as Graph;
+    let mut net = Graph::new();
+    let (a, b) = ([0.5f32; 10], [-0.25f32; 10]);
+    let (class, value): ([f32; 3], [f32; 1]) = net.predict(&a, &b);
+    assert!(
+        (class.iter().sum::<f32>() - 1.0).abs() < 1e-5,
+        "softmax head sums to 1: {class:?}"
+    );
+    assert!(value[0].is_finite());
+    assert_eq!(Graph::INPUT_SHAPES, [&[1usize, 10][..], &[1, 10][..]]);
+    assert!(Graph::FLOPS > 0 && Graph::WEIGHT_BYTES > 0 && Graph::ARENA_BYTES > 0);
+    use compiled::m_conv2d_k3_keras::Model as Conv;
+    let mut conv = Conv::new();
+    let image = [[[0.1f32; 4]; 8]; 9];
+    let outputs = conv.predict(&image);
+    let first: &[[[f32; 6]; 6]; 7] = &outputs.0;
+    assert!(
+        first.iter().flatten().flatten().all(|v| *v >= 0.0),
+        "relu output"
+    );
+}
