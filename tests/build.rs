@@ -15,7 +15,7 @@ fn main() {
         .collect();
     dirs.sort();
     let mut modules = String::new();
-    let mut table = String::from("/// Every fixture file compiled by `model!`: label, reference, constructor.\npub fn compiled() -> Vec<(&'static str, &'static str, fn() -> Box<dyn kerac::Model>)> {\n    vec![\n");
+    let mut table = String::from("/// Label, reference file and constructor of a compiled fixture.\npub type Compiled = (&'static str, &'static str, fn() -> Box<dyn kerac::Model>);\n/// Every fixture file compiled by `model!`.\npub fn compiled() -> Vec<Compiled> {\n    vec![\n");
     for dir in dirs {
         let name = dir.file_name().unwrap().to_string_lossy().into_owned();
         for file in ["k3.keras", "k3.h5", "k3.json", "k2.h5", "k2.json"] {

@@ -304,7 +304,7 @@ fn step_weights(kernel: &Kernel) -> Vec<usize> {
 fn params(value: &impl std::fmt::Debug, path: &str) -> Result<TokenStream> {
     let text = format!("{value:?}");
     // Qualify the outermost struct name, so same-named structs of two modules can't clash.
-    let text = match text.find(|c: char| c == ' ' || c == '{' || c == '(') {
+    let text = match text.find([' ', '{', '(']) {
         Some(end)
             if !path.is_empty() && text[..end].chars().all(|c| c.is_alphanumeric() || c == '_') =>
         {
