@@ -106,10 +106,16 @@ fn predict_takes_and_returns_arrays_shaped_like_the_model() {
     assert!(value[0].is_finite());
     assert_eq!(Graph::INPUT_SHAPES, [&[1usize, 10][..], &[1, 10][..]]);
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/functional_graph/k3.keras");
-    let plan = kerac_compiler::plan::Plan::new(&kerac_compiler::load(&path, None, &Default::default()).unwrap()).unwrap();
+    let plan = kerac_compiler::plan::Plan::new(
+        &kerac_compiler::load(&path, None, &Default::default()).unwrap(),
+    )
+    .unwrap();
     assert_eq!(Graph::FLOPS, plan.flops());
     assert_eq!(Graph::ARENA_BYTES, plan.arena_floats * 4);
-    assert_eq!(Graph::WEIGHT_BYTES, kerac_compiler::emit::weight_blob(&plan).len());
+    assert_eq!(
+        Graph::WEIGHT_BYTES,
+        kerac_compiler::emit::weight_blob(&plan).len()
+    );
     use compiled::m_conv2d_k3_keras::Model as Conv;
     let mut conv = Conv::new();
     let image = [[[0.1f32; 4]; 8]; 9];

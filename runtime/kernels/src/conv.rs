@@ -3,7 +3,7 @@
 //! channel) and transposed convolution.
 
 use crate::act::Act;
-use crate::simd::{axpy, dot};
+use crate::simd::{axpy, dot, part, part_mut};
 use crate::window::Window;
 
 /// A (grouped) convolution with fixed geometry.
@@ -28,6 +28,9 @@ impl Conv {
     pub const fn sizes(&self) -> (usize, usize, usize) {
         let [d, h, w] = self.windows;
         let taps = d.kernel * h.kernel * w.kernel;
+        if self.groups == 0 {
+            return (0, 0, 0);
+        }
         (
             self.batch * d.input * h.input * w.input * self.cin,
             taps * (self.cin / self.groups) * self.cout,
@@ -55,9 +58,12 @@ pub fn conv(p: &Conv, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32])
         for od in 0..wd.output {
             for oh in 0..wh.output {
                 for ow in 0..ww.output {
-                    let out = &mut y[pixel * cout..(pixel + 1) * cout];
+                    // SAFETY (every `part` in this loop nest): x, w, y and bias lengths
+                    // were checked against the geometry above; taps() keeps every
+                    // position inside the input.
+                    let out = unsafe { part_mut(y, pixel * cout, cout) };
                     match bias {
-                        Some(bias) => out.copy_from_slice(&bias[..cout]),
+                        Some(bias) => out.copy_from_slice(unsafe { part(bias, 0, cout) }),
                         None => out.fill(0.0),
                     }
                     for kd in wd.taps(od) {
@@ -70,11 +76,11 @@ pub fn conv(p: &Conv, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32])
                                     (((b * wd.input + id) * wh.input + ih) * ww.input + iw) * p.cin;
                                 let tap = (kd * wh.kernel + kh) * ww.kernel + kw;
                                 for g in 0..p.groups {
-                                    let xs = &x[xi + g * cin_g..xi + (g + 1) * cin_g];
-                                    let og = &mut out[g * cout_g..(g + 1) * cout_g];
+                                    let xs = unsafe { part(x, xi + g * cin_g, cin_g) };
+                                    let og = unsafe { part_mut(out, g * cout_g, cout_g) };
                                     for (ci, &xv) in xs.iter().enumerate() {
                                         let row = (tap * cin_g + ci) * cout + g * cout_g;
-                                        axpy(og, xv, &w[row..row + cout_g]);
+                                        axpy(og, xv, unsafe { part(w, row, cout_g) });
                                     }
                                 }
                             }
@@ -125,10 +131,15 @@ pub fn conv_transpose(
     {
         return;
     }
-    let y = &mut y[..ny];
+    // SAFETY (every `part` below): x, w, y and bias lengths were checked against the
+    // geometry above; taps() keeps every output position inside the output.
+    let y = unsafe { part_mut(y, 0, ny) };
+    if cout == 0 {
+        return;
+    }
     for pixel in y.chunks_exact_mut(cout) {
         match bias {
-            Some(bias) => pixel.copy_from_slice(&bias[..cout]),
+            Some(bias) => pixel.copy_from_slice(unsafe { part(bias, 0, cout) }),
             None => pixel.fill(0.0),
         }
     }
@@ -137,7 +148,7 @@ pub fn conv_transpose(
             for ih in 0..wh.output {
                 for iw in 0..ww.output {
                     let xi = (((b * wd.output + id) * wh.output + ih) * ww.output + iw) * cin;
-                    let xs = &x[xi..xi + cin];
+                    let xs = unsafe { part(x, xi, cin) };
                     for kd in wd.taps(id) {
                         let od = wd.at(id, kd);
                         for kh in wh.taps(ih) {
@@ -147,8 +158,9 @@ pub fn conv_transpose(
                                 let oi =
                                     (((b * wd.input + od) * wh.input + oh) * ww.input + ow) * cout;
                                 let ki = ((kd * wh.kernel + kh) * ww.kernel + kw) * cout * cin;
-                                for co in 0..cout {
-                                    y[oi + co] += dot(xs, &w[ki + co * cin..ki + (co + 1) * cin]);
+                                let out = unsafe { part_mut(y, oi, cout) };
+                                for (co, o) in out.iter_mut().enumerate() {
+                                    *o += dot(xs, unsafe { part(w, ki + co * cin, cin) });
                                 }
                             }
                         }

@@ -2,7 +2,7 @@
 //! Keras keeps it.
 
 use crate::act::Act;
-use crate::simd::axpy;
+use crate::simd::{axpy, part, part_mut};
 
 /// A dense layer with fixed sizes.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -31,22 +31,22 @@ pub fn dense(p: &Dense, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32
     {
         return;
     }
-    for (xr, yr) in x.chunks_exact(k).zip(y.chunks_exact_mut(n)).take(p.rows) {
+    for r in 0..p.rows {
+        // SAFETY (every `part` below): the lengths of x, w, y and bias were checked
+        // against rows, k and n above, and every range stays inside them.
+        let (xr, yr) = unsafe { (part(x, r * k, k), part_mut(y, r * n, n)) };
         let mut start = 0;
         while start < n {
             let width = if n - start >= BLOCK { BLOCK } else { n - start };
             let mut acc = [0f32; BLOCK];
+            let acc = &mut acc[..width];
             if let Some(b) = bias {
-                acc[..width].copy_from_slice(&b[start..start + width]);
+                acc.copy_from_slice(unsafe { part(b, start, width) });
             }
             for (i, &xv) in xr.iter().enumerate() {
-                axpy(
-                    &mut acc[..width],
-                    xv,
-                    &w[i * n + start..i * n + start + width],
-                );
+                axpy(acc, xv, unsafe { part(w, i * n + start, width) });
             }
-            yr[start..start + width].copy_from_slice(&acc[..width]);
+            unsafe { part_mut(yr, start, width) }.copy_from_slice(acc);
             start += width;
         }
         p.act.apply(yr);

@@ -77,10 +77,13 @@ pub fn merge<const N: usize>(p: &Merge<N>, inputs: [&[f32]; N], y: &mut [f32]) {
     if N == 0 || y.len() < total || !fits {
         return;
     }
+    // SAFETY (both `get_unchecked`s): every index is below its shape entry, so each
+    // offset is at most the `last` offset checked against the input's length above; and
+    // `flat` counts the output's elements, checked against y's length.
     offsets(&p.shape, |flat, index| {
-        let mut acc = inputs[0][offset(&index, &p.strides[0])];
-        for k in 1..N {
-            let v = inputs[k][offset(&index, &p.strides[k])];
+        let mut acc = unsafe { *inputs[0].get_unchecked(offset(&index, &p.strides[0])) };
+        for (x, strides) in inputs.iter().zip(&p.strides).skip(1) {
+            let v = unsafe { *x.get_unchecked(offset(&index, strides)) };
             acc = match p.fold {
                 Fold::Add | Fold::Average => acc + v,
                 Fold::Subtract => acc - v,
@@ -92,7 +95,7 @@ pub fn merge<const N: usize>(p: &Merge<N>, inputs: [&[f32]; N], y: &mut [f32]) {
         if p.fold == Fold::Average {
             acc *= 1.0 / N as f32;
         }
-        y[flat] = acc;
+        unsafe { *y.get_unchecked_mut(flat) = acc };
     });
 }
 

@@ -2,6 +2,7 @@
 //! count only the values inside the input, like Keras) and global pooling.
 
 use crate::act::fmax;
+use crate::simd::{part, part_mut};
 use crate::window::Window;
 
 /// A pooling window with fixed geometry.
@@ -32,7 +33,9 @@ pub fn pool(p: &Pool, x: &[f32], y: &mut [f32]) {
         for od in 0..wd.output {
             for oh in 0..wh.output {
                 for ow in 0..ww.output {
-                    let out = &mut y[pixel * c..(pixel + 1) * c];
+                    // SAFETY (both `part`s): x and y lengths were checked against the
+                    // geometry above, and taps() keeps positions inside the input.
+                    let out = unsafe { part_mut(y, pixel * c, c) };
                     out.fill(if p.max { f32::NEG_INFINITY } else { 0.0 });
                     let (td, th, tw) = (wd.taps(od), wh.taps(oh), ww.taps(ow));
                     let count = td.len() * th.len() * tw.len();
@@ -44,7 +47,7 @@ pub fn pool(p: &Pool, x: &[f32], y: &mut [f32]) {
                                     * ww.input
                                     + ww.at(ow, kw))
                                     * c;
-                                for (o, &v) in out.iter_mut().zip(&x[xi..xi + c]) {
+                                for (o, &v) in out.iter_mut().zip(unsafe { part(x, xi, c) }) {
                                     *o = if p.max { fmax(v, *o) } else { *o + v };
                                 }
                             }

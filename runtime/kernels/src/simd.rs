@@ -58,3 +58,24 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     }
     s
 }
+
+/// `&s[start..start + len]` without a bounds check.
+///
+/// # Safety
+/// `start + len <= s.len()`: kernels establish it for every use by checking their
+/// buffer lengths against their constant parameters on entry.
+#[inline(always)]
+pub(crate) unsafe fn part(s: &[f32], start: usize, len: usize) -> &[f32] {
+    // SAFETY: the caller guarantees the range is inside `s`.
+    unsafe { s.get_unchecked(start..start + len) }
+}
+
+/// `&mut s[start..start + len]` without a bounds check.
+///
+/// # Safety
+/// As for [`part`].
+#[inline(always)]
+pub(crate) unsafe fn part_mut(s: &mut [f32], start: usize, len: usize) -> &mut [f32] {
+    // SAFETY: the caller guarantees the range is inside `s`.
+    unsafe { s.get_unchecked_mut(start..start + len) }
+}

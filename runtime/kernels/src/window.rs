@@ -35,6 +35,11 @@ impl Window {
     /// loops visit only these, so a window far larger than its input costs nothing.
     #[inline(always)]
     pub const fn taps(&self, o: usize) -> Range<usize> {
+        // A zero dilation never comes out of the compiler; the guard keeps the division
+        // below free of a panic path.
+        if self.dilation == 0 {
+            return 0..0;
+        }
         let start = o * self.stride;
         let lo = self
             .pad_before

@@ -1,0 +1,61 @@
+//! Compiled models allocate nothing when they run: a counting global allocator sees no
+//! allocation during any call of any compiled fixture.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+struct Counting;
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards to the system allocator unchanged; only counts calls.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
+        // SAFETY: the caller's layout, passed through.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `alloc` with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[allow(dead_code)]
+mod compiled {
+    include!(concat!(env!("OUT_DIR"), "/compiled_fixtures.rs"));
+}
+
+#[test]
+fn running_a_compiled_model_allocates_nothing() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (label, reference, make) in compiled::compiled() {
+        let reference = kerac_compiler::io::IoFile::read(&root.join(reference)).unwrap();
+        let samples = reference.inputs[0].shape[0];
+        let inputs: Vec<Vec<f32>> = reference
+            .inputs
+            .iter()
+            .map(|t| t.data[..t.data.len() / samples].to_vec())
+            .collect();
+        let mut outputs: Vec<Vec<f32>> = reference
+            .outputs
+            .iter()
+            .map(|t| vec![0.0; t.data.len() / samples])
+            .collect();
+        let ins: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
+        let mut outs: Vec<&mut [f32]> = outputs.iter_mut().map(Vec::as_mut_slice).collect();
+        let mut model = make();
+        let before = ALLOCATIONS.load(Ordering::SeqCst);
+        let result = model.run(&ins, &mut outs);
+        let after = ALLOCATIONS.load(Ordering::SeqCst);
+        assert_eq!(result, Ok(()), "{label}");
+        assert_eq!(
+            after,
+            before,
+            "{label}: {} allocations during run",
+            after - before
+        );
+    }
+}
