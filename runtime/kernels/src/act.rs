@@ -66,21 +66,13 @@ pub enum Act {
 /// `a > b ? a : b`: the semantics of x86 `maxps`, so every backend agrees on NaN.
 #[inline(always)]
 pub fn fmax(a: f32, b: f32) -> f32 {
-    if a > b {
-        a
-    } else {
-        b
-    }
+    select(a > b, a, b)
 }
 
 /// `a < b ? a : b`: the semantics of x86 `minps`.
 #[inline(always)]
 pub fn fmin(a: f32, b: f32) -> f32 {
-    if a < b {
-        a
-    } else {
-        b
-    }
+    select(a < b, a, b)
 }
 
 /// Clamps `x` into `[lo, hi]`; NaN stays NaN.
@@ -89,18 +81,48 @@ fn clamp(x: f32, lo: f32, hi: f32) -> f32 {
     fmin(hi, fmax(lo, x))
 }
 
+/// `c ? a : b` without a branch. On x86-64 it runs in SSE registers, where the code
+/// generator keeps it a mask-and-blend (it may turn a scalar `cmov` into a jump).
 #[inline(always)]
 fn select(c: bool, a: f32, b: f32) -> f32 {
-    if c {
-        a
-    } else {
-        b
+    #[cfg(target_arch = "x86_64")]
+    {
+        use core::arch::x86_64::*;
+        // SAFETY: SSE2 is part of the x86-64 baseline.
+        unsafe {
+            let mask = _mm_castsi128_ps(_mm_set1_epi32(-(c as i32)));
+            _mm_cvtss_f32(_mm_or_ps(
+                _mm_and_ps(mask, _mm_set_ss(a)),
+                _mm_andnot_ps(mask, _mm_set_ss(b)),
+            ))
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let mask = (c as u32).wrapping_neg();
+        f32::from_bits((a.to_bits() & mask) | (b.to_bits() & !mask))
+    }
+}
+
+/// Truncation to an integer with no saturation branches; only finite, in-range values
+/// reach it (NaN gives an unspecified integer, and the NaN carries through the result).
+#[inline(always)]
+fn trunc_i32(x: f32) -> i32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use core::arch::x86_64::*;
+        // SAFETY: SSE is part of the x86-64 baseline.
+        unsafe { _mm_cvttss_si32(_mm_set_ss(x)) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        x as i32
     }
 }
 
 #[inline(always)]
 fn floor(x: f32) -> f32 {
-    let t = x as i32 as f32;
+    let t = trunc_i32(x) as f32;
     t - select(t > x, 1.0, 0.0)
 }
 
@@ -117,7 +139,7 @@ pub fn exp(x: f32) -> f32 {
         + 5.000_000_1e-1;
     let y = p * z + r + 1.0;
     // 2^(n-1) * 2 keeps the exponent field in range at both ends of the clamp.
-    let scale = f32::from_bits((((n as i32) - 1 + 127) as u32) << 23);
+    let scale = f32::from_bits((trunc_i32(n).wrapping_add(126) as u32).wrapping_shl(23));
     y * scale * 2.0
 }
 
@@ -128,7 +150,7 @@ pub fn log(x: f32) -> f32 {
     let e = ((bits >> 23) & 0xff) as i32 - 126;
     let m = f32::from_bits((bits & 0x007f_ffff) | 0x3f00_0000);
     let small = m < core::f32::consts::FRAC_1_SQRT_2;
-    let e = (e - select(small, 1.0, 0.0) as i32) as f32;
+    let e = e as f32 - select(small, 1.0, 0.0);
     let m = select(small, m + m - 1.0, m - 1.0);
     let z = m * m;
     let p = (((((((7.037_683_6e-2 * m - 1.151_461e-1) * m + 1.167_699_9e-1) * m
