@@ -51,7 +51,7 @@ fn instructions(label: &str, kind: &str) -> u64 {
             l.strip_prefix("totals:")
                 .or_else(|| l.strip_prefix("summary:"))
         })
-        .and_then(|v| v.trim().split_whitespace().next()?.parse().ok())
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .expect("an instruction total")
 }
 
