@@ -21,7 +21,7 @@ fn main() {
         match kind {
             "zeros" => 0.0,
             "huge" => {
-                if i % 2 == 0 {
+                if i.is_multiple_of(2) {
                     3.0e38
                 } else {
                     -3.0e38
@@ -29,7 +29,7 @@ fn main() {
             }
             "nan" => f32::NAN,
             "inf" => {
-                if i % 2 == 0 {
+                if i.is_multiple_of(2) {
                     f32::INFINITY
                 } else {
                     f32::NEG_INFINITY
