@@ -21,6 +21,150 @@ pub struct LayerRow {
     pub flops: u64,
 }
 
+/// One step of the compiled plan.
+#[derive(Debug, Serialize)]
+pub struct StepRow {
+    /// Runtime kernel.
+    pub kernel: String,
+    /// Keras layers it implements.
+    pub layers: String,
+    /// Loop nest: named constant trip counts, outermost first.
+    pub loops: Vec<(String, usize)>,
+    /// FLOPs per call.
+    pub flops: u64,
+    /// Bytes read: inputs and weights.
+    pub bytes_read: usize,
+    /// Bytes written.
+    pub bytes_written: usize,
+    /// Arena region written, in bytes: `[start, end)`.
+    pub output_region: (usize, usize),
+}
+
+/// The compiled plan, as `inspect` shows it.
+#[derive(Debug, Serialize)]
+pub struct PlanReport {
+    /// Steps in order.
+    pub steps: Vec<StepRow>,
+    /// Arena bytes.
+    pub arena_bytes: usize,
+    /// Bytes alive at once at the worst step: no arena can be smaller.
+    pub arena_lower_bound_bytes: usize,
+    /// Weight bytes after folding.
+    pub weight_bytes: usize,
+}
+
+impl PlanReport {
+    /// Summarises a plan.
+    pub fn new(plan: &crate::plan::Plan) -> PlanReport {
+        use crate::plan::Kernel;
+        let weight_floats = |k: &Kernel| -> usize {
+            let w = |id: &usize| plan.weights[*id].data.len();
+            match k {
+                Kernel::Dense { w: a, b, .. }
+                | Kernel::Conv { w: a, b, .. }
+                | Kernel::ConvTranspose { w: a, b, .. } => w(a) + b.as_ref().map_or(0, w),
+                Kernel::ScaleShift { scale, offset, .. } => w(scale) + w(offset),
+                Kernel::Prelu { alpha, .. } => w(alpha),
+                Kernel::LayerNorm { gamma, beta, .. } | Kernel::GroupNorm { gamma, beta, .. } => {
+                    gamma.as_ref().map_or(0, w) + beta.as_ref().map_or(0, w)
+                }
+                _ => 0,
+            }
+        };
+        PlanReport {
+            steps: plan
+                .steps
+                .iter()
+                .map(|s| {
+                    let out = &plan.values[s.output];
+                    StepRow {
+                        kernel: s.kernel.name().to_string(),
+                        layers: s.layers.clone(),
+                        loops: s
+                            .kernel
+                            .loops()
+                            .into_iter()
+                            .map(|(n, v)| (n.to_string(), v))
+                            .collect(),
+                        flops: s.flops,
+                        bytes_read: 4
+                            * (s.inputs.iter().map(|&v| plan.values[v].len).sum::<usize>()
+                                + weight_floats(&s.kernel)),
+                        bytes_written: 4 * out.len,
+                        output_region: (4 * out.offset, 4 * (out.offset + out.len)),
+                    }
+                })
+                .collect(),
+            arena_bytes: 4 * plan.arena_floats,
+            arena_lower_bound_bytes: 4 * plan.lower_bound_floats,
+            weight_bytes: crate::emit::weight_blob(plan).len(),
+        }
+    }
+
+    /// The plan as text.
+    pub fn to_text(&self) -> String {
+        let mut rows: Vec<[String; 6]> = vec![[
+            "Step".into(),
+            "Kernel (layers)".into(),
+            "Loops".into(),
+            "FLOPs".into(),
+            "Read / written".into(),
+            "Arena (bytes)".into(),
+        ]];
+        for (i, s) in self.steps.iter().enumerate() {
+            let loops: Vec<String> = s.loops.iter().map(|(n, v)| format!("{n} {v}")).collect();
+            rows.push([
+                i.to_string(),
+                format!("{} ({})", s.kernel, s.layers),
+                loops.join(" x "),
+                group(s.flops),
+                format!("{} / {}", bytes(s.bytes_read), bytes(s.bytes_written)),
+                format!("{}..{}", s.output_region.0, s.output_region.1),
+            ]);
+        }
+        let widths: Vec<usize> = (0..6)
+            .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+            .collect();
+        let line = "─".repeat(widths.iter().sum::<usize>() + 15);
+        let mut out = format!("Plan: {} steps\n{line}\n", self.steps.len());
+        for (i, r) in rows.iter().enumerate() {
+            out.push_str(&format!(
+                "{:>w0$}   {:<w1$}   {:<w2$}   {:>w3$}   {:>w4$}   {:>w5$}\n",
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                r[4],
+                r[5],
+                w0 = widths[0],
+                w1 = widths[1],
+                w2 = widths[2],
+                w3 = widths[3],
+                w4 = widths[4],
+                w5 = widths[5]
+            ));
+            if i == 0 {
+                out.push_str(&line);
+                out.push('\n');
+            }
+        }
+        out.push_str(&line);
+        out.push('\n');
+        let over = if self.arena_lower_bound_bytes > 0 {
+            100.0 * (self.arena_bytes as f64 / self.arena_lower_bound_bytes as f64 - 1.0)
+        } else {
+            0.0
+        };
+        out.push_str(&format!(
+            " Arena: {} (lower bound {}, +{over:.1}%)   Weights: {}\n",
+            bytes(self.arena_bytes),
+            bytes(self.arena_lower_bound_bytes),
+            bytes(self.weight_bytes)
+        ));
+        out
+    }
+}
+
 /// The whole report.
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -44,6 +188,8 @@ pub struct Report {
     pub weight_bytes: usize,
     /// Total FLOPs per call.
     pub flops: u64,
+    /// The compiled plan, or why the model does not compile.
+    pub plan: Result<PlanReport, String>,
 }
 
 impl Report {
@@ -77,6 +223,9 @@ impl Report {
             params: graph.params(),
             weight_bytes: graph.params() * 4,
             flops: graph.flops(),
+            plan: crate::plan::Plan::new(graph)
+                .map(|p| PlanReport::new(&p))
+                .map_err(|e| e.to_string()),
         }
     }
 
@@ -148,6 +297,11 @@ impl Report {
             bytes(self.weight_bytes)
         ));
         out.push_str(&format!(" FLOPs per call: {}\n", group(self.flops)));
+        out.push('\n');
+        match &self.plan {
+            Ok(plan) => out.push_str(&plan.to_text()),
+            Err(e) => out.push_str(&format!("Plan: not compiled: {e}\n")),
+        }
         out
     }
 }

@@ -116,6 +116,74 @@ impl Kernel {
     }
 }
 
+impl Kernel {
+    /// The kernel's loop nest as named constant trip counts, outermost first.
+    pub fn loops(&self) -> Vec<(&'static str, usize)> {
+        let spatial = |w: &[kerac::Window; 3]| w.iter().map(|w| w.output).product::<usize>();
+        let taps = |w: &[kerac::Window; 3]| w.iter().map(|w| w.kernel).product::<usize>();
+        match self {
+            Kernel::Dense { p, .. } => vec![("rows", p.rows), ("k", p.k), ("n", p.n)],
+            Kernel::Conv { p, .. } => vec![
+                ("batch", p.batch),
+                ("positions", spatial(&p.windows)),
+                ("taps", taps(&p.windows)),
+                ("cin/group", p.cin / p.groups.max(1)),
+                ("cout", p.cout),
+            ],
+            Kernel::ConvTranspose { p, .. } => vec![
+                ("batch", p.batch),
+                ("positions", spatial(&p.windows)),
+                ("taps", taps(&p.windows)),
+                ("cout", p.cout),
+                ("cin", p.cin),
+            ],
+            Kernel::Pool(p) => vec![
+                ("batch", p.batch),
+                ("positions", spatial(&p.windows)),
+                ("taps", taps(&p.windows)),
+                ("channels", p.channels),
+            ],
+            Kernel::GlobalPool(p) => vec![
+                ("batch", p.batch),
+                ("positions", p.positions),
+                ("channels", p.channels),
+            ],
+            Kernel::ScaleShift { p, .. }
+            | Kernel::Prelu { p, .. }
+            | Kernel::UnitNorm(p)
+            | Kernel::Softmax { p, .. } => vec![("outer", p.outer), ("n", p.n), ("inner", p.inner)],
+            Kernel::LayerNorm { p, .. } => vec![
+                ("outer", p.shape.outer),
+                ("n", p.shape.n),
+                ("inner", p.shape.inner),
+            ],
+            Kernel::GroupNorm { p, .. } => vec![
+                ("batch", p.batch),
+                ("groups", p.groups),
+                ("positions", p.positions),
+                ("channels/group", p.channels / p.groups.max(1)),
+            ],
+            Kernel::Activation(_) => Vec::new(),
+            Kernel::Merge { shape, strides, .. } => vec![
+                ("elements", shape.iter().product()),
+                ("inputs", strides.len()),
+            ],
+            Kernel::Concat { outer, parts } => vec![
+                ("outer", *outer),
+                ("inputs", parts.len()),
+                ("row", parts.iter().sum()),
+            ],
+            Kernel::BatchDot(p) => vec![("batch", p.batch), ("m", p.m), ("n", p.n), ("k", p.k)],
+            Kernel::StridedCopy(p) => vec![("elements", p.shape.iter().product())],
+            Kernel::Resample(p) => vec![
+                ("batch", p.batch),
+                ("positions", p.axes.iter().map(|a| a.len()).product()),
+                ("channels", p.channels),
+            ],
+        }
+    }
+}
+
 /// A buffer: a tensor's values, or several tensors' where reshapes alias one buffer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Value {
