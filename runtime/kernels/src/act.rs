@@ -10,6 +10,10 @@
 // Polynomial coefficients are quoted as their sources publish them; float32 rounds them.
 #![allow(clippy::excessive_precision)]
 
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+use crate::lanes::V8;
+use crate::lanes::{Lanes, S};
+
 /// An elementwise activation.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Act {
@@ -66,237 +70,232 @@ pub enum Act {
 /// `a > b ? a : b`: the semantics of x86 `maxps`, so every backend agrees on NaN.
 #[inline(always)]
 pub fn fmax(a: f32, b: f32) -> f32 {
-    select(a > b, a, b)
+    vmax(S(a), S(b)).0
 }
 
 /// `a < b ? a : b`: the semantics of x86 `minps`.
 #[inline(always)]
 pub fn fmin(a: f32, b: f32) -> f32 {
-    select(a < b, a, b)
-}
-
-/// Clamps `x` into `[lo, hi]`; NaN stays NaN.
-#[inline(always)]
-fn clamp(x: f32, lo: f32, hi: f32) -> f32 {
-    fmin(hi, fmax(lo, x))
-}
-
-/// `c ? a : b` without a branch. On x86-64 it runs in SSE registers, where the code
-/// generator keeps it a mask-and-blend (it may turn a scalar `cmov` into a jump).
-#[inline(always)]
-fn select(c: bool, a: f32, b: f32) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use core::arch::x86_64::*;
-        // SAFETY: SSE2 is part of the x86-64 baseline.
-        unsafe {
-            let mask = _mm_castsi128_ps(_mm_set1_epi32(-(c as i32)));
-            _mm_cvtss_f32(_mm_or_ps(
-                _mm_and_ps(mask, _mm_set_ss(a)),
-                _mm_andnot_ps(mask, _mm_set_ss(b)),
-            ))
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let mask = (c as u32).wrapping_neg();
-        f32::from_bits((a.to_bits() & mask) | (b.to_bits() & !mask))
-    }
-}
-
-/// Truncation to an integer with no saturation branches; only finite, in-range values
-/// reach it (NaN gives an unspecified integer, and the NaN carries through the result).
-#[inline(always)]
-fn trunc_i32(x: f32) -> i32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use core::arch::x86_64::*;
-        // SAFETY: SSE is part of the x86-64 baseline.
-        unsafe { _mm_cvttss_si32(_mm_set_ss(x)) }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        x as i32
-    }
-}
-
-#[inline(always)]
-fn floor(x: f32) -> f32 {
-    let t = trunc_i32(x) as f32;
-    t - select(t > x, 1.0, 0.0)
+    vmin(S(a), S(b)).0
 }
 
 /// `e^x` (Cephes `expf` polynomial, range-reduced by `ln 2`).
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
-    let x = clamp(x, -86.6, 88.72);
-    let n = floor(x * core::f32::consts::LOG2_E + 0.5);
-    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
-    let z = r * r;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
-        + 1.666_666_5e-1)
-        * r
-        + 5.000_000_1e-1;
-    let y = p * z + r + 1.0;
-    // 2^(n-1) * 2 keeps the exponent field in range at both ends of the clamp.
-    let scale = f32::from_bits((trunc_i32(n).wrapping_add(126) as u32).wrapping_shl(23));
-    y * scale * 2.0
+    exp_l(S(x)).0
 }
 
 /// Natural logarithm for positive normal arguments (Cephes `logf`).
 #[inline(always)]
 pub fn log(x: f32) -> f32 {
-    let bits = x.to_bits();
-    let e = ((bits >> 23) & 0xff) as i32 - 126;
-    let m = f32::from_bits((bits & 0x007f_ffff) | 0x3f00_0000);
-    let small = m < core::f32::consts::FRAC_1_SQRT_2;
-    let e = e as f32 - select(small, 1.0, 0.0);
-    let m = select(small, m + m - 1.0, m - 1.0);
-    let z = m * m;
-    let p = (((((((7.037_683_6e-2 * m - 1.151_461e-1) * m + 1.167_699_9e-1) * m
-        - 1.242_014_1e-1)
-        * m
-        + 1.424_932_3e-1)
-        * m
-        - 1.666_805_8e-1)
-        * m
-        + 2.000_071_4e-1)
-        * m
-        - 2.499_999_4e-1)
-        * m
-        + 3.333_333e-1;
-    let y = p * m * z + -2.121_944_4e-4 * e - 0.5 * z;
-    m + y + 0.693_359_4 * e
+    log_l(S(x)).0
 }
 
 /// Hyperbolic tangent (Cephes `tanhf`: an odd polynomial near 0, `exp` elsewhere).
 #[inline(always)]
 pub fn tanh(x: f32) -> f32 {
-    let z = fmax(x, -x);
-    let z2 = x * x;
-    let small = ((((-5.704_988_7e-3 * z2 + 2.063_908_9e-2) * z2 - 5.373_971_6e-2) * z2
-        + 1.333_144_2e-1)
-        * z2
-        - 3.333_328_2e-1)
-        * z2
-        * x
-        + x;
-    let large = 1.0 - 2.0 / (exp(z + z) + 1.0);
-    let large = select(x < 0.0, -large, large);
-    select(z < 0.625, small, large)
+    tanh_l(S(x)).0
 }
 
 /// `1 / (1 + e^-x)`.
 #[inline(always)]
 pub fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + exp(-x))
+    sigmoid_l(S(x)).0
 }
 
 /// The error function (Abramowitz & Stegun 7.1.26).
 #[inline(always)]
 pub fn erf(x: f32) -> f32 {
-    let z = fmax(x, -x);
-    let t = 1.0 / (1.0 + 0.327_591_1 * z);
-    let p = ((((1.061_405_4 * t - 1.453_152) * t + 1.421_413_7) * t - 0.284_496_74) * t
-        + 0.254_829_6)
-        * t;
-    let y = 1.0 - p * exp(-z * z);
-    select(x < 0.0, -y, y)
+    erf_l(S(x)).0
 }
 
 /// `log(1 + e^x)`, stable at both ends.
 #[inline(always)]
 pub fn softplus(x: f32) -> f32 {
-    fmax(x, 0.0) + log(1.0 + exp(-fmax(x, -x)))
+    softplus_l(S(x)).0
+}
+
+#[inline(always)]
+fn c<T: Lanes>(v: f32) -> T {
+    T::splat(v)
+}
+
+#[inline(always)]
+fn vmax<T: Lanes>(a: T, b: T) -> T {
+    T::select(a.gt(b), a, b)
+}
+
+#[inline(always)]
+fn vmin<T: Lanes>(a: T, b: T) -> T {
+    T::select(a.lt(b), a, b)
+}
+
+/// Clamps `x` into `[lo, hi]`; NaN stays NaN.
+#[inline(always)]
+fn clamp<T: Lanes>(x: T, lo: f32, hi: f32) -> T {
+    vmin(c(hi), vmax(c(lo), x))
+}
+
+#[inline(always)]
+fn floor<T: Lanes>(x: T) -> T {
+    let t = x.trunc();
+    t - T::select(t.gt(x), c(1.0), c(0.0))
+}
+
+#[inline(always)]
+fn exp_l<T: Lanes>(x: T) -> T {
+    let x = clamp(x, -86.6, 88.72);
+    let n = floor(x * c(core::f32::consts::LOG2_E) + c(0.5));
+    let r = x - n * c(0.693_359_4) - n * c(-2.121_944_4e-4);
+    let z = r * r;
+    let p = ((((c::<T>(1.987_569_1e-4) * r + c(1.398_199_9e-3)) * r + c(8.333_452e-3)) * r
+        + c(4.166_579_6e-2))
+        * r
+        + c(1.666_666_5e-1))
+        * r
+        + c(5.000_000_1e-1);
+    let y = p * z + r + c(1.0);
+    // 2^(n-1) * 2 keeps the exponent field in range at both ends of the clamp.
+    y * n.pow2_minus_1() * c(2.0)
+}
+
+#[inline(always)]
+fn log_l<T: Lanes>(x: T) -> T {
+    let m = x.mantissa();
+    let small = m.lt(c(core::f32::consts::FRAC_1_SQRT_2));
+    let e = x.exponent() - T::select(small, c(1.0), c(0.0));
+    let m = T::select(small, m + m - c(1.0), m - c(1.0));
+    let z = m * m;
+    let p = (((((((c::<T>(7.037_683_6e-2) * m - c(1.151_461e-1)) * m + c(1.167_699_9e-1)) * m
+        - c(1.242_014_1e-1))
+        * m
+        + c(1.424_932_3e-1))
+        * m
+        - c(1.666_805_8e-1))
+        * m
+        + c(2.000_071_4e-1))
+        * m
+        - c(2.499_999_4e-1))
+        * m
+        + c(3.333_333e-1);
+    let y = p * m * z + c::<T>(-2.121_944_4e-4) * e - c::<T>(0.5) * z;
+    m + y + c::<T>(0.693_359_4) * e
+}
+
+#[inline(always)]
+fn tanh_l<T: Lanes>(x: T) -> T {
+    let z = vmax(x, -x);
+    let z2 = x * x;
+    let small = ((((c::<T>(-5.704_988_7e-3) * z2 + c(2.063_908_9e-2)) * z2 - c(5.373_971_6e-2))
+        * z2
+        + c(1.333_144_2e-1))
+        * z2
+        - c(3.333_328_2e-1))
+        * z2
+        * x
+        + x;
+    let large = c::<T>(1.0) - c::<T>(2.0) / (exp_l(z + z) + c(1.0));
+    let large = T::select(x.lt(c(0.0)), -large, large);
+    T::select(z.lt(c(0.625)), small, large)
+}
+
+#[inline(always)]
+fn sigmoid_l<T: Lanes>(x: T) -> T {
+    c::<T>(1.0) / (c::<T>(1.0) + exp_l(-x))
+}
+
+#[inline(always)]
+fn erf_l<T: Lanes>(x: T) -> T {
+    let z = vmax(x, -x);
+    let t = c::<T>(1.0) / (c::<T>(1.0) + c::<T>(0.327_591_1) * z);
+    let p = ((((c::<T>(1.061_405_4) * t - c(1.453_152)) * t + c(1.421_413_7)) * t
+        - c(0.284_496_74))
+        * t
+        + c(0.254_829_6))
+        * t;
+    let y = c::<T>(1.0) - p * exp_l(-(z * z));
+    T::select(x.lt(c(0.0)), -y, y)
+}
+
+#[inline(always)]
+fn softplus_l<T: Lanes>(x: T) -> T {
+    vmax(x, c(0.0)) + log_l(c::<T>(1.0) + exp_l(-vmax(x, -x)))
 }
 
 impl Act {
     /// The activation of one value.
     #[inline(always)]
     pub fn eval(self, x: f32) -> f32 {
+        self.eval_lanes(S(x)).0
+    }
+
+    /// The activation of a lane vector: the one definition both widths share.
+    #[inline(always)]
+    fn eval_lanes<T: Lanes>(self, x: T) -> T {
         const SELU_ALPHA: f32 = 1.673_263_2;
         const SELU_SCALE: f32 = 1.050_701;
+        let zero = c::<T>(0.0);
         match self {
             Act::Linear => x,
-            Act::Relu => fmax(x, 0.0),
+            Act::Relu => vmax(x, zero),
             Act::ReluFull {
                 max,
                 slope,
                 threshold,
-            } => fmin(select(x >= threshold, x, slope * (x - threshold)), max),
+            } => vmin(
+                T::select(x.ge(c(threshold)), x, c::<T>(slope) * (x - c(threshold))),
+                c(max),
+            ),
             Act::Relu6 => clamp(x, 0.0, 6.0),
-            Act::LeakyRelu(slope) => select(x >= 0.0, x, slope * x),
-            Act::Elu(alpha) => select(x > 0.0, x, alpha * (exp(x) - 1.0)),
-            Act::Selu => SELU_SCALE * select(x > 0.0, x, SELU_ALPHA * (exp(x) - 1.0)),
-            Act::Gelu => 0.5 * x * (1.0 + erf(x * core::f32::consts::FRAC_1_SQRT_2)),
-            Act::GeluTanh => 0.5 * x * (1.0 + tanh(0.797_884_6 * (x + 0.044_715 * x * x * x))),
-            Act::Sigmoid => sigmoid(x),
-            Act::HardSigmoidKeras2 => clamp(0.2 * x + 0.5, 0.0, 1.0),
-            Act::HardSigmoid => clamp(x + 3.0, 0.0, 6.0) / 6.0,
-            Act::Tanh => tanh(x),
-            Act::Softplus => softplus(x),
-            Act::Softsign => x / (1.0 + fmax(x, -x)),
-            Act::Swish => x * sigmoid(x),
-            Act::Exponential => exp(x),
-            Act::Mish => x * tanh(softplus(x)),
-            Act::HardSwish => x * clamp(x + 3.0, 0.0, 6.0) / 6.0,
-            Act::Thresholded(theta) => select(x > theta, x, 0.0),
+            Act::LeakyRelu(slope) => T::select(x.ge(zero), x, c::<T>(slope) * x),
+            Act::Elu(alpha) => T::select(x.gt(zero), x, c::<T>(alpha) * (exp_l(x) - c(1.0))),
+            Act::Selu => {
+                c::<T>(SELU_SCALE)
+                    * T::select(x.gt(zero), x, c::<T>(SELU_ALPHA) * (exp_l(x) - c(1.0)))
+            }
+            Act::Gelu => {
+                c::<T>(0.5) * x * (c::<T>(1.0) + erf_l(x * c(core::f32::consts::FRAC_1_SQRT_2)))
+            }
+            Act::GeluTanh => {
+                c::<T>(0.5)
+                    * x
+                    * (c::<T>(1.0)
+                        + tanh_l(c::<T>(0.797_884_6) * (x + c::<T>(0.044_715) * x * x * x)))
+            }
+            Act::Sigmoid => sigmoid_l(x),
+            Act::HardSigmoidKeras2 => clamp(c::<T>(0.2) * x + c(0.5), 0.0, 1.0),
+            Act::HardSigmoid => clamp(x + c(3.0), 0.0, 6.0) / c(6.0),
+            Act::Tanh => tanh_l(x),
+            Act::Softplus => softplus_l(x),
+            Act::Softsign => x / (c::<T>(1.0) + vmax(x, -x)),
+            Act::Swish => x * sigmoid_l(x),
+            Act::Exponential => exp_l(x),
+            Act::Mish => x * tanh_l(softplus_l(x)),
+            Act::HardSwish => x * clamp(x + c(3.0), 0.0, 6.0) / c(6.0),
+            Act::Thresholded(theta) => T::select(x.gt(c(theta)), x, zero),
         }
     }
 
-    /// Applies the activation to every value.
+    /// Applies the activation to every value: eight at a time where AVX2 is enabled,
+    /// with the same bits as one at a time.
     #[inline]
     pub fn apply(self, data: &mut [f32]) {
         if self == Act::Linear {
             return;
         }
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+        let data = {
+            let whole = data.len() - data.len() % 8;
+            let (head, tail) = data.split_at_mut(whole);
+            for chunk in head.chunks_exact_mut(8) {
+                if let Ok(lanes) = <&mut [f32; 8]>::try_from(chunk) {
+                    self.eval_lanes(V8::load(lanes)).store(lanes);
+                }
+            }
+            tail
+        };
         for v in data.iter_mut() {
             *v = self.eval(*v);
-        }
-    }
-}
-
-/// Softmax (or log-softmax) over groups of `n` values spaced `inner` apart, `outer`
-/// groups of `inner` interleaved lanes: the axis Keras normalizes over, wherever it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Softmax {
-    /// Product of the axes before the softmax axes.
-    pub outer: usize,
-    /// Length of the softmax axes.
-    pub n: usize,
-    /// Product of the axes after them.
-    pub inner: usize,
-    /// Log-softmax instead.
-    pub log: bool,
-}
-
-/// Softmax in place.
-#[inline]
-pub fn softmax(p: &Softmax, data: &mut [f32]) {
-    if data.len() < p.outer * p.n * p.inner {
-        return;
-    }
-    for o in 0..p.outer {
-        for i in 0..p.inner {
-            let base = o * p.n * p.inner + i;
-            let at = |j: usize| base + j * p.inner;
-            let mut max = f32::NEG_INFINITY;
-            for j in 0..p.n {
-                max = fmax(data[at(j)], max);
-            }
-            let mut sum = 0.0;
-            for j in 0..p.n {
-                sum += exp(data[at(j)] - max);
-            }
-            let (inv, log_sum) = (1.0 / sum, log(sum));
-            for j in 0..p.n {
-                let shifted = data[at(j)] - max;
-                data[at(j)] = if p.log {
-                    shifted - log_sum
-                } else {
-                    exp(shifted) * inv
-                };
-            }
         }
     }
 }
@@ -324,6 +323,42 @@ mod tests {
         assert!(worst(sigmoid, |x| 1.0 / (1.0 + (-x).exp()), -20.0, 20.0) < 2e-7);
         assert!(worst(log, f64::ln, 1.0, 1e6) < 2e-7);
         assert!(worst(softplus, |x| x.exp().ln_1p(), -20.0, 20.0) < 3e-7);
+    }
+
+    #[test]
+    fn eight_lanes_give_the_same_bits_as_one() {
+        let acts = [
+            Act::Relu6,
+            Act::Elu(0.7),
+            Act::Selu,
+            Act::Gelu,
+            Act::GeluTanh,
+            Act::Sigmoid,
+            Act::Tanh,
+            Act::Softplus,
+            Act::Mish,
+            Act::HardSwish,
+            Act::Exponential,
+        ];
+        for act in acts {
+            let xs: std::vec::Vec<f32> = (0..4001)
+                .map(|i| (i as f32 - 2000.0) / 97.0)
+                .chain([
+                    f32::NAN,
+                    f32::INFINITY,
+                    -f32::INFINITY,
+                    1e-40,
+                    0.0,
+                    -0.0,
+                    3e38,
+                ])
+                .collect();
+            let mut many = xs.clone();
+            act.apply(&mut many);
+            for (x, y) in xs.iter().zip(&many) {
+                assert_eq!(act.eval(*x).to_bits(), y.to_bits(), "{act:?} at {x}");
+            }
+        }
     }
 
     #[test]

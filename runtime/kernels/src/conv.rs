@@ -57,7 +57,27 @@ pub fn conv(p: &Conv, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32])
     for b in 0..p.batch {
         for od in 0..wd.output {
             for oh in 0..wh.output {
-                for ow in 0..ww.output {
+                let mut ow = 0;
+                #[cfg(all(
+                    target_arch = "x86_64",
+                    target_feature = "avx2",
+                    target_feature = "fma"
+                ))]
+                if p.groups == 1 && cout % 8 == 0 {
+                    // Interior tiles of TILE pixels, where every width tap lands inside.
+                    while ow + tile::TILE <= ww.output
+                        && ww.taps(ow).len() == ww.kernel
+                        && ww.taps(ow + tile::TILE - 1).len() == ww.kernel
+                    {
+                        // SAFETY: lengths were checked above; the tile's taps all land
+                        // inside the input (checked just now), and `pixel + TILE` output
+                        // pixels fit in y.
+                        unsafe { tile::conv_tile(p, x, w, bias, y, b, od, oh, ow, pixel) };
+                        ow += tile::TILE;
+                        pixel += tile::TILE;
+                    }
+                }
+                while ow < ww.output {
                     // SAFETY (every `part` in this loop nest): x, w, y and bias lengths
                     // were checked against the geometry above; taps() keeps every
                     // position inside the input.
@@ -88,8 +108,106 @@ pub fn conv(p: &Conv, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32])
                     }
                     p.act.apply(out);
                     pixel += 1;
+                    ow += 1;
                 }
             }
+        }
+    }
+}
+
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+mod tile {
+    use super::Conv;
+    use core::arch::x86_64::*;
+
+    /// Output pixels per tile: 6 pixels x 16 channels is 12 accumulators, plus two
+    /// weight vectors and a broadcast input, within the 16 AVX registers.
+    pub(super) const TILE: usize = 6;
+
+    /// `TILE` adjacent output pixels along the width, all of whose width taps are inside
+    /// the input, computed in registers: each weight load serves `TILE` pixels.
+    ///
+    /// # Safety
+    /// `x`, `w`, `y` and `bias` hold what `p` needs (checked by `conv`), the tile's width
+    /// taps are all in range, `p.groups == 1` and `p.cout % 8 == 0`.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn conv_tile(
+        p: &Conv,
+        x: &[f32],
+        w: &[f32],
+        bias: Option<&[f32]>,
+        y: &mut [f32],
+        b: usize,
+        od: usize,
+        oh: usize,
+        ow: usize,
+        pixel: usize,
+    ) {
+        let [wd, wh, ww] = p.windows;
+        let (cin, cout) = (p.cin, p.cout);
+        let (xp, wp, yp) = (x.as_ptr(), w.as_ptr(), y.as_mut_ptr());
+        let mut co = 0;
+        while co < cout {
+            // Two vectors of channels where there are 16 left, else one.
+            let pair = cout - co >= 16;
+            // SAFETY (the whole block): offsets stay inside x, w, y and bias by the
+            // function's contract; loads and stores are the unaligned forms.
+            unsafe {
+                let init = |k: usize| match bias {
+                    Some(bv) => _mm256_loadu_ps(bv.as_ptr().add(co + 8 * k)),
+                    None => _mm256_setzero_ps(),
+                };
+                let mut acc = [[init(0), if pair { init(1) } else { _mm256_setzero_ps() }]; TILE];
+                for kd in wd.taps(od) {
+                    let id = wd.at(od, kd);
+                    for kh in wh.taps(oh) {
+                        let ih = wh.at(oh, kh);
+                        let row = ((b * wd.input + id) * wh.input + ih) * ww.input;
+                        for kw in 0..ww.kernel {
+                            let tap = (kd * wh.kernel + kh) * ww.kernel + kw;
+                            let mut xs = [core::ptr::null(); TILE];
+                            for (t, xs) in xs.iter_mut().enumerate() {
+                                *xs = xp.add((row + ww.at(ow + t, kw)) * cin);
+                            }
+                            let wrow = wp.add(tap * cin * cout + co);
+                            for ci in 0..cin {
+                                let w0 = _mm256_loadu_ps(wrow.add(ci * cout));
+                                if pair {
+                                    let w1 = _mm256_loadu_ps(wrow.add(ci * cout + 8));
+                                    for t in 0..TILE {
+                                        let v = _mm256_broadcast_ss(&*xs[t].add(ci));
+                                        acc[t][0] = _mm256_fmadd_ps(v, w0, acc[t][0]);
+                                        acc[t][1] = _mm256_fmadd_ps(v, w1, acc[t][1]);
+                                    }
+                                } else {
+                                    for t in 0..TILE {
+                                        let v = _mm256_broadcast_ss(&*xs[t].add(ci));
+                                        acc[t][0] = _mm256_fmadd_ps(v, w0, acc[t][0]);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                for (t, a) in acc.iter().enumerate() {
+                    let out = yp.add((pixel + t) * cout + co);
+                    _mm256_storeu_ps(out, a[0]);
+                    if pair {
+                        _mm256_storeu_ps(out.add(8), a[1]);
+                    }
+                }
+            }
+            co += if pair { 16 } else { 8 };
+        }
+        for t in 0..TILE {
+            // SAFETY: the tile's output pixels are inside y (function contract).
+            let out = unsafe { core::slice::from_raw_parts_mut(yp.add((pixel + t) * cout), cout) };
+            p.act.apply(out);
         }
     }
 }

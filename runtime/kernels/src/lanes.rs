@@ -1,0 +1,266 @@
+//! One float or eight: the activation math is written once over [`Lanes`] and runs on
+//! a single `f32` or on AVX2's `f32 x 8` with the same operations in the same order (no
+//! fused multiply-add), so both give the same bits. Comparisons give lane masks and
+//! `select` blends by them: no branch on data anywhere.
+
+use core::ops::{Add, Div, Mul, Neg, Sub};
+
+/// Float lanes the activation math runs on.
+pub(crate) trait Lanes:
+    Copy
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + Div<Output = Self>
+    + Neg<Output = Self>
+{
+    /// Every lane `v`.
+    fn splat(v: f32) -> Self;
+    /// Lane mask of `self > o` (all ones where true).
+    fn gt(self, o: Self) -> Self;
+    /// Lane mask of `self < o`.
+    fn lt(self, o: Self) -> Self;
+    /// Lane mask of `self >= o`.
+    fn ge(self, o: Self) -> Self;
+    /// `mask ? a : b` per lane.
+    fn select(mask: Self, a: Self, b: Self) -> Self;
+    /// Truncation toward zero, as a float.
+    fn trunc(self) -> Self;
+    /// `2^(n-1)` for integral `n` in the normal exponent range (NaN stays unspecified).
+    fn pow2_minus_1(self) -> Self;
+    /// The exponent field minus 126, as a float (for `log`).
+    fn exponent(self) -> Self;
+    /// The mantissa scaled into `[0.5, 1)` (for `log`).
+    fn mantissa(self) -> Self;
+}
+
+/// One float; SSE registers on x86-64 so selects stay branch-free.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct S(pub f32);
+
+macro_rules! scalar_op {
+    ($trait:ident, $f:ident, $op:tt) => {
+        impl $trait for S {
+            type Output = S;
+            #[inline(always)]
+            fn $f(self, o: S) -> S {
+                S(self.0 $op o.0)
+            }
+        }
+    };
+}
+scalar_op!(Add, add, +);
+scalar_op!(Sub, sub, -);
+scalar_op!(Mul, mul, *);
+scalar_op!(Div, div, /);
+
+impl Neg for S {
+    type Output = S;
+    #[inline(always)]
+    fn neg(self) -> S {
+        S(-self.0)
+    }
+}
+
+#[inline(always)]
+fn mask(c: bool) -> S {
+    S(f32::from_bits((c as u32).wrapping_neg()))
+}
+
+impl Lanes for S {
+    #[inline(always)]
+    fn splat(v: f32) -> S {
+        S(v)
+    }
+    #[inline(always)]
+    fn gt(self, o: S) -> S {
+        mask(self.0 > o.0)
+    }
+    #[inline(always)]
+    fn lt(self, o: S) -> S {
+        mask(self.0 < o.0)
+    }
+    #[inline(always)]
+    fn ge(self, o: S) -> S {
+        mask(self.0 >= o.0)
+    }
+    #[inline(always)]
+    fn select(m: S, a: S, b: S) -> S {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use core::arch::x86_64::*;
+            // SAFETY: SSE is part of the x86-64 baseline. In SSE registers the code
+            // generator keeps the blend; a scalar `cmov` it may turn into a jump.
+            unsafe {
+                let (m, a, b) = (_mm_set_ss(m.0), _mm_set_ss(a.0), _mm_set_ss(b.0));
+                S(_mm_cvtss_f32(_mm_or_ps(
+                    _mm_and_ps(m, a),
+                    _mm_andnot_ps(m, b),
+                )))
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let m = m.0.to_bits();
+            S(f32::from_bits((a.0.to_bits() & m) | (b.0.to_bits() & !m)))
+        }
+    }
+    #[inline(always)]
+    fn trunc(self) -> S {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use core::arch::x86_64::*;
+            // SAFETY: SSE is part of the x86-64 baseline.
+            S(unsafe { _mm_cvttss_si32(_mm_set_ss(self.0)) } as f32)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            S(self.0 as i32 as f32)
+        }
+    }
+    #[inline(always)]
+    fn pow2_minus_1(self) -> S {
+        let n = S::trunc_i32(self);
+        S(f32::from_bits(
+            (n.wrapping_add(126) as u32).wrapping_shl(23),
+        ))
+    }
+    #[inline(always)]
+    fn exponent(self) -> S {
+        S((((self.0.to_bits() >> 23) & 0xff) as i32 - 126) as f32)
+    }
+    #[inline(always)]
+    fn mantissa(self) -> S {
+        S(f32::from_bits(
+            (self.0.to_bits() & 0x007f_ffff) | 0x3f00_0000,
+        ))
+    }
+}
+
+impl S {
+    #[inline(always)]
+    fn trunc_i32(self) -> i32 {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use core::arch::x86_64::*;
+            // SAFETY: SSE is part of the x86-64 baseline.
+            unsafe { _mm_cvttss_si32(_mm_set_ss(self.0)) }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            self.0 as i32
+        }
+    }
+}
+
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+pub(crate) use avx2::V8;
+
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+mod avx2 {
+    use super::Lanes;
+    use core::arch::x86_64::*;
+    use core::ops::{Add, Div, Mul, Neg, Sub};
+
+    /// Eight floats in an AVX register.
+    #[derive(Clone, Copy, Debug)]
+    pub(crate) struct V8(pub __m256);
+
+    macro_rules! vector_op {
+        ($trait:ident, $f:ident, $intrinsic:ident) => {
+            impl $trait for V8 {
+                type Output = V8;
+                #[inline(always)]
+                fn $f(self, o: V8) -> V8 {
+                    // SAFETY: this module is compiled only with AVX2 enabled.
+                    V8(unsafe { $intrinsic(self.0, o.0) })
+                }
+            }
+        };
+    }
+    vector_op!(Add, add, _mm256_add_ps);
+    vector_op!(Sub, sub, _mm256_sub_ps);
+    vector_op!(Mul, mul, _mm256_mul_ps);
+    vector_op!(Div, div, _mm256_div_ps);
+
+    impl Neg for V8 {
+        type Output = V8;
+        #[inline(always)]
+        fn neg(self) -> V8 {
+            // SAFETY: AVX2 is enabled for this module.
+            V8(unsafe { _mm256_xor_ps(self.0, _mm256_set1_ps(-0.0)) })
+        }
+    }
+
+    // SAFETY (every block below): this module is compiled only with AVX2 enabled.
+    impl Lanes for V8 {
+        #[inline(always)]
+        fn splat(v: f32) -> V8 {
+            V8(unsafe { _mm256_set1_ps(v) })
+        }
+        #[inline(always)]
+        fn gt(self, o: V8) -> V8 {
+            V8(unsafe { _mm256_cmp_ps::<_CMP_GT_OQ>(self.0, o.0) })
+        }
+        #[inline(always)]
+        fn lt(self, o: V8) -> V8 {
+            V8(unsafe { _mm256_cmp_ps::<_CMP_LT_OQ>(self.0, o.0) })
+        }
+        #[inline(always)]
+        fn ge(self, o: V8) -> V8 {
+            V8(unsafe { _mm256_cmp_ps::<_CMP_GE_OQ>(self.0, o.0) })
+        }
+        #[inline(always)]
+        fn select(m: V8, a: V8, b: V8) -> V8 {
+            V8(unsafe { _mm256_or_ps(_mm256_and_ps(m.0, a.0), _mm256_andnot_ps(m.0, b.0)) })
+        }
+        #[inline(always)]
+        fn trunc(self) -> V8 {
+            V8(unsafe { _mm256_cvtepi32_ps(_mm256_cvttps_epi32(self.0)) })
+        }
+        #[inline(always)]
+        fn pow2_minus_1(self) -> V8 {
+            unsafe {
+                let n = _mm256_cvttps_epi32(self.0);
+                V8(_mm256_castsi256_ps(_mm256_slli_epi32::<23>(
+                    _mm256_add_epi32(n, _mm256_set1_epi32(126)),
+                )))
+            }
+        }
+        #[inline(always)]
+        fn exponent(self) -> V8 {
+            unsafe {
+                let bits = _mm256_castps_si256(self.0);
+                let e = _mm256_and_si256(_mm256_srli_epi32::<23>(bits), _mm256_set1_epi32(0xff));
+                V8(_mm256_cvtepi32_ps(_mm256_sub_epi32(
+                    e,
+                    _mm256_set1_epi32(126),
+                )))
+            }
+        }
+        #[inline(always)]
+        fn mantissa(self) -> V8 {
+            unsafe {
+                let bits = _mm256_castps_si256(self.0);
+                let m = _mm256_or_si256(
+                    _mm256_and_si256(bits, _mm256_set1_epi32(0x007f_ffff)),
+                    _mm256_set1_epi32(0x3f00_0000),
+                );
+                V8(_mm256_castsi256_ps(m))
+            }
+        }
+    }
+
+    impl V8 {
+        /// Eight floats from `src[..8]`.
+        #[inline(always)]
+        pub(crate) fn load(src: &[f32; 8]) -> V8 {
+            V8(unsafe { _mm256_loadu_ps(src.as_ptr()) })
+        }
+        /// Eight floats into `dst[..8]`.
+        #[inline(always)]
+        pub(crate) fn store(self, dst: &mut [f32; 8]) {
+            unsafe { _mm256_storeu_ps(dst.as_mut_ptr(), self.0) }
+        }
+    }
+}
