@@ -1,0 +1,378 @@
+//! Random graphs with random weights and inputs: the compiled plan, run on the runtime's
+//! kernels (the calls generated code makes), against the reference interpreter.
+//!
+//! Each graph grows one layer at a time; a layer kerac refuses for its input (a window
+//! longer than the input, say) is dropped and another drawn, so every kept graph is one
+//! Keras could have saved.
+
+use kerac_compiler::graph::{self, Graph};
+use kerac_compiler::keras::hdf5::Tensor;
+use kerac_compiler::keras::weights::Node;
+use kerac_compiler::keras::{Dialect, ModelFile, WeightStore};
+use kerac_compiler::plan::{exec, Plan};
+use kerac_compiler::{interp, BuildOptions};
+use ndarray::{ArrayD, IxDyn};
+use serde_json::{json, Value};
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn unit(&mut self) -> f32 {
+        (self.next() % 2_000_001) as f32 / 1_000_000.0 - 1.0
+    }
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
+}
+
+/// A graph under construction: Keras 3 layer configs and their weights.
+struct Builder {
+    layers: Vec<Value>,
+    weights: Node,
+    count: usize,
+}
+
+impl Builder {
+    fn file(&self, output: &str) -> ModelFile {
+        ModelFile {
+            path: "random.keras".into(),
+            keras_version: Some("3.15.1".into()),
+            dialect: Dialect::Keras3,
+            config: json!({"class_name": "Functional", "config": {
+                "name": "random", "layers": self.layers,
+                "input_layers": [["x", 0, 0]], "output_layers": [[output, 0, 0]]}}),
+            weights: Some(WeightStore::Tree(self.weights.clone())),
+        }
+    }
+
+    fn tensor(name: &str, shape: &[usize], rng: &mut Rng, scale: f32) -> Tensor {
+        let n = shape.iter().product();
+        Tensor {
+            name: name.into(),
+            shape: shape.to_vec(),
+            data: (0..n).map(|_| rng.unit() * scale).collect(),
+        }
+    }
+
+    /// Adds a layer called on `inputs`; returns its name.
+    fn add(
+        &mut self,
+        class: &str,
+        mut config: Value,
+        inputs: &[&str],
+        vars: Vec<Tensor>,
+    ) -> String {
+        let name = format!("layer_{}", self.count);
+        self.count += 1;
+        config["name"] = json!(name);
+        let args: Vec<Value> = inputs
+            .iter()
+            .map(|i| json!({"class_name": "__keras_tensor__", "config": {"keras_history": [i, 0, 0]}}))
+            .collect();
+        let args = if inputs.len() == 1 {
+            json!([args[0]])
+        } else {
+            json!([args])
+        };
+        self.layers.push(json!({"class_name": class, "name": name, "config": config, "inbound_nodes": [{"args": args, "kwargs": {}}]}));
+        let layers = self.weights.children.entry("layers".into()).or_default();
+        layers.children.insert(
+            name.clone(),
+            Node {
+                name: Some(name.clone()),
+                vars,
+                children: Default::default(),
+            },
+        );
+        name
+    }
+
+    fn undo(&mut self) {
+        if let Some(l) = self.layers.pop() {
+            if let Some(layers) = self.weights.children.get_mut("layers") {
+                layers
+                    .children
+                    .remove(l["name"].as_str().unwrap_or_default());
+            }
+        }
+    }
+}
+
+const ACTS: &[&str] = &[
+    "linear",
+    "relu",
+    "relu6",
+    "tanh",
+    "sigmoid",
+    "gelu",
+    "swish",
+    "elu",
+    "selu",
+    "softplus",
+    "softsign",
+    "hard_sigmoid",
+    "mish",
+    "leaky_relu",
+    "hard_swish",
+];
+
+/// Draws one layer for an input of `shape` (batch first).
+fn draw(
+    b: &mut Builder,
+    rng: &mut Rng,
+    input: &str,
+    shape: &[usize],
+    others: &[(String, Vec<usize>)],
+) -> String {
+    let c = *shape.last().unwrap_or(&1);
+    let act = *rng.pick(ACTS);
+    let w = |rng: &mut Rng, name: &str, s: &[usize]| {
+        let fan_in: usize = s[..s.len().saturating_sub(1)]
+            .iter()
+            .product::<usize>()
+            .max(1);
+        Builder::tensor(name, s, rng, 1.5 / (fan_in as f32).sqrt())
+    };
+    let bias = |rng: &mut Rng, n: usize| Builder::tensor("bias", &[n], rng, 0.3);
+    let k = 1 + rng.below(3);
+    let padding = *rng.pick(&["valid", "same"]);
+    match (shape.len(), rng.below(12)) {
+        (_, 0) => {
+            let units = 1 + rng.below(12);
+            let vars = vec![w(rng, "kernel", &[c, units]), bias(rng, units)];
+            b.add(
+                "Dense",
+                json!({"units": units, "activation": act, "use_bias": true}),
+                &[input],
+                vars,
+            )
+        }
+        (_, 1) => {
+            let vars = vec![
+                Builder::tensor("gamma", &[c], rng, 1.0),
+                Builder::tensor("beta", &[c], rng, 1.0),
+                Builder::tensor("moving_mean", &[c], rng, 1.0),
+                Tensor {
+                    name: "moving_variance".into(),
+                    shape: vec![c],
+                    data: (0..c).map(|_| 0.5 + rng.unit().abs()).collect(),
+                },
+            ];
+            b.add(
+                "BatchNormalization",
+                json!({"axis": -1, "epsilon": 0.001}),
+                &[input],
+                vars,
+            )
+        }
+        (_, 2) => {
+            let vars = vec![
+                Builder::tensor("gamma", &[c], rng, 1.0),
+                Builder::tensor("beta", &[c], rng, 1.0),
+            ];
+            b.add(
+                "LayerNormalization",
+                json!({"axis": -1, "epsilon": 0.001}),
+                &[input],
+                vars,
+            )
+        }
+        (_, 3) => b.add("Activation", json!({"activation": act}), &[input], vec![]),
+        (_, 4) => {
+            let same: Vec<&(String, Vec<usize>)> = others
+                .iter()
+                .filter(|(_, s)| s.as_slice() == shape)
+                .collect();
+            match same.as_slice() {
+                [] => b.add("Softmax", json!({"axis": -1}), &[input], vec![]),
+                many => {
+                    let other = many[rng.below(many.len())].0.clone();
+                    let class = *rng.pick(&[
+                        "Add",
+                        "Multiply",
+                        "Maximum",
+                        "Subtract",
+                        "Average",
+                        "Concatenate",
+                    ]);
+                    b.add(class, json!({"axis": -1}), &[input, &other], vec![])
+                }
+            }
+        }
+        (_, 5) => {
+            let alpha = Builder::tensor("alpha", &shape[1..], rng, 0.5);
+            b.add("PReLU", json!({}), &[input], vec![alpha])
+        }
+        (3, 6) | (3, 7) => {
+            let f = 1 + rng.below(6);
+            let padding = *rng.pick(&["valid", "same", "causal"]);
+            let vars = vec![w(rng, "kernel", &[k, c, f]), bias(rng, f)];
+            b.add("Conv1D", json!({"filters": f, "kernel_size": k, "strides": 1 + rng.below(2), "padding": padding, "dilation_rate": 1 + rng.below(2), "activation": act}), &[input], vars)
+        }
+        (3, 8) => b.add(
+            *rng.pick(&["MaxPooling1D", "AveragePooling1D"]),
+            json!({"pool_size": 2, "padding": padding}),
+            &[input],
+            vec![],
+        ),
+        (3, 9) => b.add(
+            *rng.pick(&["ZeroPadding1D", "UpSampling1D", "Cropping1D"]),
+            json!({"padding": [1, 2], "size": 2, "cropping": [1, 0]}),
+            &[input],
+            vec![],
+        ),
+        (4, 6) => {
+            let f = 1 + rng.below(8);
+            let groups = if c % 2 == 0 && f % 2 == 0 && rng.below(3) == 0 {
+                2
+            } else {
+                1
+            };
+            let vars = vec![w(rng, "kernel", &[k, k, c / groups, f]), bias(rng, f)];
+            b.add("Conv2D", json!({"filters": f, "kernel_size": k, "strides": 1 + rng.below(2), "padding": padding, "groups": groups, "activation": act}), &[input], vars)
+        }
+        (4, 7) => {
+            let dm = 1 + rng.below(2);
+            let vars = vec![w(rng, "kernel", &[k, k, c, dm]), bias(rng, c * dm)];
+            b.add("DepthwiseConv2D", json!({"kernel_size": k, "depth_multiplier": dm, "padding": padding, "activation": act}), &[input], vars)
+        }
+        (4, 8) => {
+            let f = 1 + rng.below(6);
+            let vars = vec![
+                w(rng, "depthwise_kernel", &[k, k, c, 1]),
+                w(rng, "pointwise_kernel", &[1, 1, c, f]),
+                bias(rng, f),
+            ];
+            b.add(
+                "SeparableConv2D",
+                json!({"filters": f, "kernel_size": k, "padding": padding, "activation": act}),
+                &[input],
+                vars,
+            )
+        }
+        (4, 9) => {
+            let f = 1 + rng.below(4);
+            let vars = vec![w(rng, "kernel", &[k, k, f, c]), bias(rng, f)];
+            b.add("Conv2DTranspose", json!({"filters": f, "kernel_size": k, "strides": 1 + rng.below(2), "padding": padding, "activation": act}), &[input], vars)
+        }
+        (4, 10) => b.add(
+            *rng.pick(&["MaxPooling2D", "AveragePooling2D"]),
+            json!({"pool_size": 2, "strides": 1 + rng.below(2), "padding": padding}),
+            &[input],
+            vec![],
+        ),
+        (4, 11) => {
+            let class = *rng.pick(&[
+                "ZeroPadding2D",
+                "UpSampling2D",
+                "Cropping2D",
+                "GlobalAveragePooling2D",
+            ]);
+            let interpolation = *rng.pick(&["nearest", "bilinear"]);
+            b.add(class, json!({"padding": [[1, 0], [0, 2]], "size": [2, 1], "interpolation": interpolation, "cropping": [[1, 0], [0, 1]]}), &[input], vec![])
+        }
+        (3, _) => b.add(
+            *rng.pick(&["GlobalAveragePooling1D", "Flatten", "Dropout"]),
+            json!({"rate": 0.5}),
+            &[input],
+            vec![],
+        ),
+        _ => b.add("Flatten", json!({}), &[input], vec![]),
+    }
+}
+
+fn build(b: &Builder, output: &str) -> Option<Graph> {
+    graph::build(&b.file(output), &BuildOptions::default()).ok()
+}
+
+#[test]
+fn compiled_plan_matches_the_interpreter_on_random_graphs() {
+    let mut rng = Rng(0x5eed_1234_abcd_ef01);
+    let inputs: [&[usize]; 3] = [&[16], &[12, 5], &[9, 8, 4]];
+    let (mut graphs, mut layers) = (0, 0);
+    let mut classes = std::collections::BTreeSet::new();
+    let mut failures = Vec::new();
+    for case in 0..150 {
+        let per_sample = inputs[case % 3];
+        let mut shape_with_batch = vec![None::<usize>];
+        shape_with_batch.extend(per_sample.iter().map(|&d| Some(d)));
+        let mut b = Builder {
+            layers: vec![
+                json!({"class_name": "InputLayer", "name": "x", "config": {"batch_shape": shape_with_batch, "name": "x"}, "inbound_nodes": []}),
+            ],
+            weights: Node::default(),
+            count: 0,
+        };
+        let mut tensors: Vec<(String, Vec<usize>)> =
+            vec![("x".into(), [&[1usize][..], per_sample].concat())];
+        let mut graph = None;
+        for _ in 0..(2 + rng.below(8)) {
+            for _attempt in 0..6 {
+                let (input, shape) = if rng.below(4) == 0 {
+                    tensors[rng.below(tensors.len())].clone()
+                } else {
+                    tensors[tensors.len() - 1].clone()
+                };
+                let name = draw(&mut b, &mut rng, &input, &shape, &tensors);
+                match build(&b, &name) {
+                    Some(g) if g.shape(g.outputs[0].tensor).iter().product::<usize>() <= 20_000 => {
+                        tensors.push((name, g.shape(g.outputs[0].tensor).clone()));
+                        graph = Some(g);
+                        break;
+                    }
+                    _ => b.undo(),
+                }
+            }
+        }
+        let Some(graph) = graph else { continue };
+        graphs += 1;
+        layers += graph.nodes.len();
+        classes.extend(graph.nodes.iter().map(|n| n.class.clone()));
+        let x: Vec<f32> = (0..per_sample.iter().product::<usize>())
+            .map(|_| rng.unit() * 2.0)
+            .collect();
+        let x = ArrayD::from_shape_vec(IxDyn(&[&[1usize][..], per_sample].concat()), x).unwrap();
+        let reference = interp::run(&graph, std::slice::from_ref(&x)).unwrap();
+        let plan = Plan::new(&graph).unwrap_or_else(|e| panic!("case {case}: {e}"));
+        let ours = exec::run(&plan, &[x]).unwrap();
+        for (r, o) in reference.iter().zip(&ours) {
+            let worst = r
+                .iter()
+                .zip(o.iter())
+                .map(|(&a, &b)| ((a - b).abs() as f64, a.abs() as f64))
+                .fold(0f64, |w, (d, m)| w.max(d / (1e-4 + 1e-3 * m)));
+            if worst > 1.0 {
+                let classes: Vec<&str> = graph.nodes.iter().map(|n| n.class.as_str()).collect();
+                failures.push(format!(
+                    "case {case}: off by {worst:.2}x the tolerance through {classes:?}"
+                ));
+            }
+        }
+    }
+    eprintln!(
+        "{graphs} graphs, {layers} layers, {} classes: {classes:?}",
+        classes.len()
+    );
+    assert!(
+        graphs >= 120 && layers >= 500,
+        "only {graphs} graphs with {layers} layers were built"
+    );
+    assert!(
+        classes.len() >= 25,
+        "the random graphs cover only {classes:?}"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {graphs} graphs disagree:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
