@@ -218,13 +218,13 @@ fn draw(
             b.add("Conv1D", json!({"filters": f, "kernel_size": k, "strides": 1 + rng.below(2), "padding": padding, "dilation_rate": 1 + rng.below(2), "activation": act}), &[input], vars)
         }
         (3, 8) => b.add(
-            *rng.pick(&["MaxPooling1D", "AveragePooling1D"]),
+            rng.pick(&["MaxPooling1D", "AveragePooling1D"]),
             json!({"pool_size": 2, "padding": padding}),
             &[input],
             vec![],
         ),
         (3, 9) => b.add(
-            *rng.pick(&["ZeroPadding1D", "UpSampling1D", "Cropping1D"]),
+            rng.pick(&["ZeroPadding1D", "UpSampling1D", "Cropping1D"]),
             json!({"padding": [1, 2], "size": 2, "cropping": [1, 0]}),
             &[input],
             vec![],
@@ -264,7 +264,7 @@ fn draw(
             b.add("Conv2DTranspose", json!({"filters": f, "kernel_size": k, "strides": 1 + rng.below(2), "padding": padding, "activation": act}), &[input], vars)
         }
         (4, 10) => b.add(
-            *rng.pick(&["MaxPooling2D", "AveragePooling2D"]),
+            rng.pick(&["MaxPooling2D", "AveragePooling2D"]),
             json!({"pool_size": 2, "strides": 1 + rng.below(2), "padding": padding}),
             &[input],
             vec![],
@@ -280,7 +280,7 @@ fn draw(
             b.add(class, json!({"padding": [[1, 0], [0, 2]], "size": [2, 1], "interpolation": interpolation, "cropping": [[1, 0], [0, 1]]}), &[input], vec![])
         }
         (3, _) => b.add(
-            *rng.pick(&["GlobalAveragePooling1D", "Flatten", "Dropout"]),
+            rng.pick(&["GlobalAveragePooling1D", "Flatten", "Dropout"]),
             json!({"rate": 0.5}),
             &[input],
             vec![],
