@@ -28,8 +28,8 @@ impl Rng {
     fn unit(&mut self) -> f32 {
         (self.next() % 2_000_001) as f32 / 1_000_000.0 - 1.0
     }
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
+    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len())]
     }
 }
 
@@ -133,7 +133,7 @@ fn draw(
     others: &[(String, Vec<usize>)],
 ) -> String {
     let c = *shape.last().unwrap_or(&1);
-    let act = *rng.pick(ACTS);
+    let act = rng.pick(ACTS);
     let w = |rng: &mut Rng, name: &str, s: &[usize]| {
         let fan_in: usize = s[..s.len().saturating_sub(1)]
             .iter()
@@ -143,7 +143,7 @@ fn draw(
     };
     let bias = |rng: &mut Rng, n: usize| Builder::tensor("bias", &[n], rng, 0.3);
     let k = 1 + rng.below(3);
-    let padding = *rng.pick(&["valid", "same"]);
+    let padding = rng.pick(&["valid", "same"]);
     match (shape.len(), rng.below(12)) {
         (_, 0) => {
             let units = 1 + rng.below(12);
@@ -195,7 +195,7 @@ fn draw(
                 [] => b.add("Softmax", json!({"axis": -1}), &[input], vec![]),
                 many => {
                     let other = many[rng.below(many.len())].0.clone();
-                    let class = *rng.pick(&[
+                    let class = rng.pick(&[
                         "Add",
                         "Multiply",
                         "Maximum",
@@ -213,7 +213,7 @@ fn draw(
         }
         (3, 6) | (3, 7) => {
             let f = 1 + rng.below(6);
-            let padding = *rng.pick(&["valid", "same", "causal"]);
+            let padding = rng.pick(&["valid", "same", "causal"]);
             let vars = vec![w(rng, "kernel", &[k, c, f]), bias(rng, f)];
             b.add("Conv1D", json!({"filters": f, "kernel_size": k, "strides": 1 + rng.below(2), "padding": padding, "dilation_rate": 1 + rng.below(2), "activation": act}), &[input], vars)
         }
@@ -270,13 +270,13 @@ fn draw(
             vec![],
         ),
         (4, 11) => {
-            let class = *rng.pick(&[
+            let class = rng.pick(&[
                 "ZeroPadding2D",
                 "UpSampling2D",
                 "Cropping2D",
                 "GlobalAveragePooling2D",
             ]);
-            let interpolation = *rng.pick(&["nearest", "bilinear"]);
+            let interpolation = rng.pick(&["nearest", "bilinear"]);
             b.add(class, json!({"padding": [[1, 0], [0, 2]], "size": [2, 1], "interpolation": interpolation, "cropping": [[1, 0], [0, 1]]}), &[input], vec![])
         }
         (3, _) => b.add(
