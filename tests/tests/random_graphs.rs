@@ -231,7 +231,7 @@ fn draw(
         ),
         (4, 6) => {
             let f = 1 + rng.below(8);
-            let groups = if c % 2 == 0 && f % 2 == 0 && rng.below(3) == 0 {
+            let groups = if c.is_multiple_of(2) && f.is_multiple_of(2) && rng.below(3) == 0 {
                 2
             } else {
                 1
