@@ -78,6 +78,19 @@ pub fn conv(p: &Conv, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32])
                     }
                 }
                 while ow < ww.output {
+                    #[cfg(all(
+                        target_arch = "x86_64",
+                        target_feature = "avx2",
+                        target_feature = "fma"
+                    ))]
+                    if p.groups == 1 && cout % 8 == 0 {
+                        // SAFETY: lengths were checked above; taps() keeps every
+                        // position inside the input, and this output pixel is in y.
+                        unsafe { tile::conv_pixel(p, x, w, bias, y, b, od, oh, ow, pixel) };
+                        pixel += 1;
+                        ow += 1;
+                        continue;
+                    }
                     // SAFETY (every `part` in this loop nest): x, w, y and bias lengths
                     // were checked against the geometry above; taps() keeps every
                     // position inside the input.
@@ -210,8 +223,81 @@ mod tile {
             p.act.apply(out);
         }
     }
+
+    /// Output channels one pixel keeps in registers.
+    const PIXEL_BLOCK: usize = 64;
+
+    /// One output pixel (at an edge, where taps fall in padding), its channels in
+    /// registers `PIXEL_BLOCK` at a time, visiting only the taps inside the input.
+    ///
+    /// # Safety
+    /// As for [`conv_tile`], for one pixel whose taps come from `taps()`.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn conv_pixel(
+        p: &Conv,
+        x: &[f32],
+        w: &[f32],
+        bias: Option<&[f32]>,
+        y: &mut [f32],
+        b: usize,
+        od: usize,
+        oh: usize,
+        ow: usize,
+        pixel: usize,
+    ) {
+        let [wd, wh, ww] = p.windows;
+        let (cin, cout) = (p.cin, p.cout);
+        let (xp, wp, yp) = (x.as_ptr(), w.as_ptr(), y.as_mut_ptr());
+        let mut co = 0;
+        while co < cout {
+            let vectors = ((cout - co) / 8).min(PIXEL_BLOCK / 8);
+            // SAFETY (the whole block): offsets stay inside x, w, y and bias by the
+            // function's contract; loads and stores are the unaligned forms.
+            unsafe {
+                let mut acc = [_mm256_setzero_ps(); PIXEL_BLOCK / 8];
+                if let Some(bv) = bias {
+                    for (j, a) in acc.iter_mut().enumerate().take(vectors) {
+                        *a = _mm256_loadu_ps(bv.as_ptr().add(co + 8 * j));
+                    }
+                }
+                for kd in wd.taps(od) {
+                    for kh in wh.taps(oh) {
+                        for kw in ww.taps(ow) {
+                            let xi = (((b * wd.input + wd.at(od, kd)) * wh.input + wh.at(oh, kh))
+                                * ww.input
+                                + ww.at(ow, kw))
+                                * cin;
+                            let wrow =
+                                wp.add(((kd * wh.kernel + kh) * ww.kernel + kw) * cin * cout + co);
+                            for ci in 0..cin {
+                                let v = _mm256_broadcast_ss(&*xp.add(xi + ci));
+                                let wr = wrow.add(ci * cout);
+                                for (j, a) in acc.iter_mut().enumerate().take(vectors) {
+                                    *a = _mm256_fmadd_ps(v, _mm256_loadu_ps(wr.add(8 * j)), *a);
+                                }
+                            }
+                        }
+                    }
+                }
+                let out = yp.add(pixel * cout + co);
+                for (j, a) in acc.iter().enumerate().take(vectors) {
+                    _mm256_storeu_ps(out.add(8 * j), *a);
+                }
+            }
+            co += 8 * vectors;
+        }
+        // SAFETY: this output pixel is inside y (function contract).
+        let out = unsafe { core::slice::from_raw_parts_mut(yp.add(pixel * cout), cout) };
+        p.act.apply(out);
+    }
 }
 
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
 /// A transposed convolution. Its windows are seen from the output: `input` is the
 /// output length and `output` the input length (the forward convolution it transposes).
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -77,6 +77,35 @@ pub fn merge<const N: usize>(p: &Merge<N>, inputs: [&[f32]; N], y: &mut [f32]) {
     if N == 0 || y.len() < total || !fits {
         return;
     }
+    // Inputs laid out exactly like the output (no broadcasting): one flat pass that the
+    // compiler vectorizes, the same arithmetic in the same order per element.
+    let mut contiguous = [0; RANK];
+    let mut step = 1;
+    for i in (0..RANK).rev() {
+        contiguous[i] = if p.shape[i] == 1 { 0 } else { step };
+        step *= p.shape[i];
+    }
+    let plain = |s: &[usize; RANK]| (0..RANK).all(|i| p.shape[i] == 1 || s[i] == contiguous[i]);
+    if p.strides.iter().all(plain) && inputs.iter().all(|x| x.len() >= total) {
+        let y = &mut y[..total];
+        y.copy_from_slice(&inputs[0][..total]);
+        for x in inputs.iter().skip(1) {
+            for (acc, &v) in y.iter_mut().zip(&x[..total]) {
+                *acc = match p.fold {
+                    Fold::Add | Fold::Average => *acc + v,
+                    Fold::Subtract => *acc - v,
+                    Fold::Multiply => *acc * v,
+                    Fold::Maximum => fmax(v, *acc),
+                    Fold::Minimum => fmin(v, *acc),
+                };
+            }
+        }
+        if p.fold == Fold::Average {
+            let inv = 1.0 / N as f32;
+            y.iter_mut().for_each(|v| *v *= inv);
+        }
+        return;
+    }
     // SAFETY (both `get_unchecked`s): every index is below its shape entry, so each
     // offset is at most the `last` offset checked against the input's length above; and
     // `flat` counts the output's elements, checked against y's length.
