@@ -293,11 +293,6 @@ mod tile {
     }
 }
 
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma"
-))]
 /// A transposed convolution. Its windows are seen from the output: `input` is the
 /// output length and `output` the input length (the forward convolution it transposes).
 #[derive(Debug, Clone, Copy, PartialEq)]
