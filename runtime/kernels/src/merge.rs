@@ -86,11 +86,14 @@ pub fn merge<const N: usize>(p: &Merge<N>, inputs: [&[f32]; N], y: &mut [f32]) {
         step *= p.shape[i];
     }
     let plain = |s: &[usize; RANK]| (0..RANK).all(|i| p.shape[i] == 1 || s[i] == contiguous[i]);
-    if p.strides.iter().all(plain) && inputs.iter().all(|x| x.len() >= total) {
-        let y = &mut y[..total];
-        y.copy_from_slice(&inputs[0][..total]);
+    if p.strides.iter().all(plain) {
+        let (Some(y), Some(first)) = (y.get_mut(..total), inputs[0].get(..total)) else {
+            return;
+        };
+        y.copy_from_slice(first);
         for x in inputs.iter().skip(1) {
-            for (acc, &v) in y.iter_mut().zip(&x[..total]) {
+            let Some(x) = x.get(..total) else { return };
+            for (acc, &v) in y.iter_mut().zip(x) {
                 *acc = match p.fold {
                     Fold::Add | Fold::Average => *acc + v,
                     Fold::Subtract => *acc - v,
