@@ -188,7 +188,7 @@ fn execute(command: Command) -> Result<ExitCode, Error> {
             let options = RustOptions {
                 type_name: name,
                 visibility: "pub".into(),
-                track_file: None,
+                track_files: Vec::new(),
                 source: model.model.display().to_string(),
                 weights: match &weights_file {
                     Some(w) => WeightsAt::File(

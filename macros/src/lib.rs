@@ -107,7 +107,10 @@ fn expand(args: &Args) -> Result<proc_macro2::TokenStream, String> {
     let rust = RustOptions {
         type_name: args.name.to_string(),
         visibility: quote::quote!(#vis).to_string(),
-        track_file: Some(path.display().to_string()),
+        track_files: std::iter::once(&path)
+            .chain(weights.as_ref())
+            .map(|p| p.display().to_string())
+            .collect(),
         source: args.path.value(),
         weights: WeightsAt::Inline,
     };

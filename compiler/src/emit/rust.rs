@@ -19,8 +19,8 @@ pub struct RustOptions {
     pub type_name: String,
     /// Its visibility, as written before `struct` (`pub`, `pub(crate)`, or empty).
     pub visibility: String,
-    /// A file whose bytes the expansion includes, so cargo rebuilds when it changes.
-    pub track_file: Option<String>,
+    /// Files whose bytes the expansion includes, so cargo rebuilds when they change.
+    pub track_files: Vec<String>,
     /// Where the model came from, for the doc comment.
     pub source: String,
     /// Where the weight bytes live in the generated code.
@@ -127,7 +127,7 @@ pub fn emit(plan: &Plan, options: &RustOptions) -> Result<TokenStream> {
     } else {
         quote!((#(#out_vars),*))
     };
-    let track = options.track_file.as_ref().map(|path| {
+    let track = options.track_files.iter().map(|path| {
         let path = Literal::string(path);
         quote!(
             const _: &[u8] = include_bytes!(#path);
@@ -161,7 +161,7 @@ pub fn emit(plan: &Plan, options: &RustOptions) -> Result<TokenStream> {
             use kerac::norm::Strided;
             use kerac::shape::AxisMap::*;
             use kerac::Window;
-            #track
+            #(#track)*
             /// Floats in the activation arena.
             pub(super) const ARENA_FLOATS: usize = #arena_floats;
             /// Every weight, little-endian float32, each 64-byte aligned.
