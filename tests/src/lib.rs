@@ -55,3 +55,67 @@ pub fn fixtures() -> Vec<Fixture> {
     }
     out
 }
+
+use kerac_compiler::io::{self, IoFile};
+use kerac_compiler::{BuildOptions, Graph};
+use ndarray::ArrayD;
+
+/// Loads a fixture's model with the open dimensions its recorded inputs give.
+pub fn load(f: &Fixture, reference: &IoFile) -> kerac_compiler::Result<Graph> {
+    let options = BuildOptions {
+        input_shapes: io::input_shapes(&reference.inputs),
+        ..Default::default()
+    };
+    kerac_compiler::load(&f.model, None, &options)
+}
+
+/// Runs every fixture through `run` and returns one line per output that differs from
+/// Keras, or per fixture that fails.
+pub fn mismatches(
+    run: impl Fn(&Graph, &[ArrayD<f32>]) -> kerac_compiler::Result<Vec<ArrayD<f32>>>,
+) -> Vec<String> {
+    let mut failures = Vec::new();
+    for f in fixtures() {
+        let result = (|| {
+            let reference = IoFile::read(&f.reference)?;
+            let graph = load(&f, &reference)?;
+            let outputs = io::run_samples(&graph, &reference.inputs, |x| run(&graph, x))?;
+            io::compare(&outputs, &reference)
+        })();
+        match result {
+            Ok(comparisons) => failures.extend(describe(&f.label(), &comparisons)),
+            Err(e) => failures.push(format!("{}: {e}", f.label())),
+        }
+    }
+    failures
+}
+
+/// One line per output with values outside the tolerance.
+pub fn describe(label: &str, comparisons: &[io::Comparison]) -> Vec<String> {
+    comparisons
+        .iter()
+        .filter(|c| c.mismatches > 0)
+        .map(|c| {
+            format!(
+                "{label}: output `{}`: {}/{} values off (max abs {:.3e}, max rel {:.3e})",
+                c.name, c.mismatches, c.total, c.max_abs, c.max_rel
+            )
+        })
+        .collect()
+}
+
+/// The first recorded sample's inputs, and zeroed outputs of one sample's size.
+pub fn one_sample(reference: &IoFile) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+    let samples = reference.inputs[0].shape[0].max(1);
+    let inputs = reference
+        .inputs
+        .iter()
+        .map(|t| t.data[..t.data.len() / samples].to_vec())
+        .collect();
+    let outputs = reference
+        .outputs
+        .iter()
+        .map(|t| vec![0.0; t.data.len() / samples])
+        .collect();
+    (inputs, outputs)
+}

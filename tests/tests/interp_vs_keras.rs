@@ -8,41 +8,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 #[test]
 fn interpreter_matches_keras_on_every_fixture_and_dialect() {
-    let all = fixtures();
     assert!(
-        all.len() >= 50,
+        fixtures().len() >= 50,
         "expected the committed fixtures, found {}",
-        all.len()
+        fixtures().len()
     );
-    let mut failures = Vec::new();
-    for f in &all {
-        let result = (|| {
-            let reference = IoFile::read(&f.reference)?;
-            let options = BuildOptions {
-                input_shapes: io::input_shapes(&reference.inputs),
-                ..Default::default()
-            };
-            let graph = kerac_compiler::load(&f.model, None, &options)?;
-            let outputs = io::run_samples(&graph, &reference.inputs, |x| interp::run(&graph, x))?;
-            io::compare(&outputs, &reference)
-        })();
-        match result {
-            Ok(cmp) => {
-                for c in cmp.iter().filter(|c| c.mismatches > 0) {
-                    failures.push(format!(
-                        "{}: output `{}`: {}/{} values off (max abs {:.3e}, max rel {:.3e})",
-                        f.label(),
-                        c.name,
-                        c.mismatches,
-                        c.total,
-                        c.max_abs,
-                        c.max_rel
-                    ));
-                }
-            }
-            Err(e) => failures.push(format!("{}: {e}", f.label())),
-        }
-    }
+    let failures = kerac_conformance::mismatches(interp::run);
     assert!(
         failures.is_empty(),
         "{} failures:\n{}",

@@ -9,37 +9,7 @@ use kerac_conformance::fixtures;
 
 #[test]
 fn plan_on_runtime_kernels_matches_keras_on_every_fixture_and_dialect() {
-    let mut failures = Vec::new();
-    for f in fixtures() {
-        let result = (|| {
-            let reference = IoFile::read(&f.reference)?;
-            let options = BuildOptions {
-                input_shapes: io::input_shapes(&reference.inputs),
-                ..Default::default()
-            };
-            let graph = kerac_compiler::load(&f.model, None, &options)?;
-            let plan = Plan::new(&graph)?;
-            let outputs =
-                io::run_samples(&graph, &reference.inputs, |x| plan::exec::run(&plan, x))?;
-            io::compare(&outputs, &reference)
-        })();
-        match result {
-            Ok(cmp) => {
-                for c in cmp.iter().filter(|c| c.mismatches > 0) {
-                    failures.push(format!(
-                        "{}: output `{}`: {}/{} values off (max abs {:.3e}, max rel {:.3e})",
-                        f.label(),
-                        c.name,
-                        c.mismatches,
-                        c.total,
-                        c.max_abs,
-                        c.max_rel
-                    ));
-                }
-            }
-            Err(e) => failures.push(format!("{}: {e}", f.label())),
-        }
-    }
+    let failures = kerac_conformance::mismatches(|graph, x| plan::exec::run(&Plan::new(graph)?, x));
     assert!(
         failures.is_empty(),
         "{} failures:\n{}",
