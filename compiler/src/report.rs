@@ -188,8 +188,11 @@ pub struct Report {
     pub weight_bytes: usize,
     /// Total FLOPs per call.
     pub flops: u64,
-    /// The compiled plan, or why the model does not compile.
-    pub plan: Result<PlanReport, String>,
+    /// The compiled plan, when the model compiles.
+    pub plan: Option<PlanReport>,
+    /// Why the model does not compile, when it does not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan_error: Option<String>,
 }
 
 impl Report {
@@ -200,6 +203,10 @@ impl Report {
                 .iter()
                 .map(|p| (p.name.clone(), graph.shape(p.tensor).clone()))
                 .collect()
+        };
+        let (plan, plan_error) = match crate::plan::Plan::new(graph) {
+            Ok(plan) => (Some(PlanReport::new(&plan)), None),
+            Err(e) => (None, Some(e.to_string())),
         };
         Report {
             model: graph.name.clone(),
@@ -223,9 +230,8 @@ impl Report {
             params: graph.params(),
             weight_bytes: graph.params() * 4,
             flops: graph.flops(),
-            plan: crate::plan::Plan::new(graph)
-                .map(|p| PlanReport::new(&p))
-                .map_err(|e| e.to_string()),
+            plan,
+            plan_error,
         }
     }
 
@@ -298,9 +304,12 @@ impl Report {
         ));
         out.push_str(&format!(" FLOPs per call: {}\n", group(self.flops)));
         out.push('\n');
-        match &self.plan {
-            Ok(plan) => out.push_str(&plan.to_text()),
-            Err(e) => out.push_str(&format!("Plan: not compiled: {e}\n")),
+        match (&self.plan, &self.plan_error) {
+            (Some(plan), _) => out.push_str(&plan.to_text()),
+            (None, e) => out.push_str(&format!(
+                "Plan: not compiled: {}\n",
+                e.as_deref().unwrap_or("unknown")
+            )),
         }
         out
     }
