@@ -122,34 +122,8 @@ impl PlanReport {
                 format!("{}..{}", s.output_region.0, s.output_region.1),
             ]);
         }
-        let widths: Vec<usize> = (0..6)
-            .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
-            .collect();
-        let line = "─".repeat(widths.iter().sum::<usize>() + 15);
-        let mut out = format!("Plan: {} steps\n{line}\n", self.steps.len());
-        for (i, r) in rows.iter().enumerate() {
-            out.push_str(&format!(
-                "{:>w0$}   {:<w1$}   {:<w2$}   {:>w3$}   {:>w4$}   {:>w5$}\n",
-                r[0],
-                r[1],
-                r[2],
-                r[3],
-                r[4],
-                r[5],
-                w0 = widths[0],
-                w1 = widths[1],
-                w2 = widths[2],
-                w3 = widths[3],
-                w4 = widths[4],
-                w5 = widths[5]
-            ));
-            if i == 0 {
-                out.push_str(&line);
-                out.push('\n');
-            }
-        }
-        out.push_str(&line);
-        out.push('\n');
+        let mut out = format!("Plan: {} steps\n", self.steps.len());
+        out.push_str(&table(&rows, &[true, false, false, true, true, true]));
         let over = if self.arena_lower_bound_bytes > 0 {
             100.0 * (self.arena_bytes as f64 / self.arena_lower_bound_bytes as f64 - 1.0)
         } else {
@@ -265,10 +239,6 @@ impl Report {
                 group(l.flops),
             ]);
         }
-        let widths: Vec<usize> = (0..4)
-            .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
-            .collect();
-        let line = "─".repeat(widths.iter().sum::<usize>() + 9);
         let mut out = format!(
             "Model: \"{}\"  ({}, Keras {}, batch {})\n",
             self.model,
@@ -276,27 +246,7 @@ impl Report {
             self.keras_version.as_deref().unwrap_or("unknown"),
             self.batch
         );
-        out.push_str(&line);
-        out.push('\n');
-        for (i, r) in rows.iter().enumerate() {
-            out.push_str(&format!(
-                "{:<w0$}   {:<w1$}   {:>w2$}   {:>w3$}\n",
-                r[0],
-                r[1],
-                r[2],
-                r[3],
-                w0 = widths[0],
-                w1 = widths[1],
-                w2 = widths[2],
-                w3 = widths[3]
-            ));
-            if i == 0 {
-                out.push_str(&line);
-                out.push('\n');
-            }
-        }
-        out.push_str(&line);
-        out.push('\n');
+        out.push_str(&table(&rows, &[false, false, true, true]));
         out.push_str(&format!(
             " Total params: {} ({})\n",
             group(self.params as u64),
@@ -313,6 +263,39 @@ impl Report {
         }
         out
     }
+}
+
+/// Rows as aligned columns, the first row a header, with rules above and below the body;
+/// `right[c]` right-aligns column `c`.
+fn table<const N: usize>(rows: &[[String; N]], right: &[bool; N]) -> String {
+    let widths: Vec<usize> = (0..N)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let line = "─".repeat(widths.iter().sum::<usize>() + 3 * N.saturating_sub(1));
+    let mut out = format!("{line}\n");
+    for (i, row) in rows.iter().enumerate() {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .zip(right)
+            .map(|((cell, &w), &r)| {
+                if r {
+                    format!("{cell:>w$}")
+                } else {
+                    format!("{cell:<w$}")
+                }
+            })
+            .collect();
+        out.push_str(cells.join("   ").trim_end());
+        out.push('\n');
+        if i == 0 {
+            out.push_str(&line);
+            out.push('\n');
+        }
+    }
+    out.push_str(&line);
+    out.push('\n');
+    out
 }
 
 fn show_shape(s: &[usize]) -> String {

@@ -87,3 +87,13 @@ fn batch_norm_folds_and_activations_fuse() {
         );
     }
 }
+
+#[test]
+fn plan_counts_the_same_flops_as_the_graph() {
+    for f in fixtures() {
+        let reference = IoFile::read(&f.reference).unwrap();
+        let graph = kerac_conformance::load(&f, &reference).unwrap();
+        let plan = Plan::new(&graph).unwrap();
+        assert_eq!(plan.flops(), graph.flops(), "{}", f.label());
+    }
+}

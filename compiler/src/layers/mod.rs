@@ -52,17 +52,20 @@ pub fn lower_with_activation(
         }
         None => {
             let shape = l.output_shapes[0].clone();
-            let tmp = l.temp(shape.iter().product());
+            let elements: usize = shape.iter().product();
+            // `flops` counts the activation too; the softmax step carries that share.
+            let softmax_flops = activation.flops_per_element() * elements as u64;
+            let tmp = l.temp(elements);
             let input = l.inputs[0];
-            l.step(kernel(kerac::Act::Linear), vec![input], tmp, flops);
+            l.step(
+                kernel(kerac::Act::Linear),
+                vec![input],
+                tmp,
+                flops.saturating_sub(softmax_flops),
+            );
             let softmax = activation.softmax_kernel(&shape)?;
             let out = l.output(0);
-            l.step(
-                softmax,
-                vec![tmp],
-                out,
-                4 * shape.iter().product::<usize>() as u64,
-            );
+            l.step(softmax, vec![tmp], out, softmax_flops);
             Ok(())
         }
     }
