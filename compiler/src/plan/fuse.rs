@@ -2,7 +2,7 @@
 //! elementwise activations fused into their producer. Both apply only where the
 //! producer's output feeds nothing else, so no other reader sees a changed value.
 
-use super::{Kernel, Plan, ValueId, WeightData};
+use super::{Kernel, Plan, ValueId, WeightData, WeightId};
 use kerac::Act;
 
 /// How many steps read a value, plus one if it is a model output.
@@ -38,58 +38,64 @@ fn producer(kernel: &Kernel) -> Option<(usize, Act)> {
 pub(super) fn fold_batch_norm(plan: &mut Plan) {
     let mut i = 0;
     while i < plan.steps.len() {
-        let Some(j) = foldable(plan, i) else {
+        let Some(fold) = foldable(plan, i) else {
             i += 1;
             continue;
         };
-        let Kernel::ScaleShift { scale, offset, .. } = plan.steps[j].kernel else {
-            unreachable_step()
-        };
-        let scale = plan.weights[scale].data.clone();
-        let offset = plan.weights[offset].data.clone();
-        let (w, b) = match &plan.steps[i].kernel {
-            Kernel::Dense { w, b, .. } | Kernel::Conv { w, b, .. } => (*w, *b),
-            _ => unreachable_step(),
-        };
-        let mut kernel = plan.weights[w].clone();
+        let scale = plan.weights[fold.scale].data.clone();
+        let offset = plan.weights[fold.offset].data.clone();
+        let mut kernel = plan.weights[fold.kernel].clone();
         let cout = scale.len();
         for (k, v) in kernel.data.iter_mut().enumerate() {
             *v *= scale[k % cout];
         }
         let bias: Vec<f32> = (0..cout)
-            .map(|c| b.map_or(0.0, |b| plan.weights[b].data[c]) * scale[c] + offset[c])
+            .map(|c| fold.bias.map_or(0.0, |b| plan.weights[b].data[c]) * scale[c] + offset[c])
             .collect();
         kernel.name.push_str(" (batch norm folded)");
         plan.weights.push(kernel);
         let new_w = plan.weights.len() - 1;
         plan.weights.push(WeightData {
-            name: format!("{} (folded bias)", plan.steps[j].layers),
+            name: format!("{} (folded bias)", plan.steps[fold.step].layers),
             data: bias,
         });
         let new_b = Some(plan.weights.len() - 1);
-        match &mut plan.steps[i].kernel {
-            Kernel::Dense { w, b, .. } | Kernel::Conv { w, b, .. } => {
-                *w = new_w;
-                *b = new_b;
-            }
-            _ => unreachable_step(),
+        if let Kernel::Dense { w, b, .. } | Kernel::Conv { w, b, .. } = &mut plan.steps[i].kernel {
+            *w = new_w;
+            *b = new_b;
         }
-        absorb(plan, i, j);
+        absorb(plan, i, fold.step);
     }
 }
 
-fn foldable(plan: &Plan, i: usize) -> Option<usize> {
+/// What folding a scale-and-shift step into its producer needs.
+struct Fold {
+    step: usize,
+    scale: WeightId,
+    offset: WeightId,
+    kernel: WeightId,
+    bias: Option<WeightId>,
+}
+
+fn foldable(plan: &Plan, i: usize) -> Option<Fold> {
     let step = &plan.steps[i];
-    if !matches!(step.kernel, Kernel::Dense { .. } | Kernel::Conv { .. }) {
-        return None;
-    }
+    let (kernel, bias) = match step.kernel {
+        Kernel::Dense { w, b, .. } | Kernel::Conv { w, b, .. } => (w, b),
+        _ => return None,
+    };
     let (cout, act) = producer(&step.kernel)?;
     if act != Act::Linear {
         return None;
     }
     let j = sole_reader(plan, step.output)?;
-    match &plan.steps[j].kernel {
-        Kernel::ScaleShift { p, .. } if p.inner == 1 && p.n == cout => Some(j),
+    match plan.steps[j].kernel {
+        Kernel::ScaleShift { p, scale, offset } if p.inner == 1 && p.n == cout => Some(Fold {
+            step: j,
+            scale,
+            offset,
+            kernel,
+            bias,
+        }),
         _ => None,
     }
 }
@@ -102,20 +108,20 @@ pub(super) fn fuse_activations(plan: &mut Plan) {
             .filter(|(_, act)| *act == Act::Linear)
             .and_then(|_| {
                 let j = sole_reader(plan, plan.steps[i].output)?;
-                matches!(plan.steps[j].kernel, Kernel::Activation(_)).then_some(j)
+                match plan.steps[j].kernel {
+                    Kernel::Activation(act) => Some((j, act)),
+                    _ => None,
+                }
             });
-        let Some(j) = fusable else {
+        let Some((j, act)) = fusable else {
             i += 1;
             continue;
-        };
-        let Kernel::Activation(act) = plan.steps[j].kernel else {
-            unreachable_step()
         };
         match &mut plan.steps[i].kernel {
             Kernel::Dense { p, .. } => p.act = act,
             Kernel::Conv { p, .. } => p.act = act,
             Kernel::ConvTranspose { p, .. } => p.act = act,
-            _ => unreachable_step(),
+            _ => {}
         }
         absorb(plan, i, j);
     }
@@ -129,9 +135,4 @@ fn absorb(plan: &mut Plan, i: usize, j: usize) {
     step.output = absorbed.output;
     step.flops += absorbed.flops;
     step.layers = format!("{} + {}", step.layers, absorbed.layers);
-}
-
-/// The matches above are guarded by the checks just before them.
-fn unreachable_step() -> ! {
-    unreachable!("a fusion matched a step it then failed to find")
 }
