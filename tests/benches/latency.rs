@@ -83,17 +83,7 @@ fn main() {
         .filter(|(l, _, _)| MODELS.contains(l))
     {
         let reference = kerac_compiler::io::IoFile::read(&root.join(reference)).unwrap();
-        let samples = reference.inputs[0].shape[0];
-        let inputs: Vec<Vec<f32>> = reference
-            .inputs
-            .iter()
-            .map(|t| t.data[..t.data.len() / samples].to_vec())
-            .collect();
-        let mut outputs: Vec<Vec<f32>> = reference
-            .outputs
-            .iter()
-            .map(|t| vec![0.0; t.data.len() / samples])
-            .collect();
+        let (inputs, mut outputs) = kerac_conformance::one_sample(&reference);
         let model_path = root.join("fixtures").join(label);
         let graph = kerac_compiler::load(&model_path, None, &Default::default()).unwrap();
         let flops = kerac_compiler::plan::Plan::new(&graph).unwrap().flops();

@@ -33,17 +33,7 @@ fn running_a_compiled_model_allocates_nothing() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     for (label, reference, make) in compiled::compiled() {
         let reference = kerac_compiler::io::IoFile::read(&root.join(reference)).unwrap();
-        let samples = reference.inputs[0].shape[0];
-        let inputs: Vec<Vec<f32>> = reference
-            .inputs
-            .iter()
-            .map(|t| t.data[..t.data.len() / samples].to_vec())
-            .collect();
-        let mut outputs: Vec<Vec<f32>> = reference
-            .outputs
-            .iter()
-            .map(|t| vec![0.0; t.data.len() / samples])
-            .collect();
+        let (inputs, mut outputs) = kerac_conformance::one_sample(&reference);
         let ins: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
         let mut outs: Vec<&mut [f32]> = outputs.iter_mut().map(Vec::as_mut_slice).collect();
         let mut model = make();
