@@ -486,6 +486,11 @@ fn mutated_configs_never_panic_and_loaded_models_run() {
                         .map(|p| ndarray::ArrayD::<f32>::zeros(graph.shape(p.tensor).clone()))
                         .collect();
                     kerac_compiler::interp::run(&graph, &inputs)?;
+                    // And the compiled plan on the runtime's kernels: lowering may refuse
+                    // a layout, but must not panic, and the kernels must run.
+                    if let Ok(plan) = kerac_compiler::plan::Plan::new(&graph) {
+                        kerac_compiler::plan::exec::run(&plan, &inputs)?;
+                    }
                 }
                 Ok::<_, Error>(())
             });
