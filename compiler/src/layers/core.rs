@@ -148,9 +148,6 @@ impl Op for IdentityOp {
     fn flops(&self) -> u64 {
         0
     }
-    fn is_identity(&self) -> bool {
-        true
-    }
     fn lower(&self, l: &mut Lower) -> Result<()> {
         let input = l.inputs[0];
         l.alias(0, input);

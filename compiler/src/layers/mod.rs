@@ -29,10 +29,6 @@ pub trait Op: std::fmt::Debug + Send + Sync {
     fn eval(&self, inputs: &[&ArrayD<f32>]) -> Vec<ArrayD<f32>>;
     /// Floating-point operations per call (a multiply-add counts two).
     fn flops(&self) -> u64;
-    /// True when the op passes its single input through unchanged at inference.
-    fn is_identity(&self) -> bool {
-        false
-    }
     /// Lowers the op to runtime kernel calls, for the compiled backends.
     fn lower(&self, l: &mut crate::plan::Lower) -> Result<()>;
 }

@@ -6,6 +6,7 @@ use super::{elements, int_or_list, BuildFn, LayerCtx, Lowered, Op};
 use crate::error::{Error, Result};
 use crate::graph::Shape;
 use crate::plan::{Kernel, Lower};
+use kerac::shape::AxisMap;
 use ndarray::ArrayD;
 use serde::Deserialize;
 use serde_json::Value;
@@ -32,40 +33,14 @@ enum Source {
     Blend(usize, usize, f64),
 }
 
-/// How output positions along one axis map to input positions; computed per position
-/// so that no table proportional to a (possibly hostile) length is built at load time.
-#[derive(Debug, Clone, Copy)]
-enum AxisMap {
-    /// `before` zeros, the input, then zeros up to `len`.
-    Pad {
-        before: usize,
-        input: usize,
-        len: usize,
-    },
-    /// The input from `before`, `len` positions.
-    Crop { before: usize, len: usize },
-    /// Each input position `scale` times.
-    Nearest { scale: usize, len: usize },
-    /// Linear interpolation with half-pixel centres, as tf.image.resize does.
-    Bilinear {
-        scale: usize,
-        input: usize,
-        len: usize,
-    },
+/// The reference reading of one axis of the runtime's [`AxisMap`] (which keeps
+/// the per-axis geometry for both): the input taps of output `o`, in f64.
+trait Reference {
+    fn source(&self, o: usize) -> Source;
+    fn reference_taps(&self, o: usize) -> [(Option<usize>, f64); 2];
 }
 
-impl AxisMap {
-    const UNIT: AxisMap = AxisMap::Crop { before: 0, len: 1 };
-
-    fn len(&self) -> usize {
-        match *self {
-            AxisMap::Pad { len, .. }
-            | AxisMap::Crop { len, .. }
-            | AxisMap::Nearest { len, .. }
-            | AxisMap::Bilinear { len, .. } => len,
-        }
-    }
-
+impl Reference for AxisMap {
     fn source(&self, o: usize) -> Source {
         match *self {
             AxisMap::Pad { before, input, .. } => o
@@ -83,7 +58,7 @@ impl AxisMap {
         }
     }
 
-    fn taps(&self, o: usize) -> [(Option<usize>, f64); 2] {
+    fn reference_taps(&self, o: usize) -> [(Option<usize>, f64); 2] {
         match self.source(o) {
             Source::Zero => [(None, 0.0), (None, 0.0)],
             Source::At(i) => [(Some(i), 1.0), (None, 0.0)],
@@ -114,11 +89,11 @@ impl Op for ResampleOp {
                 for oh in 0..self.axes[1].len() {
                     for ow in 0..self.axes[2].len() {
                         acc.fill(0.0);
-                        for (d, wd) in self.axes[0].taps(od) {
+                        for (d, wd) in self.axes[0].reference_taps(od) {
                             let Some(d) = d else { continue };
-                            for (h, wh) in self.axes[1].taps(oh) {
+                            for (h, wh) in self.axes[1].reference_taps(oh) {
                                 let Some(h) = h else { continue };
-                                for (w, ww) in self.axes[2].taps(ow) {
+                                for (w, ww) in self.axes[2].reference_taps(ow) {
                                     let Some(w) = w else { continue };
                                     let xi = (((b * id + d) * ih + h) * iw + w) * c;
                                     let weight = wd * wh * ww;
@@ -139,17 +114,10 @@ impl Op for ResampleOp {
         0
     }
     fn lower(&self, l: &mut Lower) -> Result<()> {
-        use kerac::shape::AxisMap as Map;
-        let map = |m: &AxisMap| match *m {
-            AxisMap::Pad { before, input, len } => Map::Pad { before, input, len },
-            AxisMap::Crop { before, len } => Map::Crop { before, len },
-            AxisMap::Nearest { scale, len } => Map::Nearest { scale, len },
-            AxisMap::Bilinear { scale, input, len } => Map::Bilinear { scale, input, len },
-        };
         let p = kerac::shape::Resample {
             batch: self.batch,
             input: self.input,
-            axes: self.axes.each_ref().map(map),
+            axes: self.axes,
             channels: self.channels,
         };
         l.unary(Kernel::Resample(p), 0);
