@@ -1,5 +1,7 @@
 //! Code generation from a [`Plan`](crate::plan::Plan).
 
+#[cfg(feature = "clif")]
+pub mod clif;
 pub mod rust;
 
 /// The weight bytes of a plan in the order and alignment [`rust::emit`] lays them out.

@@ -10,9 +10,10 @@
 // Polynomial coefficients are quoted as their sources publish them; float32 rounds them.
 #![allow(clippy::excessive_precision)]
 
+pub use crate::lanes::Lanes;
+use crate::lanes::S;
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 use crate::lanes::V8;
-use crate::lanes::{Lanes, S};
 
 /// An elementwise activation.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -142,8 +143,9 @@ fn floor<T: Lanes>(x: T) -> T {
     t - T::select(t.gt(x), c(1.0), c(0.0))
 }
 
+/// `e^x` over any [`Lanes`]: the definition [`exp`] and the code generators share.
 #[inline(always)]
-fn exp_l<T: Lanes>(x: T) -> T {
+pub fn exp_l<T: Lanes>(x: T) -> T {
     let x = clamp(x, -86.6, 88.72);
     let n = floor(x * c(core::f32::consts::LOG2_E) + c(0.5));
     let r = x - n * c(0.693_359_4) - n * c(-2.121_944_4e-4);
@@ -159,8 +161,9 @@ fn exp_l<T: Lanes>(x: T) -> T {
     y * n.pow2_minus_1() * c(2.0)
 }
 
+/// Natural logarithm over any [`Lanes`], as [`log`].
 #[inline(always)]
-fn log_l<T: Lanes>(x: T) -> T {
+pub fn log_l<T: Lanes>(x: T) -> T {
     let m = x.mantissa();
     let small = m.lt(c(core::f32::consts::FRAC_1_SQRT_2));
     let e = x.exponent() - T::select(small, c(1.0), c(0.0));
@@ -229,9 +232,10 @@ impl Act {
         self.eval_lanes(S(x)).0
     }
 
-    /// The activation of a lane vector: the one definition both widths share.
+    /// The activation of a lane vector: the one definition every width and every code
+    /// generator shares.
     #[inline(always)]
-    fn eval_lanes<T: Lanes>(self, x: T) -> T {
+    pub fn eval_lanes<T: Lanes>(self, x: T) -> T {
         const SELU_ALPHA: f32 = 1.673_263_2;
         const SELU_SCALE: f32 = 1.050_701;
         let zero = c::<T>(0.0);

@@ -2,11 +2,14 @@
 //! a single `f32` or on AVX2's `f32 x 8` with the same operations in the same order (no
 //! fused multiply-add), so both give the same bits. Comparisons give lane masks and
 //! `select` blends by them: no branch on data anywhere.
+//!
+//! The trait is public so that code generators can implement it for a symbolic value
+//! and trace the one definition of each activation into their own IR.
 
 use core::ops::{Add, Div, Mul, Neg, Sub};
 
 /// Float lanes the activation math runs on.
-pub(crate) trait Lanes:
+pub trait Lanes:
     Copy
     + Add<Output = Self>
     + Sub<Output = Self>

@@ -12,7 +12,7 @@ pub mod act;
 pub mod arena;
 pub mod conv;
 pub mod dense;
-mod lanes;
+pub mod lanes;
 pub mod merge;
 pub mod norm;
 pub mod pool;

@@ -1,0 +1,419 @@
+//! Native code through Cranelift: the same [`Plan`] the Rust emitter reads, lowered to
+//! one function per model, for an object file (x86-64, aarch64, riscv64) or for the
+//! JIT behind `kerac run`, `check` and `bench`.
+//!
+//! The function is `int <prefix>_predict(const float *const *inputs, float *const
+//! *outputs, void *scratch)`. It copies the inputs into the scratch buffer (the plan's
+//! arena), runs every step with constant loop bounds and no data-dependent branch, and
+//! copies the outputs out. Weights sit in read-only data inside the object, and the
+//! object calls nothing outside itself: no libm, no runtime library.
+
+mod act;
+mod fx;
+mod kernels;
+mod kernels_norm;
+
+use crate::error::{Error, Result};
+use crate::plan::{Kernel, Plan};
+use cranelift_codegen::ir::{types, AbiParam, InstBuilder, Signature, UserFuncName};
+use cranelift_codegen::isa::{CallConv, OwnedTargetIsa};
+use cranelift_codegen::settings::{self, Configurable};
+use cranelift_codegen::Context;
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use cranelift_module::{DataDescription, Linkage, Module};
+use fx::{Addr, Fx};
+use ndarray::{ArrayD, IxDyn};
+
+/// A machine an object file is compiled for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// x86-64 with SSE4.2 (x86-64-v2): 128-bit vectors, no FMA.
+    X86_64,
+    /// x86-64 with AVX2 and FMA (x86-64-v3): 128-bit vectors with fused multiply-add.
+    X86_64V3,
+    /// 64-bit ARM (NEON, FMA).
+    Aarch64,
+    /// 64-bit RISC-V, RV64GC: scalar floats with fused multiply-add.
+    Riscv64,
+}
+
+impl Target {
+    /// Every target, by the name the command line takes.
+    pub const ALL: [(&'static str, Target); 4] = [
+        ("x86_64", Target::X86_64),
+        ("x86_64-v3", Target::X86_64V3),
+        ("aarch64", Target::Aarch64),
+        ("riscv64", Target::Riscv64),
+    ];
+
+    /// The target named `name` (as in [`Target::ALL`]).
+    pub fn from_name(name: &str) -> Option<Target> {
+        Target::ALL
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, t)| *t)
+    }
+
+    fn triple(self) -> &'static str {
+        match self {
+            Target::X86_64 | Target::X86_64V3 => "x86_64-unknown-linux-gnu",
+            Target::Aarch64 => "aarch64-unknown-linux-gnu",
+            Target::Riscv64 => "riscv64gc-unknown-linux-gnu",
+        }
+    }
+
+    fn features(self) -> &'static [&'static str] {
+        const V2: [&str; 5] = [
+            "has_sse3",
+            "has_ssse3",
+            "has_sse41",
+            "has_sse42",
+            "has_popcnt",
+        ];
+        match self {
+            Target::X86_64 => &V2,
+            Target::X86_64V3 => &[
+                "has_sse3",
+                "has_ssse3",
+                "has_sse41",
+                "has_sse42",
+                "has_popcnt",
+                "has_avx",
+                "has_avx2",
+                "has_fma",
+                "has_bmi1",
+                "has_bmi2",
+                "has_lzcnt",
+            ],
+            Target::Aarch64 | Target::Riscv64 => &[],
+        }
+    }
+
+    /// Floats per vector and whether fused multiply-add is native.
+    fn shape(self) -> (usize, bool) {
+        match self {
+            Target::X86_64 => (4, false),
+            Target::X86_64V3 | Target::Aarch64 => (4, true),
+            Target::Riscv64 => (1, true),
+        }
+    }
+}
+
+fn flags(pic: bool) -> Result<settings::Flags> {
+    let mut b = settings::builder();
+    let set = |b: &mut settings::Builder, k: &str, v: &str| {
+        b.set(k, v)
+            .map_err(|e| Error::new(format!("Cranelift setting {k}={v}: {e}")))
+    };
+    set(&mut b, "opt_level", "speed")?;
+    set(&mut b, "is_pic", if pic { "true" } else { "false" })?;
+    // The code calls no function, so it needs no libcall at any distance.
+    set(&mut b, "use_colocated_libcalls", "false")?;
+    Ok(settings::Flags::new(b))
+}
+
+fn isa_for(target: Target) -> Result<OwnedTargetIsa> {
+    let mut b = cranelift_codegen::isa::lookup_by_name(target.triple())
+        .map_err(|e| Error::new(format!("target {}: {e}", target.triple())))?;
+    for f in target.features() {
+        b.enable(f)
+            .map_err(|e| Error::new(format!("target feature {f}: {e}")))?;
+    }
+    b.finish(flags(true)?)
+        .map_err(|e| Error::new(format!("target {}: {e}", target.triple())))
+}
+
+/// The weights as the native code reads them, each array 16-byte aligned, with
+/// transposed convolutions' kernels stored `[taps, cin, cout]` so that they stream
+/// like a convolution's.
+pub(crate) struct WeightLayout {
+    /// Offset of each plan weight, in floats.
+    pub offsets: Vec<usize>,
+    /// The bytes, little-endian floats.
+    pub bytes: Vec<u8>,
+}
+
+fn layout_weights(plan: &Plan) -> WeightLayout {
+    let mut transposed = vec![None; plan.weights.len()];
+    for step in &plan.steps {
+        if let Kernel::ConvTranspose { p, w, .. } = &step.kernel {
+            transposed[*w] = Some((p.cin, p.cout));
+        }
+    }
+    let mut floats: Vec<f32> = Vec::new();
+    let mut offsets = Vec::with_capacity(plan.weights.len());
+    for (w, t) in plan.weights.iter().zip(transposed) {
+        while floats.len() % 4 != 0 {
+            floats.push(0.0);
+        }
+        offsets.push(floats.len());
+        match t {
+            Some((cin, cout)) if cin * cout > 0 => {
+                for tap in w.data.chunks_exact(cin * cout) {
+                    for ci in 0..cin {
+                        floats.extend((0..cout).map(|co| tap[co * cin + ci]));
+                    }
+                }
+            }
+            _ => floats.extend_from_slice(&w.data),
+        }
+    }
+    // A zero-length data object would not be emitted; keep one vector.
+    floats.resize(floats.len().max(4), 0.0);
+    let bytes = floats.iter().flat_map(|f| f.to_le_bytes()).collect();
+    WeightLayout { offsets, bytes }
+}
+
+/// Bytes of scratch the compiled function needs.
+pub fn scratch_bytes(plan: &Plan) -> usize {
+    plan.arena_floats.max(1) * 4
+}
+
+/// Alignment the scratch buffer should have (the function itself tolerates any).
+pub const SCRATCH_ALIGN: usize = 16;
+
+/// Declares and defines `<prefix>_predict` and its weights in `module`.
+fn define<M: Module>(
+    module: &mut M,
+    plan: &Plan,
+    prefix: &str,
+    lanes: usize,
+    fma: bool,
+) -> Result<cranelift_module::FuncId> {
+    let backend = |e: cranelift_module::ModuleError| Error::new(format!("Cranelift: {e}"));
+    let weights = layout_weights(plan);
+    let data = module
+        .declare_data(&format!("{prefix}_weights"), Linkage::Local, false, false)
+        .map_err(backend)?;
+    let mut desc = DataDescription::new();
+    desc.define(weights.bytes.clone().into_boxed_slice());
+    desc.set_align(16);
+    module.define_data(data, &desc).map_err(backend)?;
+
+    let ptr = module.target_config().pointer_type();
+    let call_conv = CallConv::triple_default(module.isa().triple());
+    let mut sig = Signature::new(call_conv);
+    sig.params.extend([AbiParam::new(ptr); 3]);
+    sig.returns.push(AbiParam::new(types::I32));
+    let func = module
+        .declare_function(&format!("{prefix}_predict"), Linkage::Export, &sig)
+        .map_err(backend)?;
+
+    let mut ctx = Context::new();
+    ctx.func.signature = sig;
+    ctx.func.name = UserFuncName::user(0, func.as_u32());
+    let gv = module.declare_data_in_func(data, &mut ctx.func);
+    let mut fctx = FunctionBuilderContext::new();
+    {
+        let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+        let entry = b.create_block();
+        b.append_block_params_for_function_params(entry);
+        b.switch_to_block(entry);
+        b.seal_block(entry);
+        let [inputs, outputs, scratch] = [0, 1, 2].map(|i| b.block_params(entry)[i]);
+        let wbase = b.ins().symbol_value(ptr, gv);
+        let mut fx = Fx {
+            b,
+            lanes,
+            fma,
+            arena: scratch,
+            weights: wbase,
+            tapes: Vec::new(),
+        };
+        let arena = |off: usize| Addr {
+            base: scratch,
+            off: off as i64,
+        };
+        for (i, port) in plan.inputs.iter().enumerate() {
+            let v = &plan.values[port.value];
+            let p = fx.b.ins().load(ptr, fx::trusted(), inputs, (i * 8) as i32);
+            kernels::copy(&mut fx, Addr { base: p, off: 0 }, arena(v.offset), v.len);
+        }
+        for step in &plan.steps {
+            kernels::step(&mut fx, plan, &weights, step);
+        }
+        for (i, port) in plan.outputs.iter().enumerate() {
+            let v = &plan.values[port.value];
+            let p = fx.b.ins().load(ptr, fx::trusted(), outputs, (i * 8) as i32);
+            kernels::copy(&mut fx, arena(v.offset), Addr { base: p, off: 0 }, v.len);
+        }
+        let ok = fx.b.ins().iconst(types::I32, 0);
+        fx.b.ins().return_(&[ok]);
+        fx.b.finalize(module.target_config());
+    }
+    module
+        .define_function(func, &mut ctx)
+        .map_err(|e| Error::new(format!("Cranelift: {e:?}")))?;
+    Ok(func)
+}
+
+/// An object file with `<prefix>_predict` for `target`.
+pub fn object(plan: &Plan, target: Target, prefix: &str) -> Result<Vec<u8>> {
+    check_prefix(prefix)?;
+    let isa = isa_for(target)?;
+    let builder = cranelift_object::ObjectBuilder::new(
+        isa,
+        prefix.as_bytes().to_vec(),
+        cranelift_module::default_libcall_names(),
+    )
+    .map_err(|e| Error::new(format!("Cranelift: {e}")))?;
+    let mut module = cranelift_object::ObjectModule::new(builder);
+    let (lanes, fma) = target.shape();
+    define(&mut module, plan, prefix, lanes, fma)?;
+    let product = module.finish();
+    product
+        .emit()
+        .map_err(|e| Error::new(format!("writing the object: {e}")))
+}
+
+fn check_prefix(prefix: &str) -> Result<()> {
+    let ok = prefix
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::new(format!(
+            "prefix `{prefix}` is not a C identifier (letters, digits and `_`, not starting with a digit)"
+        )))
+    }
+}
+
+/// A model compiled in memory for this machine.
+pub struct Jit {
+    // Owns the executable memory `predict` points into.
+    module: Option<cranelift_jit::JITModule>,
+    predict: extern "C" fn(*const *const f32, *const *mut f32, *mut u8) -> i32,
+    scratch: Vec<u128>,
+    input_lens: Vec<usize>,
+    output_lens: Vec<usize>,
+    output_shapes: Vec<Vec<usize>>,
+}
+
+impl Jit {
+    /// Compiles `plan` for the host.
+    pub fn new(plan: &Plan) -> Result<Jit> {
+        let host = cranelift_native::builder()
+            .map_err(|e| Error::new(format!("this machine has no Cranelift backend: {e}")))?;
+        let isa = host
+            .finish(flags(false)?)
+            .map_err(|e| Error::new(format!("Cranelift: {e}")))?;
+        let fma = cfg!(target_arch = "aarch64") || cfg!(target_arch = "riscv64") || host_has_fma();
+        let lanes = if cfg!(target_arch = "riscv64") { 1 } else { 4 };
+        let mut module = cranelift_jit::JITModule::new(cranelift_jit::JITBuilder::with_isa(
+            isa,
+            cranelift_module::default_libcall_names(),
+        ));
+        let func = define(&mut module, plan, "kerac", lanes, fma)?;
+        module
+            .finalize_definitions()
+            .map_err(|e| Error::new(format!("Cranelift: {e}")))?;
+        let code = module.get_finalized_function(func);
+        // SAFETY: `code` is the function just defined with the signature
+        // (ptr, ptr, ptr) -> i32 in the platform's C calling convention, and the
+        // module that owns its memory lives as long as `self`.
+        let predict = unsafe {
+            std::mem::transmute::<
+                *const u8,
+                extern "C" fn(*const *const f32, *const *mut f32, *mut u8) -> i32,
+            >(code)
+        };
+        Ok(Jit {
+            module: Some(module),
+            predict,
+            scratch: vec![0; scratch_bytes(plan).div_ceil(16)],
+            input_lens: plan
+                .inputs
+                .iter()
+                .map(|p| plan.values[p.value].len)
+                .collect(),
+            output_lens: plan
+                .outputs
+                .iter()
+                .map(|p| plan.values[p.value].len)
+                .collect(),
+            output_shapes: plan.outputs.iter().map(|p| p.shape.clone()).collect(),
+        })
+    }
+
+    /// Runs the model on flat buffers in Keras's order; their counts and lengths are
+    /// checked first.
+    pub fn run(&mut self, inputs: &[&[f32]], outputs: &mut [&mut [f32]]) -> Result<()> {
+        let lens_match = inputs.len() == self.input_lens.len()
+            && outputs.len() == self.output_lens.len()
+            && inputs
+                .iter()
+                .zip(&self.input_lens)
+                .all(|(x, &n)| x.len() == n)
+            && outputs
+                .iter()
+                .zip(&self.output_lens)
+                .all(|(y, &n)| y.len() == n);
+        if !lens_match {
+            return Err(Error::new(format!(
+                "buffers of {:?} -> {:?} floats given, the model takes {:?} -> {:?}",
+                inputs.iter().map(|x| x.len()).collect::<Vec<_>>(),
+                outputs.iter().map(|y| y.len()).collect::<Vec<_>>(),
+                self.input_lens,
+                self.output_lens
+            )));
+        }
+        let ins: Vec<*const f32> = inputs.iter().map(|x| x.as_ptr()).collect();
+        let outs: Vec<*mut f32> = outputs.iter_mut().map(|y| y.as_mut_ptr()).collect();
+        // SAFETY: every buffer has the length the plan gives it (checked above), and
+        // the scratch buffer is `scratch_bytes(plan)` long; the code touches nothing
+        // else.
+        let rc = (self.predict)(
+            ins.as_ptr(),
+            outs.as_ptr(),
+            self.scratch.as_mut_ptr().cast(),
+        );
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(Error::new(format!("the compiled model returned {rc}")))
+        }
+    }
+}
+
+impl Jit {
+    /// Runs the model on arrays shaped as the plan's inputs (batch first), as
+    /// [`crate::plan::exec::run`] does.
+    pub fn run_arrays(&mut self, inputs: &[ArrayD<f32>]) -> Result<Vec<ArrayD<f32>>> {
+        let flat: Vec<Vec<f32>> = inputs.iter().map(|x| x.iter().copied().collect()).collect();
+        let ins: Vec<&[f32]> = flat.iter().map(Vec::as_slice).collect();
+        let mut outs: Vec<Vec<f32>> = self.output_lens.iter().map(|&n| vec![0.0; n]).collect();
+        let mut views: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
+        self.run(&ins, &mut views)?;
+        outs.into_iter()
+            .zip(&self.output_shapes)
+            .map(|(data, shape)| {
+                ArrayD::from_shape_vec(IxDyn(shape), data).map_err(|e| Error::new(e.to_string()))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Jit {
+    fn drop(&mut self) {
+        if let Some(m) = self.module.take() {
+            // SAFETY: `predict` is not called after this: `self` is being dropped.
+            unsafe { m.free_memory() };
+        }
+    }
+}
+
+fn host_has_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
