@@ -7,6 +7,7 @@
 //! # Ok::<(), kerac_compiler::Error>(())
 //! ```
 
+pub mod bench;
 pub mod emit;
 pub mod error;
 pub mod graph;

@@ -1,10 +1,12 @@
 //! The `kerac` command. Argument parsing and printing only; the work is in the library.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use kerac_compiler::emit::clif::{self, Jit, Target};
+use kerac_compiler::emit::header::{header, HeaderInfo};
 use kerac_compiler::io::{self, IoFile};
 use kerac_compiler::plan::{self, Plan};
 use kerac_compiler::report::Report;
-use kerac_compiler::{interp, BuildOptions, Error, Graph};
+use kerac_compiler::{bench, interp, BuildOptions, Error, Graph};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -39,10 +41,11 @@ enum Command {
         /// Where to write the outputs; standard output when absent.
         #[arg(long, short)]
         output: Option<PathBuf>,
-        #[arg(long, value_enum, default_value_t = Backend::Interp)]
+        #[arg(long, value_enum, default_value_t = Backend::Jit)]
         backend: Backend,
     },
-    /// Compile a model to Rust source (the code the `model!` macro expands to).
+    /// Compile a model to Rust source (the code the `model!` macro expands to), or to a
+    /// native object file with a C header.
     Compile {
         #[command(flatten)]
         model: ModelArgs,
@@ -52,9 +55,19 @@ enum Command {
         /// Output file; standard output when absent.
         #[arg(long, short)]
         output: Option<PathBuf>,
-        /// Name of the generated type.
+        /// Name of the generated type (Rust).
         #[arg(long, default_value = "Model")]
         name: String,
+        /// Machine the object is for (obj): x86_64 (x86-64-v2: SSE4.2), x86_64-v3
+        /// (AVX2, FMA), aarch64, riscv64.
+        #[arg(long, default_value = "x86_64")]
+        target: String,
+        /// Where to write the C header (obj); `<output>.h` when absent.
+        #[arg(long)]
+        header: Option<PathBuf>,
+        /// Symbol prefix (obj): `<prefix>_predict`, `<PREFIX>_INPUT0_SIZE`, ...
+        #[arg(long, default_value = "net")]
+        prefix: String,
     },
     /// Compare a model's outputs with recorded Keras outputs; exits 0 only if all match.
     Check {
@@ -63,7 +76,17 @@ enum Command {
         /// Recorded inputs and outputs (kerac-io/1 JSON).
         #[arg(long)]
         reference: PathBuf,
-        #[arg(long, value_enum, default_value_t = Backend::Interp)]
+        #[arg(long, value_enum, default_value_t = Backend::Jit)]
+        backend: Backend,
+    },
+    /// Time a model at its batch size on random inputs: latency percentiles and FLOP/s.
+    Bench {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Timed runs (after as many warm-up runs, at most 1000).
+        #[arg(long, default_value_t = 10_000)]
+        runs: usize,
+        #[arg(long, value_enum, default_value_t = Backend::Jit)]
         backend: Backend,
     },
 }
@@ -89,11 +112,15 @@ struct ModelArgs {
 enum Emit {
     /// Rust source using the `kerac` runtime crate.
     Rust,
+    /// A native object file (ELF) through Cranelift, and a C header.
+    Obj,
 }
 
 /// Which implementation runs the model.
 #[derive(Clone, Copy, ValueEnum)]
 enum Backend {
+    /// Native code compiled in memory by Cranelift: what `compile --emit obj` writes.
+    Jit,
     /// The reference interpreter.
     Interp,
     /// The compiled plan on the runtime's kernels: what generated code runs.
@@ -137,6 +164,11 @@ fn run_file(
     backend: Backend,
 ) -> Result<(IoFile, Vec<io::IoTensor>), Error> {
     let outputs = match backend {
+        Backend::Jit => {
+            let plan = Plan::new(graph)?;
+            let mut jit = Jit::new(&plan)?;
+            io::run_samples(graph, &file.inputs, |x| jit.run_arrays(x))
+        }
         Backend::Interp => io::run_samples(graph, &file.inputs, |x| interp::run(graph, x)),
         Backend::Plan => {
             let plan = Plan::new(graph)?;
@@ -145,6 +177,10 @@ fn run_file(
     }
     .map_err(|e| e.in_file(input))?;
     Ok((file, outputs))
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    std::fs::write(path, bytes).map_err(|e| Error::new(format!("cannot write: {e}")).in_file(path))
 }
 
 fn main() -> ExitCode {
@@ -175,9 +211,104 @@ fn execute(command: Command) -> Result<ExitCode, Error> {
         }
         Command::Compile {
             model,
+            emit: Emit::Obj,
+            output,
+            target,
+            header: header_path,
+            prefix,
+            ..
+        } => {
+            let machine = Target::from_name(&target).ok_or_else(|| {
+                let names: Vec<&str> = Target::ALL.iter().map(|(n, _)| *n).collect();
+                Error::new(format!(
+                    "unknown target `{target}`; expected one of {}",
+                    names.join(", ")
+                ))
+            })?;
+            let output = output
+                .ok_or_else(|| Error::new("--emit obj writes a file: give it with -o model.o"))?;
+            let graph = model.load(None)?;
+            let plan = Plan::new(&graph)?;
+            let object =
+                clif::object(&plan, machine, &prefix).map_err(|e| e.in_file(&model.model))?;
+            let text = header(
+                &plan,
+                &HeaderInfo {
+                    prefix: &prefix,
+                    source: &model.model.display().to_string(),
+                    target: &target,
+                    params: graph.params(),
+                },
+            );
+            let header_path = header_path.unwrap_or_else(|| output.with_extension("h"));
+            write(&output, &object)?;
+            write(&header_path, text.as_bytes())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            model,
+            runs,
+            backend,
+        } => {
+            let graph = model.load(None)?;
+            let plan = Plan::new(&graph)?;
+            let lens: Vec<usize> = plan
+                .inputs
+                .iter()
+                .map(|p| plan.values[p.value].len)
+                .collect();
+            let flat = bench::inputs(&lens);
+            let arrays = plan
+                .inputs
+                .iter()
+                .zip(&flat)
+                .map(|(p, x)| {
+                    ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&p.shape), x.clone())
+                        .map_err(|e| Error::new(e.to_string()))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let warmup = runs.min(1000);
+            let stats = match backend {
+                Backend::Jit => {
+                    let mut jit = Jit::new(&plan)?;
+                    let ins: Vec<&[f32]> = flat.iter().map(Vec::as_slice).collect();
+                    let mut outs: Vec<Vec<f32>> = plan
+                        .outputs
+                        .iter()
+                        .map(|p| vec![0.0; plan.values[p.value].len])
+                        .collect();
+                    jit.run(
+                        &ins,
+                        &mut outs.iter_mut().map(Vec::as_mut_slice).collect::<Vec<_>>(),
+                    )?;
+                    let mut views: Vec<&mut [f32]> =
+                        outs.iter_mut().map(Vec::as_mut_slice).collect();
+                    bench::measure(runs, warmup, || {
+                        let _ = jit.run(&ins, &mut views);
+                    })
+                }
+                Backend::Plan => bench::measure(runs, warmup, || {
+                    let _ = plan::exec::run(&plan, &arrays);
+                }),
+                Backend::Interp => bench::measure(runs, warmup, || {
+                    let _ = interp::run(&graph, &arrays);
+                }),
+            };
+            println!(
+                "model {} ({}), batch {}",
+                graph.name,
+                model.model.display(),
+                plan.batch
+            );
+            print!("{}", stats.to_text(plan.flops()));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Compile {
+            model,
             emit: Emit::Rust,
             output,
             name,
+            ..
         } => {
             let graph = model.load(None)?;
             let plan = Plan::new(&graph)?;
@@ -200,10 +331,6 @@ fn execute(command: Command) -> Result<ExitCode, Error> {
                 },
             };
             let source = emit_source(&plan, &options)?;
-            let write = |path: &Path, bytes: &[u8]| {
-                std::fs::write(path, bytes)
-                    .map_err(|e| Error::new(format!("cannot write: {e}")).in_file(path))
-            };
             match (output, weights_file) {
                 (Some(path), Some(weights)) => {
                     write(&path, source.as_bytes())?;

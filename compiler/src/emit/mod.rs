@@ -2,6 +2,8 @@
 
 #[cfg(feature = "clif")]
 pub mod clif;
+#[cfg(feature = "clif")]
+pub mod header;
 pub mod rust;
 
 /// The weight bytes of a plan in the order and alignment [`rust::emit`] lays them out.

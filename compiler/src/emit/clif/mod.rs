@@ -261,9 +261,29 @@ pub fn object(plan: &Plan, target: Target, prefix: &str) -> Result<Vec<u8>> {
     let (lanes, fma) = target.shape();
     define(&mut module, plan, prefix, lanes, fma)?;
     let product = module.finish();
-    product
+    let bytes = product
         .emit()
-        .map_err(|e| Error::new(format!("writing the object: {e}")))
+        .map_err(|e| Error::new(format!("writing the object: {e}")))?;
+    let undefined = undefined_symbols(&bytes)?;
+    if !undefined.is_empty() {
+        return Err(Error::new(format!(
+            "the object for {target:?} would need symbols from elsewhere: {}",
+            undefined.join(", ")
+        )));
+    }
+    Ok(bytes)
+}
+
+/// The symbols an object file uses but does not define: none, for kerac's objects.
+pub fn undefined_symbols(object: &[u8]) -> Result<Vec<String>> {
+    use cranelift_object::object::{Object, ObjectSymbol};
+    let file = cranelift_object::object::File::parse(object)
+        .map_err(|e| Error::new(format!("reading the object: {e}")))?;
+    Ok(file
+        .symbols()
+        .filter(|s| s.is_undefined() && !s.name().unwrap_or("").is_empty())
+        .map(|s| s.name().unwrap_or("?").to_string())
+        .collect())
 }
 
 fn check_prefix(prefix: &str) -> Result<()> {

@@ -1,0 +1,226 @@
+//! Every fixture compiled to an object file, linked by a C compiler into a C program
+//! (`tests/c/harness.c`, driven only by the generated header) and run, against the
+//! outputs Keras recorded: natively on x86-64, under qemu for aarch64 and riscv64.
+//!
+//! The cross compilers and qemu come from Debian (`gcc-aarch64-linux-gnu`,
+//! `gcc-riscv64-linux-gnu`, `qemu-user`); `.ci/run` installs them. Without them the
+//! cross tests say so and pass, except under CI, where they fail.
+
+use kerac_compiler::emit::clif::{self, Target};
+use kerac_compiler::emit::header::{header, HeaderInfo};
+use kerac_compiler::io::{self, IoFile, IoTensor};
+use kerac_compiler::plan::Plan;
+use kerac_conformance::{describe, fixtures, load};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+struct Toolchain {
+    cc: &'static str,
+    /// How to run a linked program: directly or under an emulator.
+    runner: Option<&'static str>,
+    flags: &'static [&'static str],
+}
+
+fn available(program: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn work_dir(target: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("objects")
+        .join(target);
+    std::fs::create_dir_all(&dir).expect("create the work folder");
+    dir
+}
+
+/// Compiles, links and runs every fixture for `target`; returns what differs.
+fn run_all(name: &str, target: Target, tc: &Toolchain) -> Vec<String> {
+    let dir = work_dir(name);
+    let harness = Path::new(env!("CARGO_MANIFEST_DIR")).join("c/harness.c");
+    let mut failures = Vec::new();
+    for f in fixtures() {
+        let label = f.label();
+        let result = (|| -> Result<Vec<String>, String> {
+            let reference = IoFile::read(&f.reference).map_err(|e| e.to_string())?;
+            let graph = load(&f, &reference).map_err(|e| e.to_string())?;
+            let plan = Plan::new(&graph).map_err(|e| e.to_string())?;
+            let object = clif::object(&plan, target, "net").map_err(|e| e.to_string())?;
+            let undefined = clif::undefined_symbols(&object).map_err(|e| e.to_string())?;
+            if !undefined.is_empty() {
+                return Err(format!("the object needs symbols {undefined:?}"));
+            }
+            let case = dir.join(label.replace('/', "_"));
+            std::fs::create_dir_all(&case).map_err(|e| e.to_string())?;
+            let info = HeaderInfo {
+                prefix: "net",
+                source: &f.model.display().to_string(),
+                target: name,
+                params: graph.params(),
+            };
+            std::fs::write(case.join("model.o"), &object).map_err(|e| e.to_string())?;
+            std::fs::write(case.join("model.h"), header(&plan, &info))
+                .map_err(|e| e.to_string())?;
+            let exe = case.join("harness");
+            let cc = Command::new(tc.cc)
+                .args(tc.flags)
+                .arg("-O1")
+                .arg("-I")
+                .arg(&case)
+                .arg(&harness)
+                .arg(case.join("model.o"))
+                .arg("-o")
+                .arg(&exe)
+                .output()
+                .map_err(|e| format!("{}: {e}", tc.cc))?;
+            if !cc.status.success() {
+                return Err(format!(
+                    "{} failed: {}",
+                    tc.cc,
+                    String::from_utf8_lossy(&cc.stderr)
+                ));
+            }
+            let samples = reference.inputs[0].shape[0].max(1);
+            let mut bytes = Vec::new();
+            for s in 0..samples {
+                for t in &reference.inputs {
+                    let n = t.data.len() / samples;
+                    bytes.extend(
+                        t.data[s * n..(s + 1) * n]
+                            .iter()
+                            .flat_map(|v| v.to_le_bytes()),
+                    );
+                }
+            }
+            std::fs::write(case.join("inputs.bin"), bytes).map_err(|e| e.to_string())?;
+            let mut run = match tc.runner {
+                Some(emulator) => {
+                    let mut c = Command::new(emulator);
+                    c.arg(&exe);
+                    c
+                }
+                None => Command::new(&exe),
+            };
+            let out = run
+                .arg(case.join("inputs.bin"))
+                .arg(case.join("outputs.bin"))
+                .arg(samples.to_string())
+                .output()
+                .map_err(|e| e.to_string())?;
+            if !out.status.success() {
+                return Err(format!(
+                    "the program failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            let raw = std::fs::read(case.join("outputs.bin")).map_err(|e| e.to_string())?;
+            let floats: Vec<f32> = raw
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            let sizes: Vec<usize> = reference
+                .outputs
+                .iter()
+                .map(|t| t.data.len() / samples)
+                .collect();
+            let per_sample: usize = sizes.iter().sum();
+            if floats.len() != per_sample * samples {
+                return Err(format!(
+                    "{} floats written, {} expected",
+                    floats.len(),
+                    per_sample * samples
+                ));
+            }
+            let outputs: Vec<IoTensor> = reference
+                .outputs
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    let before: usize = sizes[..i].iter().sum();
+                    let data = (0..samples)
+                        .flat_map(|s| {
+                            let at = s * per_sample + before;
+                            floats[at..at + sizes[i]].to_vec()
+                        })
+                        .collect();
+                    IoTensor {
+                        name: t.name.clone(),
+                        shape: t.shape.clone(),
+                        data,
+                    }
+                })
+                .collect();
+            let cmp = io::compare(&outputs, &reference).map_err(|e| e.to_string())?;
+            Ok(describe(&format!("{label} ({name})"), &cmp))
+        })();
+        match result {
+            Ok(lines) => failures.extend(lines),
+            Err(e) => failures.push(format!("{label} ({name}): {e}")),
+        }
+    }
+    failures
+}
+
+fn cross(name: &str, target: Target, tc: Toolchain) {
+    let missing: Vec<&str> = [tc.cc, tc.runner.unwrap_or(tc.cc)]
+        .into_iter()
+        .filter(|p| !available(p))
+        .collect();
+    if !missing.is_empty() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have {missing:?} (installed by .ci/run)"
+        );
+        eprintln!("skipping {name} objects: {missing:?} not installed");
+        return;
+    }
+    let failures = run_all(name, target, &tc);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn x86_64_objects_linked_into_c_match_keras() {
+    for (name, target) in [("x86_64", Target::X86_64), ("x86_64-v3", Target::X86_64V3)] {
+        if target == Target::X86_64V3 && !std::arch::is_x86_feature_detected!("fma") {
+            continue;
+        }
+        let failures = run_all(
+            name,
+            target,
+            &Toolchain {
+                cc: "cc",
+                runner: None,
+                flags: &[],
+            },
+        );
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+}
+
+#[test]
+fn aarch64_objects_match_keras_under_qemu() {
+    cross(
+        "aarch64",
+        Target::Aarch64,
+        Toolchain {
+            cc: "aarch64-linux-gnu-gcc",
+            runner: Some("qemu-aarch64"),
+            flags: &["-static"],
+        },
+    );
+}
+
+#[test]
+fn riscv64_objects_match_keras_under_qemu() {
+    cross(
+        "riscv64",
+        Target::Riscv64,
+        Toolchain {
+            cc: "riscv64-linux-gnu-gcc",
+            runner: Some("qemu-riscv64"),
+            flags: &["-static"],
+        },
+    );
+}
