@@ -488,8 +488,12 @@ fn mutated_configs_never_panic_and_loaded_models_run() {
                     kerac_compiler::interp::run(&graph, &inputs)?;
                     // And the compiled plan on the runtime's kernels: lowering may refuse
                     // a layout, but must not panic, and the kernels must run.
+                    // Cranelift compiles it too and the native code runs.
                     if let Ok(plan) = kerac_compiler::plan::Plan::new(&graph) {
                         kerac_compiler::plan::exec::run(&plan, &inputs)?;
+                        if elements < 1 << 16 {
+                            kerac_compiler::emit::clif::Jit::new(&plan)?.run_arrays(&inputs)?;
+                        }
                     }
                 }
                 Ok::<_, Error>(())

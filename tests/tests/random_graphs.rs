@@ -5,6 +5,7 @@
 //! longer than the input, say) is dropped and another drawn, so every kept graph is one
 //! Keras could have saved.
 
+use kerac_compiler::emit::clif::Jit;
 use kerac_compiler::graph::{self, Graph};
 use kerac_compiler::keras::hdf5::Tensor;
 use kerac_compiler::keras::weights::Node;
@@ -294,7 +295,7 @@ fn build(b: &Builder, output: &str) -> Option<Graph> {
 }
 
 #[test]
-fn compiled_plan_matches_the_interpreter_on_random_graphs() {
+fn compiled_plan_and_jit_match_the_interpreter_on_random_graphs() {
     let mut rng = Rng(0x5eed_1234_abcd_ef01);
     let inputs: [&[usize]; 3] = [&[16], &[12, 5], &[9, 8, 4]];
     let (mut graphs, mut layers) = (0, 0);
@@ -342,18 +343,23 @@ fn compiled_plan_matches_the_interpreter_on_random_graphs() {
         let x = ArrayD::from_shape_vec(IxDyn(&[&[1usize][..], per_sample].concat()), x).unwrap();
         let reference = interp::run(&graph, std::slice::from_ref(&x)).unwrap();
         let plan = Plan::new(&graph).unwrap_or_else(|e| panic!("case {case}: {e}"));
-        let ours = exec::run(&plan, &[x]).unwrap();
-        for (r, o) in reference.iter().zip(&ours) {
-            let worst = r
-                .iter()
-                .zip(o.iter())
-                .map(|(&a, &b)| ((a - b).abs() as f64, a.abs() as f64))
-                .fold(0f64, |w, (d, m)| w.max(d / (1e-4 + 1e-3 * m)));
-            if worst > 1.0 {
-                let classes: Vec<&str> = graph.nodes.iter().map(|n| n.class.as_str()).collect();
-                failures.push(format!(
-                    "case {case}: off by {worst:.2}x the tolerance through {classes:?}"
-                ));
+        let ours = exec::run(&plan, std::slice::from_ref(&x)).unwrap();
+        let jit = Jit::new(&plan)
+            .and_then(|mut j| j.run_arrays(&[x]))
+            .unwrap_or_else(|e| panic!("case {case}: {e}"));
+        for (backend, outputs) in [("plan", &ours), ("jit", &jit)] {
+            for (r, o) in reference.iter().zip(outputs) {
+                let worst = r
+                    .iter()
+                    .zip(o.iter())
+                    .map(|(&a, &b)| ((a - b).abs() as f64, a.abs() as f64))
+                    .fold(0f64, |w, (d, m)| w.max(d / (1e-4 + 1e-3 * m)));
+                if worst > 1.0 {
+                    let classes: Vec<&str> = graph.nodes.iter().map(|n| n.class.as_str()).collect();
+                    failures.push(format!(
+                        "case {case} ({backend}): off by {worst:.2}x the tolerance through {classes:?}"
+                    ));
+                }
             }
         }
     }

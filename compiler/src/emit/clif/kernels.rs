@@ -30,6 +30,9 @@ pub(super) fn copy(fx: &mut Fx, from: Addr, to: Addr, n: usize) {
     });
 }
 
+/// Floats at `.0 + t * .1` for `t = 0, 1, ...`.
+type Stream = (Addr, usize);
+
 /// Columns `start..` in accumulators of the given widths (vectors, then single floats).
 struct Pass {
     start: usize,
@@ -78,20 +81,11 @@ fn init(fx: &mut Fx, pass: &Pass, from: Option<Addr>, zero: f32) -> Vec<Variable
 }
 
 /// `acc[col] += x[t * x_step] * w[t * w_step + col]` for `t` in `0..len`.
-fn axpy(
-    fx: &mut Fx,
-    pass: &Pass,
-    acc: &[Variable],
-    x: Addr,
-    x_step: usize,
-    w: Addr,
-    w_step: usize,
-    len: usize,
-) {
+fn axpy(fx: &mut Fx, pass: &Pass, acc: &[Variable], x: Stream, w: Stream, len: usize) {
     fx.for_n(len, |fx, t| {
-        let xa = fx.at(x, &[(t, x_step)]);
+        let xa = fx.at(x.0, &[(t, x.1)]);
         let xs = fx.load(types::F32, xa);
-        let wa = fx.at(w, &[(t, w_step)]);
+        let wa = fx.at(w.0, &[(t, w.1)]);
         let mut splats: Vec<(Type, Value)> = Vec::new();
         for ((col, width), &var) in pass.cols().zip(acc) {
             let ty = fx.ty(width);
@@ -117,14 +111,13 @@ fn lanewise(
     fx: &mut Fx,
     pass: &Pass,
     acc: &[Variable],
-    x: Addr,
-    x_step: usize,
-    w: Option<(Addr, usize)>,
+    x: Stream,
+    w: Option<Stream>,
     len: usize,
     f: impl Fn(&mut Fx, Value, Value, Option<Value>) -> Value,
 ) {
     fx.for_n(len, |fx, t| {
-        let xa = fx.at(x, &[(t, x_step)]);
+        let xa = fx.at(x.0, &[(t, x.1)]);
         let wa = w.map(|(w, s)| fx.at(w, &[(t, s)]));
         for ((col, width), &var) in pass.cols().zip(acc) {
             let ty = fx.ty(width);
@@ -149,6 +142,20 @@ fn store(fx: &mut Fx, pass: &Pass, acc: &[Variable], scale: Option<f32>, act: Ac
         let v = fx.act(act, v);
         fx.store(v, y.add(col));
     }
+}
+
+/// The same window with a stride that only matters between outputs and a dilation
+/// that only matters between taps set to 1 where there is just one: address
+/// coefficients then stay within the tensor sizes even for absurd but legal configs.
+fn tame(w: &Window) -> Window {
+    let mut w = *w;
+    if w.output <= 1 {
+        w.stride = 1;
+    }
+    if (0..w.output).all(|o| w.taps(o).len() <= 1) {
+        w.dilation = 1;
+    }
+    w
 }
 
 /// Runs of consecutive output positions with the same in-range taps.
@@ -220,7 +227,7 @@ pub(super) fn step(fx: &mut Fx, plan: &Plan, wl: &WeightLayout, step: &Step) {
                 let yr = fx.at(y, &[(r, n)]);
                 for pass in &ps {
                     let acc = init(fx, pass, b, 0.0);
-                    axpy(fx, pass, &acc, xr, 1, w, n, k);
+                    axpy(fx, pass, &acc, (xr, 1), (w, n), k);
                     store(fx, pass, &acc, None, p.act, yr);
                 }
             });
@@ -228,6 +235,10 @@ pub(super) fn step(fx: &mut Fx, plan: &Plan, wl: &WeightLayout, step: &Step) {
         Kernel::Conv { p, w, b } => conv(fx, p, x, weight(*w), b.map(weight), y),
         Kernel::ConvTranspose { p, w, b } => conv_transpose(fx, p, x, weight(*w), b.map(weight), y),
         Kernel::Pool(p) => {
+            let p = &kerac::pool::Pool {
+                windows: p.windows.each_ref().map(tame),
+                ..*p
+            };
             let [wd, wh, ww] = p.windows;
             let c = p.channels;
             let ps = passes(c, fx.lanes);
@@ -277,8 +288,7 @@ pub(super) fn step(fx: &mut Fx, plan: &Plan, wl: &WeightLayout, step: &Step) {
                                         fx,
                                         pass,
                                         &acc,
-                                        xrow,
-                                        ww.dilation * c,
+                                        (xrow, ww.dilation * c),
                                         None,
                                         wt.len(),
                                         |fx, a, v, _| {
@@ -306,7 +316,7 @@ pub(super) fn step(fx: &mut Fx, plan: &Plan, wl: &WeightLayout, step: &Step) {
                 let yb = fx.at(y, &[(b, c)]);
                 for pass in &ps {
                     let acc = init(fx, pass, None, if p.max { f32::NEG_INFINITY } else { 0.0 });
-                    lanewise(fx, pass, &acc, xb, c, None, p.positions, |fx, a, v, _| {
+                    lanewise(fx, pass, &acc, (xb, c), None, p.positions, |fx, a, v, _| {
                         if p.max {
                             fx.max(v, a)
                         } else {
@@ -426,6 +436,10 @@ fn per_channel(
 }
 
 fn conv(fx: &mut Fx, p: &kerac::conv::Conv, x: Addr, w: Addr, bias: Option<Addr>, y: Addr) {
+    let p = &kerac::conv::Conv {
+        windows: p.windows.each_ref().map(tame),
+        ..*p
+    };
     let [wd, wh, ww] = p.windows;
     let (cin, cout, groups) = (p.cin, p.cout, p.groups.max(1));
     let (cin_g, cout_g) = (cin / groups, cout / groups);
@@ -498,8 +512,7 @@ fn conv(fx: &mut Fx, p: &kerac::conv::Conv, x: Addr, w: Addr, bias: Option<Addr>
                                 fx,
                                 pass,
                                 &acc,
-                                xrow,
-                                ww.dilation * cin,
+                                (xrow, ww.dilation * cin),
                                 Some((wrow, cout)),
                                 wt.len(),
                                 |fx, a, v, w| fx.fma(v, w.unwrap_or(v), a),
@@ -520,12 +533,12 @@ fn conv(fx: &mut Fx, p: &kerac::conv::Conv, x: Addr, w: Addr, bias: Option<Addr>
                             if groups == 1 && ww.dilation == 1 {
                                 // One stream over (kw, ci): input and kernel rows are both
                                 // contiguous across the width taps.
-                                axpy(fx, pass, &acc, xg, 1, wg, cout, wt.len() * cin);
+                                axpy(fx, pass, &acc, (xg, 1), (wg, cout), wt.len() * cin);
                             } else {
                                 fx.for_n(wt.len(), |fx, kw| {
                                     let xk = fx.at(xg, &[(kw, ww.dilation * cin)]);
                                     let wk = fx.at(wg, &[(kw, cin_g * cout)]);
-                                    axpy(fx, pass, &acc, xk, 1, wk, cout, cin_g);
+                                    axpy(fx, pass, &acc, (xk, 1), (wk, cout), cin_g);
                                 });
                             }
                         });
@@ -547,6 +560,10 @@ fn conv_transpose(
     bias: Option<Addr>,
     y: Addr,
 ) {
+    let p = &kerac::conv::ConvTranspose {
+        windows: p.windows.each_ref().map(tame),
+        ..*p
+    };
     let [wd, wh, ww] = p.windows;
     let (cin, cout) = (p.cin, p.cout);
     let pixels = p.batch * wd.input * wh.input * ww.input;
@@ -612,7 +629,7 @@ fn conv_transpose(
                             );
                             for pass in &ps {
                                 let acc = init(fx, pass, Some(yo), 0.0);
-                                axpy(fx, pass, &acc, xpix, 1, wk, cout, cin);
+                                axpy(fx, pass, &acc, (xpix, 1), (wk, cout), cin);
                                 store(fx, pass, &acc, None, Act::Linear, yo);
                             }
                         })
@@ -776,12 +793,20 @@ fn resample(fx: &mut Fx, p: &kerac::shape::Resample, x: Addr, y: Addr) {
                                         let src = xb.add(
                                             sd * strides[0] + sh * strides[1] + sw * strides[2],
                                         );
-                                        lanewise(fx, pass, &acc, src, 0, None, 1, |fx, a, v, _| {
-                                            let ty = fx.b.func.dfg.value_type(v);
-                                            let s = fx.splat(ty, weight);
-                                            let m = fx.b.ins().fmul(s, v);
-                                            fx.b.ins().fadd(a, m)
-                                        });
+                                        lanewise(
+                                            fx,
+                                            pass,
+                                            &acc,
+                                            (src, 0),
+                                            None,
+                                            1,
+                                            |fx, a, v, _| {
+                                                let ty = fx.b.func.dfg.value_type(v);
+                                                let s = fx.splat(ty, weight);
+                                                let m = fx.b.ins().fmul(s, v);
+                                                fx.b.ins().fadd(a, m)
+                                            },
+                                        );
                                     }
                                 }
                             }

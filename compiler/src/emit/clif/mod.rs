@@ -143,7 +143,7 @@ fn layout_weights(plan: &Plan) -> WeightLayout {
     let mut floats: Vec<f32> = Vec::new();
     let mut offsets = Vec::with_capacity(plan.weights.len());
     for (w, t) in plan.weights.iter().zip(transposed) {
-        while floats.len() % 4 != 0 {
+        while !floats.len().is_multiple_of(4) {
             floats.push(0.0);
         }
         offsets.push(floats.len());
