@@ -312,6 +312,9 @@ pub struct Jit {
     input_lens: Vec<usize>,
     output_lens: Vec<usize>,
     output_shapes: Vec<Vec<usize>>,
+    // Pointer tables filled on each call, kept so that a call allocates nothing.
+    in_ptrs: Vec<*const f32>,
+    out_ptrs: Vec<*mut f32>,
 }
 
 impl Jit {
@@ -357,6 +360,8 @@ impl Jit {
                 .map(|p| plan.values[p.value].len)
                 .collect(),
             output_shapes: plan.outputs.iter().map(|p| p.shape.clone()).collect(),
+            in_ptrs: vec![std::ptr::null(); plan.inputs.len()],
+            out_ptrs: vec![std::ptr::null_mut(); plan.outputs.len()],
         })
     }
 
@@ -382,14 +387,18 @@ impl Jit {
                 self.output_lens
             )));
         }
-        let ins: Vec<*const f32> = inputs.iter().map(|x| x.as_ptr()).collect();
-        let outs: Vec<*mut f32> = outputs.iter_mut().map(|y| y.as_mut_ptr()).collect();
+        for (p, x) in self.in_ptrs.iter_mut().zip(inputs) {
+            *p = x.as_ptr();
+        }
+        for (p, y) in self.out_ptrs.iter_mut().zip(outputs.iter_mut()) {
+            *p = y.as_mut_ptr();
+        }
         // SAFETY: every buffer has the length the plan gives it (checked above), and
         // the scratch buffer is `scratch_bytes(plan)` long; the code touches nothing
         // else.
         let rc = (self.predict)(
-            ins.as_ptr(),
-            outs.as_ptr(),
+            self.in_ptrs.as_ptr(),
+            self.out_ptrs.as_ptr(),
             self.scratch.as_mut_ptr().cast(),
         );
         if rc == 0 {
