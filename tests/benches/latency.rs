@@ -5,6 +5,7 @@
 //! Run with the target's SIMD enabled, as a deployment would build:
 //! `RUSTFLAGS="-C target-cpu=native" cargo bench -p kerac-conformance --bench latency`
 
+use kerac_compiler::bench::measure;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -75,8 +76,10 @@ fn main() {
         }
     );
     println!();
-    println!("| model | FLOPs | median | p99 | max | max/median | GFLOP/s | % of peak |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("Rust backend (`model!`), and the Cranelift JIT (the code `--emit obj` writes):");
+    println!();
+    println!("| model | FLOPs | median | p99 | max | max/median | GFLOP/s | % of peak | JIT median | JIT GFLOP/s | JIT / Rust |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     for (label, reference, make) in compiled::compiled()
         .into_iter()
@@ -86,38 +89,39 @@ fn main() {
         let (inputs, mut outputs) = kerac_conformance::one_sample(&reference);
         let model_path = root.join("fixtures").join(label);
         let graph = kerac_compiler::load(&model_path, None, &Default::default()).unwrap();
-        let flops = kerac_compiler::plan::Plan::new(&graph).unwrap().flops();
+        let plan = kerac_compiler::plan::Plan::new(&graph).unwrap();
+        let flops = plan.flops();
         let mut model = make();
+        let mut jit = kerac_compiler::emit::clif::Jit::new(&plan).unwrap();
         let ins: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
+        let mut outs: Vec<&mut [f32]> = outputs.iter_mut().map(Vec::as_mut_slice).collect();
         // Enough calls for about half a second, at least 1000.
         let start = Instant::now();
         let mut warm = 0;
         while start.elapsed() < Duration::from_millis(100) {
-            let mut outs: Vec<&mut [f32]> = outputs.iter_mut().map(Vec::as_mut_slice).collect();
             model.run(black_box(&ins), &mut outs).unwrap();
             warm += 1;
         }
         let runs = (warm * 5).max(1000);
-        let mut times = Vec::with_capacity(runs);
-        for _ in 0..runs {
-            let mut outs: Vec<&mut [f32]> = outputs.iter_mut().map(Vec::as_mut_slice).collect();
-            let t = Instant::now();
+        let rust = measure(runs, runs / 10, || {
             model.run(black_box(&ins), &mut outs).unwrap();
-            times.push(t.elapsed());
-            black_box(&outputs);
-        }
-        times.sort();
-        let q = |f: f64| times[((times.len() - 1) as f64 * f) as usize];
-        let median = q(0.5).as_secs_f64();
-        let rate = flops as f64 / median;
+        });
+        let native = measure(runs, runs / 10, || {
+            jit.run(black_box(&ins), &mut outs).unwrap();
+        });
+        black_box(&outs);
+        let rate = flops as f64 / rust.median_ns * 1e9;
         let share = peak.map_or("-".to_string(), |p| format!("{:.1}%", 100.0 * rate / p));
         println!(
-            "| {label} | {flops} | {:.2} µs | {:.2} µs | {:.2} µs | {:.2} | {:.2} | {share} |",
-            median * 1e6,
-            q(0.99).as_secs_f64() * 1e6,
-            q(1.0).as_secs_f64() * 1e6,
-            q(1.0).as_secs_f64() / median,
-            rate / 1e9
+            "| {label} | {flops} | {:.2} µs | {:.2} µs | {:.2} µs | {:.2} | {:.2} | {share} | {:.2} µs | {:.2} | {:.2} |",
+            rust.median_ns / 1e3,
+            rust.p99_ns / 1e3,
+            rust.max_ns / 1e3,
+            rust.max_ns / rust.median_ns,
+            rate / 1e9,
+            native.median_ns / 1e3,
+            flops as f64 / native.median_ns,
+            native.median_ns / rust.median_ns,
         );
     }
 }
