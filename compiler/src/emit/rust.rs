@@ -159,6 +159,7 @@ pub fn emit(plan: &Plan, options: &RustOptions) -> Result<TokenStream> {
             use kerac::act::Act::{self, *};
             use kerac::merge::Fold::*;
             use kerac::norm::Strided;
+            use kerac::recurrent::Cell::*;
             use kerac::shape::AxisMap::*;
             use kerac::Window;
             #(#track)*
@@ -271,7 +272,7 @@ pub fn layout(plan: &Plan) -> (BTreeMap<usize, (usize, usize)>, Vec<u8>) {
     let mut used: BTreeMap<usize, (usize, usize)> = BTreeMap::new();
     let mut blob: Vec<u8> = Vec::new();
     for step in &plan.steps {
-        for id in step_weights(&step.kernel) {
+        for id in step.kernel.weights() {
             if used.contains_key(&id) {
                 continue;
             }
@@ -283,20 +284,6 @@ pub fn layout(plan: &Plan) -> (BTreeMap<usize, (usize, usize)>, Vec<u8>) {
         }
     }
     (used, blob)
-}
-
-fn step_weights(kernel: &Kernel) -> Vec<usize> {
-    match kernel {
-        Kernel::Dense { w, b, .. }
-        | Kernel::Conv { w, b, .. }
-        | Kernel::ConvTranspose { w, b, .. } => std::iter::once(*w).chain(*b).collect(),
-        Kernel::ScaleShift { scale, offset, .. } => vec![*scale, *offset],
-        Kernel::Prelu { alpha, .. } => vec![*alpha],
-        Kernel::LayerNorm { gamma, beta, .. } | Kernel::GroupNorm { gamma, beta, .. } => {
-            gamma.iter().chain(beta).copied().collect()
-        }
-        _ => Vec::new(),
-    }
 }
 
 /// A runtime parameter struct as a Rust expression: its `Debug` form, which spells
@@ -478,6 +465,14 @@ fn emit_step(
             quote!(kerac::shape::Resample),
             params(p, "kerac::shape::Resample")?,
             quote!(kerac::shape::resample(&#name, x0, y)),
+        ),
+        Kernel::Recurrent { p, u, rb } => (
+            quote!(kerac::recurrent::Recurrent),
+            params(p, "kerac::recurrent::Recurrent")?,
+            {
+                let (u, rb) = (weight(*u), opt_weight(*rb));
+                quote!(kerac::recurrent::recurrent(&#name, x0, #u, #rb, None, None, y))
+            },
         ),
     };
     let in_shapes: Vec<String> = step

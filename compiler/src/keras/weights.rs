@@ -141,8 +141,12 @@ impl<'a> Scope<'a> {
                     .values()
                     .find(|n| n.name.as_deref() == Some(name))
                     .or_else(|| layers.children.get(key));
+                let mut vars = Vec::new();
+                if let Some(n) = node {
+                    gather(n, &mut vars);
+                }
                 Found {
-                    vars: node.map(|n| n.vars.iter().collect()).unwrap_or_default(),
+                    vars,
                     node,
                     flat: None,
                 }
@@ -180,6 +184,18 @@ impl<'a> Scope<'a> {
             (_, Some(node)) => Scope::Tree(node),
             _ => Scope::Flat(found.flat.unwrap_or_default()),
         }
+    }
+}
+
+/// A layer's variables and those of the sublayers it wraps (an RNN's `cell`, a
+/// Bidirectional's `forward_layer` then `backward_layer`), in the order legacy files
+/// list them; a nested model's `layers` are its own business.
+fn gather<'a>(node: &'a Node, out: &mut Vec<&'a Tensor>) {
+    out.extend(node.vars.iter());
+    let mut keys: Vec<&String> = node.children.keys().filter(|k| *k != "layers").collect();
+    keys.sort_by_key(|k| (k.as_str() != "forward_layer", k.as_str()));
+    for k in keys {
+        gather(&node.children[k], out);
     }
 }
 

@@ -201,6 +201,7 @@ fn strided_copy(l: &mut Lower, out: &[usize], strides: &[usize]) -> Result<()> {
         Kernel::StridedCopy(kerac::shape::Strided {
             shape,
             strides: padded_strides,
+            offset: 0,
         }),
         0,
     );

@@ -12,6 +12,7 @@ pub mod geometry;
 pub mod merge;
 pub mod norm;
 pub mod pool;
+pub mod recurrent;
 pub mod spatial;
 
 use crate::error::{Error, Result};
@@ -97,6 +98,7 @@ const FAMILIES: &[&[(&str, BuildFn)]] = &[
     norm::LAYERS,
     spatial::LAYERS,
     merge::LAYERS,
+    recurrent::LAYERS,
 ];
 
 /// The build function for a Keras class, if kerac supports it.

@@ -5,7 +5,7 @@
 use super::{Kernel, Plan, Step};
 use crate::error::{Error, Result};
 use kerac::arena::{views, Region};
-use kerac::{conv, dense, merge, norm, pool, shape};
+use kerac::{conv, dense, merge, norm, pool, recurrent, shape};
 use ndarray::{ArrayD, IxDyn};
 
 /// Runs the plan once at its batch size. `inputs` are in Keras's order.
@@ -156,6 +156,9 @@ fn call(plan: &Plan, step: &Step, arena: &mut [f32]) -> Result<()> {
                 Kernel::UnitNorm(p) => norm::unit_norm(p, x, y),
                 Kernel::StridedCopy(p) => shape::strided_copy(p, x, y),
                 Kernel::Resample(p) => shape::resample(p, x, y),
+                Kernel::Recurrent { p, u, rb } => {
+                    recurrent::recurrent(p, x, w(*u), ow(*rb), None, None, y)
+                }
                 Kernel::Merge { .. } | Kernel::Concat { .. } | Kernel::BatchDot(_) => {}
             }
         }

@@ -17,7 +17,7 @@ pub use lower::{Lower, StridedAxes};
 use crate::error::Result;
 use crate::graph::{Graph, Shape};
 use kerac::merge::{BatchDot, Fold, RANK};
-use kerac::{conv, dense, norm, pool, shape, Act};
+use kerac::{conv, dense, norm, pool, recurrent, shape, Act};
 
 /// Index of a weight in [`Plan::weights`].
 pub type WeightId = usize;
@@ -89,6 +89,12 @@ pub enum Kernel {
     StridedCopy(shape::Strided),
     /// `kerac::shape::resample`.
     Resample(shape::Resample),
+    /// `kerac::recurrent::recurrent`: input projections in, every step's state out.
+    Recurrent {
+        p: recurrent::Recurrent,
+        u: WeightId,
+        rb: Option<WeightId>,
+    },
 }
 
 impl Kernel {
@@ -112,11 +118,37 @@ impl Kernel {
             Kernel::BatchDot(_) => "batch_dot",
             Kernel::StridedCopy(_) => "strided_copy",
             Kernel::Resample(_) => "resample",
+            Kernel::Recurrent { .. } => "recurrent",
         }
     }
 }
 
 impl Kernel {
+    /// The weights the call reads. Exhaustive on purpose: a new kernel must say.
+    pub fn weights(&self) -> Vec<WeightId> {
+        match self {
+            Kernel::Dense { w, b, .. }
+            | Kernel::Conv { w, b, .. }
+            | Kernel::ConvTranspose { w, b, .. } => std::iter::once(*w).chain(*b).collect(),
+            Kernel::Recurrent { u, rb, .. } => std::iter::once(*u).chain(*rb).collect(),
+            Kernel::ScaleShift { scale, offset, .. } => vec![*scale, *offset],
+            Kernel::Prelu { alpha, .. } => vec![*alpha],
+            Kernel::LayerNorm { gamma, beta, .. } | Kernel::GroupNorm { gamma, beta, .. } => {
+                gamma.iter().chain(beta).copied().collect()
+            }
+            Kernel::Pool(_)
+            | Kernel::GlobalPool(_)
+            | Kernel::Activation(_)
+            | Kernel::Softmax { .. }
+            | Kernel::UnitNorm(_)
+            | Kernel::Merge { .. }
+            | Kernel::Concat { .. }
+            | Kernel::BatchDot(_)
+            | Kernel::StridedCopy(_)
+            | Kernel::Resample(_) => Vec::new(),
+        }
+    }
+
     /// The kernel's loop nest as named constant trip counts, outermost first.
     pub fn loops(&self) -> Vec<(&'static str, usize)> {
         let spatial = |w: &[kerac::Window; 3]| w.iter().map(|w| w.output).product::<usize>();
@@ -175,6 +207,12 @@ impl Kernel {
             ],
             Kernel::BatchDot(p) => vec![("batch", p.batch), ("m", p.m), ("n", p.n), ("k", p.k)],
             Kernel::StridedCopy(p) => vec![("elements", p.shape.iter().product())],
+            Kernel::Recurrent { p, .. } => vec![
+                ("batch", p.batch),
+                ("steps", p.steps),
+                ("units", p.units),
+                ("gates*units", p.gates() * p.units),
+            ],
             Kernel::Resample(p) => vec![
                 ("batch", p.batch),
                 ("positions", p.axes.iter().map(|a| a.len()).product()),

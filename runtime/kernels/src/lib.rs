@@ -16,6 +16,7 @@ pub mod lanes;
 pub mod merge;
 pub mod norm;
 pub mod pool;
+pub mod recurrent;
 pub mod shape;
 mod simd;
 pub mod weights;

@@ -11,11 +11,14 @@ pub struct Strided {
     pub shape: [usize; RANK],
     /// Strides of `x` over the output's axes.
     pub strides: [usize; RANK],
+    /// Where in `x` the first value is (a part of a larger buffer).
+    pub offset: usize,
 }
 
 /// The strided copy.
 #[inline]
 pub fn strided_copy(p: &Strided, x: &[f32], y: &mut [f32]) {
+    let Some(x) = x.get(p.offset..) else { return };
     crate::merge::merge(
         &crate::merge::Merge {
             fold: crate::merge::Fold::Add,

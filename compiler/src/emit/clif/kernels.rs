@@ -35,13 +35,13 @@ pub(super) fn copy(fx: &mut Fx, from: Addr, to: Addr, n: usize) {
 type Stream = (Addr, usize);
 
 /// Columns `start..` in accumulators of the given widths (vectors, then single floats).
-struct Pass {
+pub(super) struct Pass {
     start: usize,
     widths: Vec<usize>,
 }
 
 impl Pass {
-    fn cols(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+    pub(super) fn cols(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
         self.widths.iter().scan(self.start, |c, &w| {
             let col = *c;
             *c += w;
@@ -50,7 +50,7 @@ impl Pass {
     }
 }
 
-fn passes(n: usize, lanes: usize) -> Vec<Pass> {
+pub(super) fn passes(n: usize, lanes: usize) -> Vec<Pass> {
     let mut out = Vec::new();
     let mut start = 0;
     while start < n {
@@ -68,7 +68,7 @@ fn passes(n: usize, lanes: usize) -> Vec<Pass> {
 }
 
 /// Accumulators of a pass set from `init` (column 0 of the row) or zero.
-fn init(fx: &mut Fx, pass: &Pass, from: Option<Addr>, zero: f32) -> Vec<Variable> {
+pub(super) fn init(fx: &mut Fx, pass: &Pass, from: Option<Addr>, zero: f32) -> Vec<Variable> {
     pass.cols()
         .map(|(col, w)| {
             let ty = fx.ty(w);
@@ -82,7 +82,7 @@ fn init(fx: &mut Fx, pass: &Pass, from: Option<Addr>, zero: f32) -> Vec<Variable
 }
 
 /// `acc[col] += x[t * x_step] * w[t * w_step + col]` for `t` in `0..len`.
-fn axpy(fx: &mut Fx, pass: &Pass, acc: &[Variable], x: Stream, w: Stream, len: usize) {
+pub(super) fn axpy(fx: &mut Fx, pass: &Pass, acc: &[Variable], x: Stream, w: Stream, len: usize) {
     fx.for_n(len, |fx, t| {
         let xa = fx.at(x.0, &[(t, x.1)]);
         let xs = fx.load(types::F32, xa);
@@ -132,7 +132,14 @@ fn lanewise(
 }
 
 /// Stores a pass's accumulators at `y` (column 0 of the row), scaled and activated.
-fn store(fx: &mut Fx, pass: &Pass, acc: &[Variable], scale: Option<f32>, act: Act, y: Addr) {
+pub(super) fn store(
+    fx: &mut Fx,
+    pass: &Pass,
+    acc: &[Variable],
+    scale: Option<f32>,
+    act: Act,
+    y: Addr,
+) {
     for ((col, width), &var) in pass.cols().zip(acc) {
         let mut v = fx.b.use_var(var);
         if let Some(s) = scale {
@@ -384,8 +391,13 @@ pub(super) fn step(fx: &mut Fx, plan: &Plan, wl: &WeightLayout, step: &Step) {
             });
         }
         Kernel::BatchDot(p) => super::kernels_norm::batch_dot(fx, p, xs[0], xs[1], y),
-        Kernel::StridedCopy(p) => merge(fx, Fold::Add, &p.shape, &[p.strides], &xs, y),
+        Kernel::StridedCopy(p) => {
+            merge(fx, Fold::Add, &p.shape, &[p.strides], &[x.add(p.offset)], y)
+        }
         Kernel::Resample(p) => resample(fx, p, x, y),
+        Kernel::Recurrent { p, u, rb } => {
+            super::kernels_recurrent::recurrent(fx, p, x, weight(*u), rb.map(weight), y)
+        }
     }
 }
 

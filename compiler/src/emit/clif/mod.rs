@@ -12,6 +12,7 @@ mod act;
 mod fx;
 mod kernels;
 mod kernels_norm;
+mod kernels_recurrent;
 
 use crate::error::{Error, Result};
 use crate::plan::{Kernel, Plan};

@@ -1,0 +1,174 @@
+//! The recurrence of SimpleRNN, LSTM and GRU cells, as the runtime's
+//! `kerac::recurrent::recurrent` computes it: `h U` by register-blocked passes over the
+//! recurrent matrix, then the gates, for every step. The first step reads the zero
+//! initial state and is emitted apart, so the loop over the others has no branch.
+
+use super::fx::{Addr, Fx};
+use super::kernels::{axpy, copy, init, passes, store};
+use cranelift_codegen::ir::{InstBuilder, Type, Value};
+use kerac::recurrent::{Cell, Recurrent};
+use kerac::Act;
+
+pub(super) fn recurrent(fx: &mut Fx, p: &Recurrent, xp: Addr, u: Addr, rb: Option<Addr>, y: Addr) {
+    let (units, state) = (p.units, p.state());
+    let width = p.gates() * units;
+    let rows = p.batch * p.steps * state;
+    // Scratch after the state rows, as in the runtime: h U, then the previous state.
+    let hu = y.add(rows);
+    let prev = y.add(rows + width);
+    let recurrent_cols = match p.cell {
+        Cell::Gru { reset_after: false } => 2 * units,
+        _ => width,
+    };
+    let gate_passes = passes(recurrent_cols, fx.lanes);
+    // Row of processing step `s` and the input step it reads, as `a + s * b` with
+    // signed `b`.
+    let (row0, row_step) = match (p.backwards && p.input_order, p.steps) {
+        (true, n) => ((n - 1) as i64, -1i64),
+        _ => (0, 1),
+    };
+    let (in0, in_step) = if p.backwards {
+        ((p.steps - 1) as i64, -1i64)
+    } else {
+        (0, 1)
+    };
+    fx.for_n(p.batch, |fx, b| {
+        let yb = fx.at(y, &[(b, p.steps * state)]);
+        let xb = fx.at(xp, &[(b, p.steps * width)]);
+        let body = |fx: &mut Fx, s: Option<Value>| {
+            // The previous state, copied aside (zeros before the first step).
+            match s {
+                None => {
+                    fx.chunks(2 * units, |fx, ty, ix| {
+                        let v = fx.splat(ty, 0.0);
+                        let a = fx.ix(prev, ix);
+                        fx.store(v, a);
+                    });
+                }
+                Some(s) => {
+                    let last = signed(fx, s, row_step, row0 - row_step, state, yb);
+                    copy(fx, last, prev, state);
+                }
+            }
+            let row = match s {
+                Some(s) => signed(fx, s, row_step, row0, state, yb),
+                None => yb.add(row0 as usize * state),
+            };
+            let x = match s {
+                Some(s) => signed(fx, s, in_step, in0, width, xb),
+                None => xb.add(in0 as usize * width),
+            };
+            // hu = rb + h U over the recurrent columns.
+            for pass in &gate_passes {
+                let acc = init(fx, pass, rb, 0.0);
+                axpy(fx, pass, &acc, (prev, 1), (u, width), units);
+                store(fx, pass, &acc, None, Act::Linear, hu);
+            }
+            let elementwise = |fx: &mut Fx, n: usize, f: &mut dyn FnMut(&mut Fx, Type, usize)| {
+                for pass in &passes(n, fx.lanes) {
+                    for (col, w) in pass.cols() {
+                        let ty = fx.ty(w);
+                        f(fx, ty, col);
+                    }
+                }
+            };
+            match p.cell {
+                Cell::Simple => elementwise(fx, units, &mut |fx, ty, j| {
+                    let a = fx.load(ty, x.add(j));
+                    let h = fx.load(ty, hu.add(j));
+                    let v = fx.b.ins().fadd(a, h);
+                    let v = fx.act(p.act, v);
+                    fx.store(v, row.add(j));
+                }),
+                Cell::Lstm => elementwise(fx, units, &mut |fx, ty, j| {
+                    let gate = |fx: &mut Fx, g: usize| {
+                        let a = fx.load(ty, hu.add(g * units + j));
+                        let xv = fx.load(ty, x.add(g * units + j));
+                        fx.b.ins().fadd(a, xv)
+                    };
+                    let (i, f, c, o) = (gate(fx, 0), gate(fx, 1), gate(fx, 2), gate(fx, 3));
+                    let i = fx.act(p.rec_act, i);
+                    let f = fx.act(p.rec_act, f);
+                    let c = fx.act(p.act, c);
+                    let o = fx.act(p.rec_act, o);
+                    let c_prev = fx.load(ty, prev.add(units + j));
+                    let fc = fx.b.ins().fmul(f, c_prev);
+                    let ic = fx.b.ins().fmul(i, c);
+                    let c_new = fx.b.ins().fadd(fc, ic);
+                    fx.store(c_new, row.add(units + j));
+                    let h = fx.act(p.act, c_new);
+                    let h = fx.b.ins().fmul(h, o);
+                    fx.store(h, row.add(j));
+                }),
+                Cell::Gru { reset_after } => {
+                    if !reset_after {
+                        // r * h into the space after h in `prev`, then (r h) U_h.
+                        elementwise(fx, units, &mut |fx, ty, j| {
+                            let a = fx.load(ty, hu.add(units + j));
+                            let xv = fx.load(ty, x.add(units + j));
+                            let r = fx.b.ins().fadd(a, xv);
+                            let r = fx.act(p.rec_act, r);
+                            let h = fx.load(ty, prev.add(j));
+                            let rh = fx.b.ins().fmul(r, h);
+                            fx.store(rh, prev.add(units + j));
+                        });
+                        for pass in &passes(units, fx.lanes) {
+                            let acc = init(fx, pass, Some(x.add(2 * units)), 0.0);
+                            axpy(
+                                fx,
+                                pass,
+                                &acc,
+                                (prev.add(units), 1),
+                                (u.add(2 * units), width),
+                                units,
+                            );
+                            store(fx, pass, &acc, None, Act::Linear, hu.add(2 * units));
+                        }
+                    }
+                    elementwise(fx, units, &mut |fx, ty, j| {
+                        let gate = |fx: &mut Fx, g: usize| {
+                            let a = fx.load(ty, hu.add(g * units + j));
+                            let xv = fx.load(ty, x.add(g * units + j));
+                            fx.b.ins().fadd(a, xv)
+                        };
+                        let z = gate(fx, 0);
+                        let z = fx.act(p.rec_act, z);
+                        let hh = if reset_after {
+                            let r = gate(fx, 1);
+                            let r = fx.act(p.rec_act, r);
+                            let hv = fx.load(ty, hu.add(2 * units + j));
+                            let xv = fx.load(ty, x.add(2 * units + j));
+                            let rh = fx.b.ins().fmul(r, hv);
+                            fx.b.ins().fadd(xv, rh)
+                        } else {
+                            fx.load(ty, hu.add(2 * units + j))
+                        };
+                        let hh = fx.act(p.act, hh);
+                        let h_prev = fx.load(ty, prev.add(j));
+                        let one = fx.splat(ty, 1.0);
+                        let zh = fx.b.ins().fmul(z, h_prev);
+                        let omz = fx.b.ins().fsub(one, z);
+                        let rest = fx.b.ins().fmul(omz, hh);
+                        let h = fx.b.ins().fadd(zh, rest);
+                        fx.store(h, row.add(j));
+                    });
+                }
+            }
+        };
+        body(fx, None);
+        fx.for_n(p.steps - 1, |fx, i| {
+            let s = fx.b.ins().iadd_imm_s(i, 1);
+            body(fx, Some(s));
+        });
+    });
+}
+
+/// `base + (a + s * step) * floats`: rows that move backwards have a negative step.
+fn signed(fx: &mut Fx, s: Value, step: i64, a: i64, floats: usize, base: Addr) -> Addr {
+    let scaled = fx.b.ins().imul_imm_s(s, step * floats as i64 * 4);
+    let p = fx.b.ins().iadd(base.base, scaled);
+    Addr {
+        base: p,
+        off: base.off + a * floats as i64,
+    }
+}

@@ -1,0 +1,636 @@
+//! Recurrent layers: SimpleRNN, LSTM, GRU (both `reset_after` forms), and
+//! Bidirectional over any of them in every merge mode.
+//!
+//! Each direction lowers to a dense call that projects every step's input at once
+//! (`x W + b`, the bulk of the arithmetic), then the runtime's recurrence, which adds
+//! `h U` step by step and applies the gates, writing every step's state; strided copies
+//! take the sequence, the last output and the states from there.
+
+use super::activation::Activation;
+use super::{tensor, BuildFn, LayerCtx, Lowered, Op, Weight};
+use crate::error::{Error, Result};
+use crate::graph::Shape;
+use crate::plan::{Kernel, Lower, ValueId};
+use kerac::merge::{Fold, RANK};
+use kerac::recurrent::{Cell, Recurrent};
+use ndarray::ArrayD;
+use serde::Deserialize;
+use serde_json::Value;
+
+/// The classes this family builds.
+pub const LAYERS: &[(&str, BuildFn)] = &[
+    ("SimpleRNN", |ctx| build_single(ctx, "SimpleRNN")),
+    ("LSTM", |ctx| build_single(ctx, "LSTM")),
+    ("GRU", |ctx| build_single(ctx, "GRU")),
+    ("Bidirectional", build_bidirectional),
+];
+
+/// One direction of a recurrent layer with fixed sizes.
+#[derive(Debug, Clone)]
+struct Direction {
+    p: Recurrent,
+    act: Activation,
+    rec_act: Activation,
+    /// `[input, gates * units]`.
+    kernel: Weight,
+    /// `[units, gates * units]`.
+    recurrent: Weight,
+    /// `[gates * units]`: the input bias.
+    bias: Option<Weight>,
+    /// `[gates * units]`: a `reset_after` GRU's recurrent bias.
+    recurrent_bias: Option<Weight>,
+    input: usize,
+    return_sequences: bool,
+    return_state: bool,
+}
+
+#[derive(Deserialize)]
+struct Config {
+    units: usize,
+    #[serde(default = "yes")]
+    use_bias: bool,
+    #[serde(default)]
+    return_sequences: bool,
+    #[serde(default)]
+    return_state: bool,
+    #[serde(default)]
+    go_backwards: bool,
+    #[serde(default)]
+    stateful: bool,
+    #[serde(default = "yes")]
+    reset_after: bool,
+    #[serde(default)]
+    time_major: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Direction {
+    /// Reads one recurrent layer's config and weights for an input of `shape`.
+    fn build(ctx: &mut LayerCtx, class: &str, config: &Value, shape: &Shape) -> Result<Direction> {
+        let c: Config =
+            Config::deserialize(config).map_err(|e| Error::new(format!("config: {e}")))?;
+        if c.time_major {
+            return Err(Error::new(
+                "time_major=True is not supported; save the model batch-major",
+            ));
+        }
+        if c.stateful {
+            return Err(Error::new(
+                "stateful=True is not supported yet: its state would have to live between calls",
+            ));
+        }
+        let [batch, steps, input] = shape[..] else {
+            return Err(Error::new(format!(
+                "expected an input of shape [batch, steps, features], found {shape:?}"
+            )));
+        };
+        if steps == 0 || c.units == 0 {
+            return Err(Error::new(
+                "a recurrent layer needs at least one step and one unit",
+            ));
+        }
+        let cell = match class {
+            "SimpleRNN" => Cell::Simple,
+            "LSTM" => Cell::Lstm,
+            "GRU" => Cell::Gru {
+                reset_after: c.reset_after,
+            },
+            other => {
+                return Err(Error::new(format!(
+                    "`{other}` is not a recurrent layer kerac knows"
+                )))
+            }
+        };
+        let act = Activation::from_config(
+            config.get("activation").or(Some(&Value::from("tanh"))),
+            ctx.dialect,
+        )?;
+        let rec_act = match cell {
+            Cell::Simple => Activation::Linear,
+            _ => Activation::from_config(
+                config
+                    .get("recurrent_activation")
+                    .or(Some(&Value::from("sigmoid"))),
+                ctx.dialect,
+            )?,
+        };
+        let (Some(act_k), Some(rec_k)) = (act.to_act(), rec_act.to_act()) else {
+            return Err(Error::new(
+                "softmax cannot be a recurrent layer's activation",
+            ));
+        };
+        let units = c.units;
+        let p = Recurrent {
+            cell,
+            batch,
+            steps,
+            units,
+            act: act_k,
+            rec_act: rec_k,
+            backwards: c.go_backwards,
+            input_order: false,
+        };
+        let width = p.gates() * units;
+        let kernel = ctx.weight("kernel", &[input, width])?;
+        let recurrent = ctx.weight("recurrent_kernel", &[units, width])?;
+        let (bias, recurrent_bias) = match (c.use_bias, cell) {
+            (false, _) => (None, None),
+            (true, Cell::Gru { reset_after: true }) => {
+                let b = ctx.weight("bias", &[2, width])?;
+                let flat: Vec<f32> = b.iter().copied().collect();
+                (
+                    Some(tensor(&[width], flat[..width].to_vec())),
+                    Some(tensor(&[width], flat[width..].to_vec())),
+                )
+            }
+            (true, _) => (Some(ctx.weight("bias", &[width])?), None),
+        };
+        Ok(Direction {
+            p,
+            act,
+            rec_act,
+            kernel,
+            recurrent,
+            bias,
+            recurrent_bias,
+            input,
+            return_sequences: c.return_sequences,
+            return_state: c.return_state,
+        })
+    }
+
+    /// The main output's shape.
+    fn output_shape(&self) -> Shape {
+        let p = &self.p;
+        if self.return_sequences {
+            vec![p.batch, p.steps, p.units]
+        } else {
+            vec![p.batch, p.units]
+        }
+    }
+
+    /// Shapes of the states `return_state` adds.
+    fn state_shapes(&self) -> Vec<Shape> {
+        let n = if self.p.cell == Cell::Lstm { 2 } else { 1 };
+        vec![vec![self.p.batch, self.p.units]; if self.return_state { n } else { 0 }]
+    }
+
+    /// Reference semantics: every step's state (`[batch, steps, state]`, rows as the
+    /// kernel stores them), in f64.
+    fn run(&self, x: &ArrayD<f32>) -> Vec<f64> {
+        let p = &self.p;
+        let (units, width, state) = (p.units, p.gates() * p.units, p.state());
+        let xs = x.as_slice().unwrap_or_default();
+        let w = self.kernel.as_slice().unwrap_or_default();
+        let u = self.recurrent.as_slice().unwrap_or_default();
+        let f = |a: &Activation, v: f64| a.scalar(v);
+        let mut rows = vec![0f64; p.batch * p.steps * state];
+        for b in 0..p.batch {
+            let (mut h, mut c) = (vec![0f64; units], vec![0f64; units]);
+            for s in 0..p.steps {
+                let (row, t) = p.rows(s);
+                let xt = &xs[(b * p.steps + t) * self.input..][..self.input];
+                let mut zx: Vec<f64> = match &self.bias {
+                    Some(bias) => bias.iter().map(|&v| v as f64).collect(),
+                    None => vec![0.0; width],
+                };
+                for (i, &xv) in xt.iter().enumerate() {
+                    for (z, &wv) in zx.iter_mut().zip(&w[i * width..(i + 1) * width]) {
+                        *z += xv as f64 * wv as f64;
+                    }
+                }
+                let matvec = |v: &[f64], cols: std::ops::Range<usize>| -> Vec<f64> {
+                    let mut out = vec![0f64; cols.len()];
+                    for (k, &vk) in v.iter().enumerate() {
+                        for (o, &uv) in out
+                            .iter_mut()
+                            .zip(&u[k * width + cols.start..k * width + cols.end])
+                        {
+                            *o += vk * uv as f64;
+                        }
+                    }
+                    out
+                };
+                let mut zh = matvec(&h, 0..width);
+                if let Some(rb) = &self.recurrent_bias {
+                    for (z, &v) in zh.iter_mut().zip(rb.iter()) {
+                        *z += v as f64;
+                    }
+                }
+                match p.cell {
+                    Cell::Simple => {
+                        h = (0..units).map(|j| f(&self.act, zx[j] + zh[j])).collect();
+                    }
+                    Cell::Lstm => {
+                        let g = |k: usize, j: usize| zx[k * units + j] + zh[k * units + j];
+                        for j in 0..units {
+                            let i = f(&self.rec_act, g(0, j));
+                            let fg = f(&self.rec_act, g(1, j));
+                            let cand = f(&self.act, g(2, j));
+                            let o = f(&self.rec_act, g(3, j));
+                            c[j] = fg * c[j] + i * cand;
+                            h[j] = o * f(&self.act, c[j]);
+                        }
+                    }
+                    Cell::Gru { reset_after } => {
+                        let z: Vec<f64> = (0..units)
+                            .map(|j| f(&self.rec_act, zx[j] + zh[j]))
+                            .collect();
+                        let r: Vec<f64> = (0..units)
+                            .map(|j| f(&self.rec_act, zx[units + j] + zh[units + j]))
+                            .collect();
+                        let hh: Vec<f64> = if reset_after {
+                            (0..units)
+                                .map(|j| f(&self.act, zx[2 * units + j] + r[j] * zh[2 * units + j]))
+                                .collect()
+                        } else {
+                            let rh: Vec<f64> = (0..units).map(|j| r[j] * h[j]).collect();
+                            let m = matvec(&rh, 2 * units..3 * units);
+                            (0..units)
+                                .map(|j| f(&self.act, zx[2 * units + j] + m[j]))
+                                .collect()
+                        };
+                        h = (0..units)
+                            .map(|j| z[j] * h[j] + (1.0 - z[j]) * hh[j])
+                            .collect();
+                    }
+                }
+                let at = (b * p.steps + row) * state;
+                rows[at..at + units].copy_from_slice(&h);
+                if p.cell == Cell::Lstm {
+                    rows[at + units..at + 2 * units].copy_from_slice(&c);
+                }
+            }
+        }
+        rows
+    }
+
+    /// Where the last processed step's state row is.
+    fn last_row(&self) -> usize {
+        self.p.rows(self.p.steps - 1).0
+    }
+
+    /// The main output and the states, from the rows [`Direction::run`] gives.
+    fn outputs(&self, rows: &[f64]) -> Vec<ArrayD<f32>> {
+        let p = &self.p;
+        let (units, state) = (p.units, p.state());
+        let pick = |row: usize, from: usize| -> Vec<f32> {
+            (0..p.batch)
+                .flat_map(|b| {
+                    let at = (b * p.steps + row) * state + from;
+                    rows[at..at + units]
+                        .iter()
+                        .map(|&v| v as f32)
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        let main = if self.return_sequences {
+            let data = (0..p.batch * p.steps)
+                .flat_map(|r| rows[r * state..r * state + units].iter().map(|&v| v as f32))
+                .collect();
+            tensor(&[p.batch, p.steps, units], data)
+        } else {
+            tensor(&[p.batch, units], pick(self.last_row(), 0))
+        };
+        let mut out = vec![main];
+        for (i, shape) in self.state_shapes().iter().enumerate() {
+            out.push(tensor(shape, pick(self.last_row(), i * units)));
+        }
+        out
+    }
+
+    fn flops(&self) -> u64 {
+        let p = &self.p;
+        let width = (p.gates() * p.units) as u64;
+        let per_step = 2 * (self.input as u64 + p.units as u64) * width + 8 * p.units as u64;
+        per_step * (p.batch * p.steps) as u64
+    }
+
+    /// Emits the projection and the recurrence; returns the value holding every
+    /// step's state.
+    fn lower_rows(&self, l: &mut Lower, x: ValueId) -> ValueId {
+        let p = self.p;
+        let width = p.gates() * p.units;
+        let projected = l.temp(p.batch * p.steps * width);
+        let w = l.weight("kernel", self.kernel.iter().copied().collect());
+        let b = self
+            .bias
+            .as_ref()
+            .map(|b| l.weight("bias", b.iter().copied().collect()));
+        let rows = p.batch * p.steps;
+        l.step(
+            Kernel::Dense {
+                p: kerac::dense::Dense {
+                    rows,
+                    k: self.input,
+                    n: width,
+                    act: kerac::Act::Linear,
+                },
+                w,
+                b,
+            },
+            vec![x],
+            projected,
+            2 * (rows * self.input * width) as u64,
+        );
+        let u = l.weight("recurrent_kernel", self.recurrent.iter().copied().collect());
+        let rb = self
+            .recurrent_bias
+            .as_ref()
+            .map(|b| l.weight("recurrent_bias", b.iter().copied().collect()));
+        let work = l.temp(p.out_len());
+        let flops = self.flops() - 2 * (rows * self.input * width) as u64;
+        l.step(Kernel::Recurrent { p, u, rb }, vec![projected], work, flops);
+        work
+    }
+
+    /// Copies `units` floats per step (or of the last step) starting `from` floats
+    /// into each state row of `work`, into `to`.
+    fn extract(&self, l: &mut Lower, work: ValueId, to: ValueId, sequence: bool, from: usize) {
+        let p = &self.p;
+        let state = p.state();
+        let (shape, strides, offset) = if sequence {
+            (
+                [p.batch, p.steps, p.units],
+                [p.steps * state, state, 1],
+                from,
+            )
+        } else {
+            (
+                [1, p.batch, p.units],
+                [0, p.steps * state, 1],
+                self.last_row() * state + from,
+            )
+        };
+        let mut padded = [1; RANK];
+        padded[RANK - 3..].copy_from_slice(&shape);
+        let mut padded_strides = [0; RANK];
+        padded_strides[RANK - 3..].copy_from_slice(&strides);
+        l.step(
+            Kernel::StridedCopy(kerac::shape::Strided {
+                shape: padded,
+                strides: padded_strides,
+                offset,
+            }),
+            vec![work],
+            to,
+            0,
+        );
+    }
+}
+
+/// SimpleRNN, LSTM or GRU on its own.
+#[derive(Debug)]
+struct SingleOp {
+    dir: Direction,
+}
+
+impl Op for SingleOp {
+    fn eval(&self, inputs: &[&ArrayD<f32>]) -> Vec<ArrayD<f32>> {
+        self.dir.outputs(&self.dir.run(inputs[0]))
+    }
+    fn flops(&self) -> u64 {
+        self.dir.flops()
+    }
+    fn lower(&self, l: &mut Lower) -> Result<()> {
+        let x = l.inputs[0];
+        let work = self.dir.lower_rows(l, x);
+        let out = l.output(0);
+        self.dir.extract(l, work, out, self.dir.return_sequences, 0);
+        for i in 0..self.dir.state_shapes().len() {
+            let to = l.output(1 + i);
+            self.dir.extract(l, work, to, false, i * self.dir.p.units);
+        }
+        Ok(())
+    }
+}
+
+fn build_single(ctx: &mut LayerCtx, class: &str) -> Result<Lowered> {
+    let shape = ctx.input()?.clone();
+    let config = ctx.config;
+    let dir = Direction::build(ctx, class, config, &shape)?;
+    let mut outputs = vec![dir.output_shape()];
+    outputs.extend(dir.state_shapes());
+    Ok(Lowered {
+        op: Box::new(SingleOp { dir }),
+        outputs,
+    })
+}
+
+/// How Bidirectional combines its two halves.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum MergeMode {
+    Concat,
+    Fold(Fold),
+    /// Both halves as separate outputs.
+    None,
+}
+
+#[derive(Debug)]
+struct BidirectionalOp {
+    forward: Direction,
+    backward: Direction,
+    mode: MergeMode,
+}
+
+impl BidirectionalOp {
+    fn merged_shape(&self) -> Shape {
+        let mut s = self.forward.output_shape();
+        if self.mode == MergeMode::Concat {
+            *s.last_mut().unwrap_or(&mut 0) *= 2;
+        }
+        s
+    }
+}
+
+impl Op for BidirectionalOp {
+    fn eval(&self, inputs: &[&ArrayD<f32>]) -> Vec<ArrayD<f32>> {
+        let f = self.forward.outputs(&self.forward.run(inputs[0]));
+        let b = self.backward.outputs(&self.backward.run(inputs[0]));
+        let (fy, by) = (&f[0], &b[0]);
+        let mut out = match self.mode {
+            MergeMode::None => vec![fy.clone(), by.clone()],
+            MergeMode::Concat => {
+                let n = self.forward.p.units;
+                let rows = fy.len() / n.max(1);
+                let (fs, bs) = (
+                    fy.as_slice().unwrap_or_default(),
+                    by.as_slice().unwrap_or_default(),
+                );
+                let data = (0..rows)
+                    .flat_map(|r| {
+                        fs[r * n..(r + 1) * n]
+                            .iter()
+                            .chain(&bs[r * n..(r + 1) * n])
+                            .copied()
+                    })
+                    .collect();
+                vec![tensor(&self.merged_shape(), data)]
+            }
+            MergeMode::Fold(fold) => {
+                let data = fy
+                    .iter()
+                    .zip(by.iter())
+                    .map(|(&a, &b)| match fold {
+                        Fold::Multiply => a * b,
+                        Fold::Average => (a + b) * 0.5,
+                        _ => a + b,
+                    })
+                    .collect();
+                vec![tensor(&self.merged_shape(), data)]
+            }
+        };
+        out.extend(f.into_iter().skip(1));
+        out.extend(b.into_iter().skip(1));
+        out
+    }
+    fn flops(&self) -> u64 {
+        let merge = match self.mode {
+            MergeMode::Fold(_) => self.forward.output_shape().iter().product::<usize>() as u64,
+            _ => 0,
+        };
+        self.forward.flops() + self.backward.flops() + merge
+    }
+    fn lower(&self, l: &mut Lower) -> Result<()> {
+        let x = l.inputs[0];
+        let (f, b) = (&self.forward, &self.backward);
+        let fw = f.lower_rows(l, x);
+        let bw = b.lower_rows(l, x);
+        let halves = match self.mode {
+            MergeMode::None => [l.output(0), l.output(1)],
+            _ => {
+                let len: usize = f.output_shape().iter().product();
+                [l.temp(len), l.temp(len)]
+            }
+        };
+        f.extract(l, fw, halves[0], f.return_sequences, 0);
+        b.extract(l, bw, halves[1], b.return_sequences, 0);
+        let shape = f.output_shape();
+        let len: usize = shape.iter().product();
+        match self.mode {
+            MergeMode::None => {}
+            MergeMode::Concat => {
+                let n = f.p.units;
+                let out = l.output(0);
+                l.step(
+                    Kernel::Concat {
+                        outer: len / n,
+                        parts: vec![n, n],
+                    },
+                    halves.to_vec(),
+                    out,
+                    0,
+                );
+            }
+            MergeMode::Fold(fold) => {
+                let out = l.output(0);
+                let flat = crate::plan::lower::padded(&[len])?;
+                let mut strides = [0; RANK];
+                strides[RANK - 1] = 1;
+                l.step(
+                    Kernel::Merge {
+                        fold,
+                        shape: flat,
+                        strides: vec![strides, strides],
+                    },
+                    halves.to_vec(),
+                    out,
+                    len as u64,
+                );
+            }
+        }
+        let first_state = if self.mode == MergeMode::None { 2 } else { 1 };
+        let mut next = first_state;
+        for d in [f, b] {
+            let works = if std::ptr::eq(d, f) { fw } else { bw };
+            for i in 0..d.state_shapes().len() {
+                let to = l.output(next);
+                d.extract(l, works, to, false, i * d.p.units);
+                next += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn build_bidirectional(ctx: &mut LayerCtx) -> Result<Lowered> {
+    let shape = ctx.input()?.clone();
+    let layer = ctx
+        .config
+        .get("layer")
+        .ok_or_else(|| Error::new("config: missing `layer`"))?;
+    let class = layer
+        .get("class_name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let inner = layer.get("config").cloned().unwrap_or(Value::Null);
+    let (back_class, back_config) = match ctx.config.get("backward_layer") {
+        Some(b) if !b.is_null() => (
+            b.get("class_name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            b.get("config").cloned().unwrap_or(Value::Null),
+        ),
+        _ => {
+            let mut c = inner.clone();
+            let back = !c
+                .get("go_backwards")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            if let Some(o) = c.as_object_mut() {
+                o.insert("go_backwards".into(), Value::from(back));
+            }
+            (class.to_string(), c)
+        }
+    };
+    let mode = match ctx.config.get("merge_mode") {
+        None => MergeMode::Concat,
+        Some(Value::Null) => MergeMode::None,
+        Some(v) => match v.as_str() {
+            Some("concat") => MergeMode::Concat,
+            Some("sum") => MergeMode::Fold(Fold::Add),
+            Some("mul") => MergeMode::Fold(Fold::Multiply),
+            Some("ave") => MergeMode::Fold(Fold::Average),
+            _ => {
+                return Err(Error::new(format!(
+                    "merge_mode {v} is not one of concat, sum, mul, ave, None"
+                )))
+            }
+        },
+    };
+    let forward = Direction::build(ctx, class, &inner, &shape)?;
+    let mut backward = Direction::build(ctx, &back_class, &back_config, &shape)?;
+    if !backward.p.backwards || forward.p.backwards {
+        return Err(Error::new(
+            "Bidirectional over a layer with go_backwards=True is not supported",
+        ));
+    }
+    if forward.p.units != backward.p.units || forward.return_sequences != backward.return_sequences
+    {
+        return Err(Error::new(
+            "Bidirectional halves with different units or return_sequences are not supported",
+        ));
+    }
+    // Keras turns the backward half's sequence back into input order.
+    backward.p.input_order = true;
+    let op = BidirectionalOp {
+        forward,
+        backward,
+        mode,
+    };
+    let mut outputs = match mode {
+        MergeMode::None => vec![op.forward.output_shape(), op.backward.output_shape()],
+        _ => vec![op.merged_shape()],
+    };
+    outputs.extend(op.forward.state_shapes());
+    outputs.extend(op.backward.state_shapes());
+    Ok(Lowered {
+        op: Box::new(op),
+        outputs,
+    })
+}
