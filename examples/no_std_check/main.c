@@ -10,6 +10,8 @@ int shapes_run(void *, const float *const *, const size_t *, size_t, float *cons
 int transpose_run(void *, const float *const *, const size_t *, size_t, float *const *, const size_t *, size_t);
 int norms_run(void *, const float *const *, const size_t *, size_t, float *const *, const size_t *, size_t);
 int merges_run(void *, const float *const *, const size_t *, size_t, float *const *, const size_t *, size_t);
+int recurrent_run(void *, const float *const *, const size_t *, size_t, float *const *, const size_t *, size_t);
+int bidirectional_run(void *, const float *const *, const size_t *, size_t, float *const *, const size_t *, size_t);
 
 int main(void) {
     float x[12] = {0}, y[10];
@@ -19,7 +21,8 @@ int main(void) {
     printf("mlp softmax sums to %f\n", sum);
     /* The other entry points are linked (so their code is checked) but only the MLP is
      * run here; the conformance tests run them all. */
-    void *volatile keep[] = {(void *)resnet_run, (void *)shapes_run, (void *)transpose_run, (void *)norms_run, (void *)merges_run};
+    void *volatile keep[] = {(void *)resnet_run, (void *)shapes_run, (void *)transpose_run, (void *)norms_run, (void *)merges_run,
+                           (void *)recurrent_run, (void *)bidirectional_run};
     (void)keep;
     return (sum > 0.999f && sum < 1.001f) ? 0 : 1;
 }

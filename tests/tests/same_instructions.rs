@@ -19,6 +19,10 @@ const FIXTURES: &[&str] = &[
     "reshaping/k3.keras",
     "merge/k3.keras",
     "resnet_cnn/k3.keras",
+    "lstm_predictor/k3.keras",
+    "gru_classifier/k3.keras",
+    "recurrent_options/k3.keras",
+    "bidirectional/k2.h5",
 ];
 const INPUTS: &[&str] = &["zeros", "huge", "nan", "inf", "denormal", "random"];
 

@@ -9,6 +9,8 @@ kerac::model!(pub Shapes = "../../tests/fixtures/reshaping/k3.keras");
 kerac::model!(pub Transpose = "../../tests/fixtures/conv_transpose/k3.keras");
 kerac::model!(pub Norms = "../../tests/fixtures/normalization/k3.keras");
 kerac::model!(pub Merges = "../../tests/fixtures/merge/k3.keras");
+kerac::model!(pub Recurrent = "../../tests/fixtures/recurrent_options/k3.keras");
+kerac::model!(pub Bidirectional = "../../tests/fixtures/bidirectional/k3.keras");
 
 static mut MLP: Mlp = Mlp::new();
 
@@ -70,6 +72,8 @@ export_run!(shapes_run, Shapes);
 export_run!(transpose_run, Transpose);
 export_run!(norms_run, Norms);
 export_run!(merges_run, Merges);
+export_run!(recurrent_run, Recurrent);
+export_run!(bidirectional_run, Bidirectional);
 
 #[panic_handler]
 fn panic(_: &core::panic::PanicInfo) -> ! {

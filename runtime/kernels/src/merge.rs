@@ -3,6 +3,7 @@
 
 use crate::act::{fmax, fmin};
 use crate::norm::libm_sqrt;
+use crate::simd::{part, part_mut};
 
 /// Rank of the index space elementwise merges and strided copies run over.
 pub const RANK: usize = 6;
@@ -156,7 +157,12 @@ pub fn concat<const N: usize>(p: &Concat<N>, inputs: [&[f32]; N], y: &mut [f32])
     for o in 0..p.outer {
         let mut at = o * row;
         for (x, &n) in inputs.iter().zip(&p.parts) {
-            y[at..at + n].copy_from_slice(&x[o * n..(o + 1) * n]);
+            // SAFETY: y holds outer * row floats and x outer * n (checked above); these
+            // ranges lie inside.
+            let (to, from) = unsafe { (part_mut(y, at, n), part(x, o * n, n)) };
+            for (d, &v) in to.iter_mut().zip(from) {
+                *d = v;
+            }
             at += n;
         }
     }

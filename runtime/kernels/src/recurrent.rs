@@ -127,11 +127,17 @@ pub fn recurrent(
             let (row, input) = p.rows(s);
             // The previous state: the last row written, or the initial state.
             let prev_state = unsafe { part_mut(prev, 0, 2 * units) };
-            let (h_prev, c_prev) = prev_state.split_at_mut(units);
+            let Some((h_prev, c_prev)) = prev_state.split_at_mut_checked(units) else {
+                return;
+            };
             if s == 0 {
                 for (init, v) in [(h0, &mut *h_prev), (c0, &mut *c_prev)] {
                     match init {
-                        Some(h) => v.copy_from_slice(unsafe { part(h, b * units, units) }),
+                        Some(h) => {
+                            for (d, &x) in v.iter_mut().zip(unsafe { part(h, b * units, units) }) {
+                                *d = x;
+                            }
+                        }
                         None => v.fill(0.0),
                     }
                 }
@@ -144,7 +150,11 @@ pub fn recurrent(
             }
             // h U (+ the recurrent bias).
             match rb {
-                Some(rb) => hu.copy_from_slice(unsafe { part(rb, 0, width) }),
+                Some(rb) => {
+                    for (d, &x) in hu.iter_mut().zip(unsafe { part(rb, 0, width) }) {
+                        *d = x;
+                    }
+                }
                 None => hu.fill(0.0),
             }
             let recurrent_cols = match p.cell {
@@ -182,7 +192,9 @@ pub fn recurrent(
                             part(hu, 3 * units, units),
                         )
                     };
-                    let (h, c) = out.split_at_mut(units);
+                    let Some((h, c)) = out.split_at_mut_checked(units) else {
+                        return;
+                    };
                     for (((((cv, hv), &cp), &iv), &fv), &gv) in c
                         .iter_mut()
                         .zip(h.iter_mut())
@@ -204,8 +216,12 @@ pub fn recurrent(
                         *v += xv;
                     }
                     p.rec_act.apply(unsafe { part_mut(hu, 0, 2 * units) });
-                    let (zr, hh) = hu.split_at_mut(2 * units);
-                    let (z, r) = zr.split_at(units);
+                    let Some((zr, hh)) = hu.split_at_mut_checked(2 * units) else {
+                        return;
+                    };
+                    let Some((z, r)) = zr.split_at_checked(units) else {
+                        return;
+                    };
                     if reset_after {
                         for ((v, &xv), &rv) in hh.iter_mut().zip(gate(2)).zip(r) {
                             *v = xv + rv * *v;
