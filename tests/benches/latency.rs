@@ -21,6 +21,8 @@ const MODELS: &[&str] = &[
     "resnet_cnn/k3.keras",
     "conv2d/k3.keras",
     "depthwise_separable/k3.keras",
+    "lstm_predictor/k3.keras",
+    "gru_classifier/k3.keras",
 ];
 
 /// FLOP/s of one core running independent 8-wide FMAs.

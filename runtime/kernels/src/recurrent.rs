@@ -5,6 +5,7 @@
 //! Gate order is Keras's: LSTM `i, f, c, o`; GRU `z, r, h`.
 
 use crate::act::Act;
+use crate::dense::{dense, Dense};
 use crate::simd::{axpy, part, part_mut};
 
 /// Which cell runs.
@@ -148,23 +149,34 @@ pub fn recurrent(
                     *v = f;
                 }
             }
-            // h U (+ the recurrent bias).
-            match rb {
-                Some(rb) => {
-                    for (d, &x) in hu.iter_mut().zip(unsafe { part(rb, 0, width) }) {
-                        *d = x;
-                    }
-                }
-                None => hu.fill(0.0),
-            }
+            // h U (+ the recurrent bias): the dense kernel's register-blocked row where
+            // every column takes part.
             let recurrent_cols = match p.cell {
                 // The candidate's product waits for the reset gate.
                 Cell::Gru { reset_after: false } => 2 * units,
                 _ => width,
             };
-            for (k, &hk) in h_prev.iter().enumerate() {
-                let ur = unsafe { part(u, k * width, recurrent_cols) };
-                axpy(unsafe { part_mut(hu, 0, recurrent_cols) }, hk, ur);
+            if recurrent_cols == width {
+                let d = Dense {
+                    rows: 1,
+                    k: units,
+                    n: width,
+                    act: Act::Linear,
+                };
+                dense(&d, h_prev, u, rb, hu);
+            } else {
+                match rb {
+                    Some(rb) => {
+                        for (d, &x) in hu.iter_mut().zip(unsafe { part(rb, 0, width) }) {
+                            *d = x;
+                        }
+                    }
+                    None => hu.fill(0.0),
+                }
+                for (k, &hk) in h_prev.iter().enumerate() {
+                    let ur = unsafe { part(u, k * width, recurrent_cols) };
+                    axpy(unsafe { part_mut(hu, 0, recurrent_cols) }, hk, ur);
+                }
             }
             let x = unsafe { part(xp, (b * p.steps + input) * width, width) };
             let out = unsafe { part_mut(rows, (b * p.steps + row) * state, state) };
