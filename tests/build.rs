@@ -4,6 +4,9 @@
 use std::fmt::Write;
 use std::path::Path;
 
+/// Fixtures whose recurrent layers all run forwards, so they can stream.
+pub const STREAMED: [&str; 3] = ["lstm_predictor", "gru_classifier", "sequence_tagger"];
+
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let fixtures = root.join("fixtures");
@@ -43,6 +46,17 @@ fn main() {
             }
             let module = format!("m_{}_{}", name, file.replace('.', "_"));
             writeln!(modules, "pub mod {module} {{ kerac::model!(pub Model = \"fixtures/{name}/{file}\"{options}); }}").unwrap();
+            writeln!(table, "        (\"{name}/{file}\", \"{reference}\", || Box::new({module}::Model::new())),").unwrap();
+        }
+    }
+    table.push_str("    ]\n}\n");
+    // The fixtures whose recurrent layers can run one step per call, compiled so.
+    table.push_str("/// Streaming builds (`stream = true`) of the fixtures that can stream.\npub fn streamed() -> Vec<Compiled> {\n    vec![\n");
+    for name in STREAMED {
+        for file in ["k3.keras", "k3.h5", "k2.h5"] {
+            let module = format!("s_{}_{}", name, file.replace('.', "_"));
+            let reference = format!("fixtures/{name}/{}.io.json", &file[..2]);
+            writeln!(modules, "pub mod {module} {{ kerac::model!(pub Model = \"fixtures/{name}/{file}\", stream = true); }}").unwrap();
             writeln!(table, "        (\"{name}/{file}\", \"{reference}\", || Box::new({module}::Model::new())),").unwrap();
         }
     }

@@ -68,6 +68,11 @@ enum Command {
         /// Symbol prefix (obj): `<prefix>_predict`, `<PREFIX>_INPUT0_SIZE`, ...
         #[arg(long, default_value = "net")]
         prefix: String,
+        /// Streaming: each call consumes one time step of every sequence input, and
+        /// recurrent layers keep their state (in the type, or in the scratch memory)
+        /// until it is reset.
+        #[arg(long)]
+        stream: bool,
     },
     /// Compare a model's outputs with recorded Keras outputs; exits 0 only if all match.
     Check {
@@ -131,6 +136,12 @@ impl ModelArgs {
     /// Loads the model; `recorded` fills open dimensions from recorded inputs, where
     /// `--input-shape` does not give them.
     fn load(&self, recorded: Option<&IoFile>) -> Result<Graph, Error> {
+        self.load_as(recorded, false)
+    }
+
+    /// As [`ModelArgs::load`]; `stream` compiles one step per call with recurrent state
+    /// kept between calls.
+    fn load_as(&self, recorded: Option<&IoFile>, stream: bool) -> Result<Graph, Error> {
         let mut input_shapes = recorded
             .map(|f| io::input_shapes(&f.inputs))
             .unwrap_or_default();
@@ -152,6 +163,7 @@ impl ModelArgs {
         let options = BuildOptions {
             batch: self.batch,
             input_shapes,
+            stream,
         };
         kerac_compiler::load(&self.model, self.weights.as_deref(), &options)
     }
@@ -216,6 +228,7 @@ fn execute(command: Command) -> Result<ExitCode, Error> {
             target,
             header: header_path,
             prefix,
+            stream,
             ..
         } => {
             let machine = Target::from_name(&target).ok_or_else(|| {
@@ -227,7 +240,7 @@ fn execute(command: Command) -> Result<ExitCode, Error> {
             })?;
             let output = output
                 .ok_or_else(|| Error::new("--emit obj writes a file: give it with -o model.o"))?;
-            let graph = model.load(None)?;
+            let graph = model.load_as(None, stream)?;
             let plan = Plan::new(&graph)?;
             let object =
                 clif::object(&plan, machine, &prefix).map_err(|e| e.in_file(&model.model))?;
@@ -308,9 +321,10 @@ fn execute(command: Command) -> Result<ExitCode, Error> {
             emit: Emit::Rust,
             output,
             name,
+            stream,
             ..
         } => {
-            let graph = model.load(None)?;
+            let graph = model.load_as(None, stream)?;
             let plan = Plan::new(&graph)?;
             use kerac_compiler::emit::rust::{emit_source, RustOptions, WeightsAt};
             // Beside a file, the weights go to `<file>.weights.bin`; on standard output

@@ -17,6 +17,7 @@ struct Args {
     batch: Option<LitInt>,
     weights: Option<LitStr>,
     input_shapes: Vec<(String, Vec<usize>)>,
+    stream: bool,
 }
 
 impl Parse for Args {
@@ -32,6 +33,7 @@ impl Parse for Args {
             batch: None,
             weights: None,
             input_shapes: Vec::new(),
+            stream: false,
         };
         while input.parse::<Option<Token![,]>>()?.is_some() {
             if input.is_empty() {
@@ -46,6 +48,10 @@ impl Parse for Args {
                 "weights" => {
                     input.parse::<Token![=]>()?;
                     args.weights = Some(input.parse()?);
+                }
+                "stream" => {
+                    input.parse::<Token![=]>()?;
+                    args.stream = input.parse::<syn::LitBool>()?.value;
                 }
                 "input_shape" => {
                     let inner;
@@ -66,7 +72,7 @@ impl Parse for Args {
                     args.input_shapes.push((input_name, dims));
                 }
                 other => {
-                    return Err(syn::Error::new(key.span(), format!("unknown option `{other}`; expected batch, weights or input_shape(NAME)")));
+                    return Err(syn::Error::new(key.span(), format!("unknown option `{other}`; expected batch, weights, stream or input_shape(NAME)")));
                 }
             }
         }
@@ -99,6 +105,7 @@ fn expand(args: &Args) -> Result<proc_macro2::TokenStream, String> {
     let options = BuildOptions {
         batch,
         input_shapes: args.input_shapes.iter().cloned().collect(),
+        stream: args.stream,
     };
     let graph =
         kerac_compiler::load(&path, weights.as_deref(), &options).map_err(|e| e.to_string())?;

@@ -31,6 +31,7 @@ fn batched_run_matches_keras() {
         let options = BuildOptions {
             batch: samples,
             input_shapes: io::input_shapes(&reference.inputs),
+            ..Default::default()
         };
         let graph = kerac_compiler::load(&f.model, None, &options).unwrap();
         let outputs =

@@ -97,13 +97,24 @@ pub fn header(plan: &Plan, info: &HeaderInfo) -> String {
         "#define {m}_SCRATCH_ALIGN {}\n",
         super::clif::SCRATCH_ALIGN
     );
+    if !plan.state.is_empty() {
+        let _ = writeln!(
+            w,
+            "/* A streaming model: each call consumes one time step, and the recurrent state\n * lives in the scratch memory between calls. Zeroed scratch is the initial state:\n * call {p}_reset_state before the first step of every sequence. */\n#define {m}_STREAMING 1\nstatic inline void {p}_reset_state(void *scratch) {{\n    unsigned char *s = (unsigned char *)scratch;\n    for (unsigned long i = 0; i < {m}_SCRATCH_BYTES; i++) s[i] = 0;\n}}\n"
+        );
+    }
     let _ = writeln!(w, "/* Model facts. */");
     let _ = writeln!(w, "#define {m}_PARAMS {}", info.params);
     let _ = writeln!(w, "#define {m}_WEIGHT_BYTES {}", plan.weight_bytes());
     let _ = writeln!(w, "#define {m}_FLOPS {}\n", plan.flops());
+    let scratch_doc = if plan.state.is_empty() {
+        "reused across calls, not shared between\n *            threads running at the same time; its contents need no setup."
+    } else {
+        "holds the recurrent state between calls (one\n *            scratch per stream); zero it to start a sequence."
+    };
     let _ = writeln!(
         w,
-        "/* Runs the model once.\n *   inputs:  {m}_NUM_INPUTS pointers, input i to {m}_INPUT<i>_SIZE floats;\n *   outputs: {m}_NUM_OUTPUTS pointers, output i to {m}_OUTPUT<i>_SIZE floats;\n *   scratch: {m}_SCRATCH_BYTES bytes, reused across calls, not shared between\n *            threads running at the same time; its contents need no setup.\n * Returns 0 on success (the only value it returns today; others are reserved).\n * Input and output buffers may not overlap the scratch memory. */"
+        "/* Runs the model once.\n *   inputs:  {m}_NUM_INPUTS pointers, input i to {m}_INPUT<i>_SIZE floats;\n *   outputs: {m}_NUM_OUTPUTS pointers, output i to {m}_OUTPUT<i>_SIZE floats;\n *   scratch: {m}_SCRATCH_BYTES bytes, {scratch_doc}\n * Returns 0 on success (the only value it returns today; others are reserved).\n * Input and output buffers may not overlap the scratch memory. */"
     );
     let _ = writeln!(
         w,

@@ -148,6 +148,27 @@ pub fn emit(plan: &Plan, options: &RustOptions) -> Result<TokenStream> {
         describe(&plan.outputs)
     );
 
+    // A streaming model keeps its recurrent state in the arena between calls, and a
+    // zeroed arena is the initial state.
+    let reset = if plan.state.is_empty() {
+        quote!()
+    } else {
+        quote! {
+            /// Forgets the recurrent state: the next call starts a new sequence.
+            pub fn reset_state(&mut self) {
+                self.arena = kerac::Arena::new();
+            }
+        }
+    };
+    let reset_trait = if plan.state.is_empty() {
+        quote!()
+    } else {
+        quote! {
+            fn reset_state(&mut self) {
+                #name::reset_state(self);
+            }
+        }
+    };
     Ok(quote! {
         #[doc = #doc]
         #vis struct #name {
@@ -192,6 +213,8 @@ pub fn emit(plan: &Plan, options: &RustOptions) -> Result<TokenStream> {
                 #name { arena: kerac::Arena::new() }
             }
 
+            #reset
+
             #[doc = #predict_doc]
             pub fn predict(&mut self, #(#input_names: &#input_types),*) -> #returns {
                 use kerac::Flat;
@@ -228,6 +251,8 @@ pub fn emit(plan: &Plan, options: &RustOptions) -> Result<TokenStream> {
                 #(kerac::arena::read(arena, #output_offsets, outputs[#out_idx]);)*
                 Ok(())
             }
+
+            #reset_trait
         }
     })
 }
@@ -466,12 +491,17 @@ fn emit_step(
             params(p, "kerac::shape::Resample")?,
             quote!(kerac::shape::resample(&#name, x0, y)),
         ),
-        Kernel::Recurrent { p, u, rb } => (
+        Kernel::Recurrent { p, u, rb, initial } => (
             quote!(kerac::recurrent::Recurrent),
             params(p, "kerac::recurrent::Recurrent")?,
             {
                 let (u, rb) = (weight(*u), opt_weight(*rb));
-                quote!(kerac::recurrent::recurrent(&#name, x0, #u, #rb, None, None, y))
+                let init = |i: usize| match ins.get(i) {
+                    Some(x) if *initial => quote!(Some(#x)),
+                    _ => quote!(None),
+                };
+                let (h0, c0) = (init(1), init(2));
+                quote!(kerac::recurrent::recurrent(&#name, x0, #u, #rb, #h0, #c0, y))
             },
         ),
     };

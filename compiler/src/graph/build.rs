@@ -18,6 +18,9 @@ pub struct BuildOptions {
     /// Per-sample shapes (batch excluded) for inputs whose file shape has open
     /// dimensions, by input name.
     pub input_shapes: HashMap<String, Vec<usize>>,
+    /// Streaming: every sequence input (`[batch, steps, features]`) takes one step
+    /// per call, and recurrent layers keep their state between calls.
+    pub stream: bool,
 }
 
 impl Default for BuildOptions {
@@ -25,6 +28,7 @@ impl Default for BuildOptions {
         BuildOptions {
             batch: 1,
             input_shapes: HashMap::new(),
+            stream: false,
         }
     }
 }
@@ -85,6 +89,7 @@ fn build_inner(file: &ModelFile, options: &BuildOptions) -> Result<Graph> {
         source: file.path.clone(),
         keras_version: file.keras_version.clone(),
         batch: options.batch,
+        stream: options.stream,
         tensors: b.tensors,
         nodes: b.nodes,
         inputs: b.graph_inputs,
@@ -298,6 +303,10 @@ impl Builder<'_> {
                 ))
             })?,
         };
+        let mut per_sample = per_sample;
+        if self.options.stream && per_sample.len() == 2 {
+            per_sample[0] = 1;
+        }
         if per_sample.contains(&0) {
             return Err(err(format!(
                 "input shape {per_sample:?} has a zero dimension"

@@ -63,6 +63,8 @@ pub struct Graph {
     pub keras_version: Option<String>,
     /// The batch size every shape was fixed with.
     pub batch: usize,
+    /// Whether recurrent layers keep their state between calls ([`BuildOptions::stream`]).
+    pub stream: bool,
     /// All tensors.
     pub tensors: Vec<TensorInfo>,
     /// Nodes in an order where every input is produced before it is used.

@@ -42,6 +42,8 @@ struct Direction {
     input: usize,
     return_sequences: bool,
     return_state: bool,
+    /// Keeps its state from one call to the next (`stateful=True`).
+    stateful: bool,
 }
 
 #[derive(Deserialize)]
@@ -75,11 +77,6 @@ impl Direction {
         if c.time_major {
             return Err(Error::new(
                 "time_major=True is not supported; save the model batch-major",
-            ));
-        }
-        if c.stateful {
-            return Err(Error::new(
-                "stateful=True is not supported yet: its state would have to live between calls",
             ));
         }
         let [batch, steps, input] = shape[..] else {
@@ -159,6 +156,7 @@ impl Direction {
             input,
             return_sequences: c.return_sequences,
             return_state: c.return_state,
+            stateful: c.stateful,
         })
     }
 
@@ -312,7 +310,7 @@ impl Direction {
 
     /// Emits the projection and the recurrence; returns the value holding every
     /// step's state.
-    fn lower_rows(&self, l: &mut Lower, x: ValueId) -> ValueId {
+    fn lower_rows(&self, l: &mut Lower, x: ValueId) -> Result<ValueId> {
         let p = self.p;
         let width = p.gates() * p.units;
         let projected = l.temp(p.batch * p.steps * width);
@@ -344,8 +342,37 @@ impl Direction {
             .map(|b| l.weight("recurrent_bias", b.iter().copied().collect()));
         let work = l.temp(p.out_len());
         let flops = self.flops() - 2 * (rows * self.input * width) as u64;
-        l.step(Kernel::Recurrent { p, u, rb }, vec![projected], work, flops);
-        work
+        // Streaming (or `stateful=True`): the state comes from, and goes back to,
+        // buffers that outlive the call.
+        let keep = l.stream || self.stateful;
+        if keep && p.backwards {
+            return Err(Error::new(
+                "go_backwards needs the whole sequence: it cannot keep state from one call to the next",
+            ));
+        }
+        let states: Vec<ValueId> = if keep {
+            let n = if p.cell == Cell::Lstm { 2 } else { 1 };
+            (0..n).map(|_| l.state(p.batch * p.units)).collect()
+        } else {
+            Vec::new()
+        };
+        let mut inputs = vec![projected];
+        inputs.extend(&states);
+        l.step(
+            Kernel::Recurrent {
+                p,
+                u,
+                rb,
+                initial: keep,
+            },
+            inputs,
+            work,
+            flops,
+        );
+        for (i, &s) in states.iter().enumerate() {
+            self.extract(l, work, s, false, i * p.units);
+        }
+        Ok(work)
     }
 
     /// Copies `units` floats per step (or of the last step) starting `from` floats
@@ -398,7 +425,7 @@ impl Op for SingleOp {
     }
     fn lower(&self, l: &mut Lower) -> Result<()> {
         let x = l.inputs[0];
-        let work = self.dir.lower_rows(l, x);
+        let work = self.dir.lower_rows(l, x)?;
         let out = l.output(0);
         self.dir.extract(l, work, out, self.dir.return_sequences, 0);
         for i in 0..self.dir.state_shapes().len() {
@@ -498,8 +525,13 @@ impl Op for BidirectionalOp {
     fn lower(&self, l: &mut Lower) -> Result<()> {
         let x = l.inputs[0];
         let (f, b) = (&self.forward, &self.backward);
-        let fw = f.lower_rows(l, x);
-        let bw = b.lower_rows(l, x);
+        if l.stream || f.stateful {
+            return Err(Error::new(
+                "Bidirectional needs the whole sequence: it cannot run one step per call",
+            ));
+        }
+        let fw = f.lower_rows(l, x)?;
+        let bw = b.lower_rows(l, x)?;
         let halves = match self.mode {
             MergeMode::None => [l.output(0), l.output(1)],
             _ => {

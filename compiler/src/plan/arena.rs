@@ -31,6 +31,11 @@ pub(super) fn place(plan: &mut Plan) {
     for port in &plan.outputs {
         touch(port.value, end);
     }
+    // State lives across calls: alive from before the first step to after the last.
+    for &v in &plan.state {
+        touch(v, 0);
+        touch(v, end);
+    }
     let overlaps = |a: (usize, usize), b: (usize, usize)| a.0 <= b.1 && b.0 <= a.1;
 
     plan.lower_bound_floats = (0..=end)

@@ -10,6 +10,16 @@ use ndarray::{ArrayD, IxDyn};
 
 /// Runs the plan once at its batch size. `inputs` are in Keras's order.
 pub fn run(plan: &Plan, inputs: &[ArrayD<f32>]) -> Result<Vec<ArrayD<f32>>> {
+    run_in(plan, &mut Vec::new(), inputs)
+}
+
+/// As [`run`], in `arena`, which keeps a streaming plan's recurrent state from one call
+/// to the next (an empty or zeroed arena is the initial state).
+pub fn run_in(
+    plan: &Plan,
+    arena: &mut Vec<f32>,
+    inputs: &[ArrayD<f32>],
+) -> Result<Vec<ArrayD<f32>>> {
     if inputs.len() != plan.inputs.len() {
         return Err(Error::new(format!(
             "the model has {} inputs, {} were given",
@@ -17,7 +27,10 @@ pub fn run(plan: &Plan, inputs: &[ArrayD<f32>]) -> Result<Vec<ArrayD<f32>>> {
             inputs.len()
         )));
     }
-    let mut arena = vec![0f32; plan.arena_floats];
+    if arena.len() != plan.arena_floats {
+        *arena = vec![0f32; plan.arena_floats];
+    }
+    let arena = arena.as_mut_slice();
     for (port, x) in plan.inputs.iter().zip(inputs) {
         if x.shape() != port.shape.as_slice() {
             return Err(Error::new(format!(
@@ -33,7 +46,7 @@ pub fn run(plan: &Plan, inputs: &[ArrayD<f32>]) -> Result<Vec<ArrayD<f32>>> {
         }
     }
     for step in &plan.steps {
-        call(plan, step, &mut arena).map_err(|e| {
+        call(plan, step, arena).map_err(|e| {
             Error::new(format!(
                 "step `{}` ({}): {}",
                 step.layers,
@@ -117,6 +130,20 @@ fn call(plan: &Plan, step: &Step, arena: &mut [f32]) -> Result<()> {
             };
             merge::concat(&p, ins, out);
         }),
+        Kernel::Recurrent { p, u, rb, initial } => {
+            let reads: Vec<_> = step.inputs.iter().map(|&v| region(plan, v)).collect();
+            let out = region(plan, step.output);
+            let (ins, y) = match reads.len() {
+                1 => views(arena, [reads[0]], out).map(|([a], y)| ([a, &[][..], &[][..]], y)),
+                2 => {
+                    views(arena, [reads[0], reads[1]], out).map(|([a, b], y)| ([a, b, &[][..]], y))
+                }
+                _ => views(arena, [reads[0], reads[1], reads[2]], out),
+            }
+            .ok_or_else(bad_regions)?;
+            let init = |i: usize| (*initial && reads.len() > i).then_some(ins[i]);
+            recurrent::recurrent(p, ins[0], w(*u), ow(*rb), init(1), init(2), y);
+        }
         Kernel::BatchDot(p) => {
             let ([a, b], out) = views(
                 arena,
@@ -156,9 +183,7 @@ fn call(plan: &Plan, step: &Step, arena: &mut [f32]) -> Result<()> {
                 Kernel::UnitNorm(p) => norm::unit_norm(p, x, y),
                 Kernel::StridedCopy(p) => shape::strided_copy(p, x, y),
                 Kernel::Resample(p) => shape::resample(p, x, y),
-                Kernel::Recurrent { p, u, rb } => {
-                    recurrent::recurrent(p, x, w(*u), ow(*rb), None, None, y)
-                }
+                Kernel::Recurrent { .. } => {}
                 Kernel::Merge { .. } | Kernel::Concat { .. } | Kernel::BatchDot(_) => {}
             }
         }

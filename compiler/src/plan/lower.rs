@@ -18,6 +18,8 @@ pub struct Lower<'a> {
     /// Shapes of the outputs, batch first.
     pub output_shapes: Vec<Shape>,
     outputs: Vec<Option<ValueId>>,
+    /// Whether recurrent state persists between calls.
+    pub stream: bool,
 }
 
 impl Lower<'_> {
@@ -34,6 +36,14 @@ impl Lower<'_> {
     pub fn temp(&mut self, len: usize) -> ValueId {
         self.plan.values.push(Value { len, offset: 0 });
         self.plan.values.len() - 1
+    }
+
+    /// A buffer that keeps its contents from one call to the next (recurrent state):
+    /// the arena never lends its space to anything else.
+    pub fn state(&mut self, len: usize) -> ValueId {
+        let v = self.temp(len);
+        self.plan.state.push(v);
+        v
     }
 
     /// The buffer of output `i`.
@@ -137,6 +147,7 @@ pub(super) fn lower(graph: &Graph) -> Result<Plan> {
         outputs: Vec::new(),
         arena_floats: 0,
         lower_bound_floats: 0,
+        state: Vec::new(),
     };
     let mut value_of: Vec<Option<ValueId>> = vec![None; graph.tensors.len()];
     for port in &graph.inputs {
@@ -174,6 +185,7 @@ pub(super) fn lower(graph: &Graph) -> Result<Plan> {
                 .map(|&t| graph.shape(t).clone())
                 .collect(),
             outputs: vec![None; node.outputs.len()],
+            stream: graph.stream,
             plan: &mut plan,
         };
         node.op

@@ -89,11 +89,13 @@ pub enum Kernel {
     StridedCopy(shape::Strided),
     /// `kerac::shape::resample`.
     Resample(shape::Resample),
-    /// `kerac::recurrent::recurrent`: input projections in, every step's state out.
+    /// `kerac::recurrent::recurrent`: input projections in, every step's state out;
+    /// with `initial`, the initial `h` (and `c`) are the step's next inputs.
     Recurrent {
         p: recurrent::Recurrent,
         u: WeightId,
         rb: Option<WeightId>,
+        initial: bool,
     },
 }
 
@@ -287,6 +289,9 @@ pub struct Plan {
     pub arena_floats: usize,
     /// The most floats alive at once: no arena can be smaller.
     pub lower_bound_floats: usize,
+    /// Values that keep their contents between calls (recurrent state when
+    /// streaming); a zeroed arena is the initial state.
+    pub state: Vec<ValueId>,
 }
 
 /// Floats between value offsets: 32 bytes, one AVX2 vector.

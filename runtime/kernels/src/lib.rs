@@ -46,4 +46,6 @@ pub trait Model {
         Self: Sized;
     /// Runs the model; a wrong number or length of buffers is an error, never a panic.
     fn run(&mut self, inputs: &[&[f32]], outputs: &mut [&mut [f32]]) -> Result<(), Error>;
+    /// Forgets the recurrent state of a streaming model (nothing to do for others).
+    fn reset_state(&mut self) {}
 }

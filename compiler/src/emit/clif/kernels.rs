@@ -395,8 +395,17 @@ pub(super) fn step(fx: &mut Fx, plan: &Plan, wl: &WeightLayout, step: &Step) {
             merge(fx, Fold::Add, &p.shape, &[p.strides], &[x.add(p.offset)], y)
         }
         Kernel::Resample(p) => resample(fx, p, x, y),
-        Kernel::Recurrent { p, u, rb } => {
-            super::kernels_recurrent::recurrent(fx, p, x, weight(*u), rb.map(weight), y)
+        Kernel::Recurrent { p, u, rb, initial } => {
+            let init = |i: usize| xs.get(i).copied().filter(|_| *initial);
+            super::kernels_recurrent::recurrent(
+                fx,
+                p,
+                x,
+                weight(*u),
+                rb.map(weight),
+                [init(1), init(2)],
+                y,
+            )
         }
     }
 }

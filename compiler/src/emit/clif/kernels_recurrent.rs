@@ -9,7 +9,15 @@ use cranelift_codegen::ir::{InstBuilder, Type, Value};
 use kerac::recurrent::{Cell, Recurrent};
 use kerac::Act;
 
-pub(super) fn recurrent(fx: &mut Fx, p: &Recurrent, xp: Addr, u: Addr, rb: Option<Addr>, y: Addr) {
+pub(super) fn recurrent(
+    fx: &mut Fx,
+    p: &Recurrent,
+    xp: Addr,
+    u: Addr,
+    rb: Option<Addr>,
+    initial: [Option<Addr>; 2],
+    y: Addr,
+) {
     let (units, state) = (p.units, p.state());
     let width = p.gates() * units;
     let rows = p.batch * p.steps * state;
@@ -39,11 +47,20 @@ pub(super) fn recurrent(fx: &mut Fx, p: &Recurrent, xp: Addr, u: Addr, rb: Optio
             // The previous state, copied aside (zeros before the first step).
             match s {
                 None => {
-                    fx.chunks(2 * units, |fx, ty, ix| {
-                        let v = fx.splat(ty, 0.0);
-                        let a = fx.ix(prev, ix);
-                        fx.store(v, a);
-                    });
+                    for (k, init) in initial.iter().enumerate() {
+                        let to = prev.add(k * units);
+                        match init {
+                            Some(from) => {
+                                let from = fx.at(*from, &[(b, units)]);
+                                copy(fx, from, to, units);
+                            }
+                            None => fx.chunks(units, |fx, ty, ix| {
+                                let v = fx.splat(ty, 0.0);
+                                let a = fx.ix(to, ix);
+                                fx.store(v, a);
+                            }),
+                        }
+                    }
                 }
                 Some(s) => {
                     let last = signed(fx, s, row_step, row0 - row_step, state, yb);

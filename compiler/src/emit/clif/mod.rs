@@ -428,6 +428,14 @@ impl Jit {
     }
 }
 
+impl Jit {
+    /// Forgets a streaming model's recurrent state (zeroes the scratch memory, which
+    /// holds it): the next call starts a new sequence.
+    pub fn reset_state(&mut self) {
+        self.scratch.fill(0);
+    }
+}
+
 impl Drop for Jit {
     fn drop(&mut self) {
         if let Some(m) = self.module.take() {
