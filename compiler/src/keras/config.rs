@@ -230,6 +230,11 @@ fn parse_node(node: &Value) -> Result<Vec<TensorRef>> {
     if let Some(args) = node.get("args") {
         let mut out = Vec::new();
         collect_keras_tensors(args, &mut out, 0)?;
+        // Recurrent layers take their initial states by keyword: they follow the
+        // sequence as further inputs.
+        if let Some(states) = node.get("kwargs").and_then(|k| k.get("initial_state")) {
+            collect_keras_tensors(states, &mut out, 0)?;
+        }
         return Ok(out);
     }
     match node.as_array() {

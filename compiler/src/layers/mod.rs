@@ -14,6 +14,7 @@ pub mod norm;
 pub mod pool;
 pub mod recurrent;
 pub mod spatial;
+pub mod wrappers;
 
 use crate::error::{Error, Result};
 use crate::graph::Shape;
@@ -99,6 +100,7 @@ const FAMILIES: &[&[(&str, BuildFn)]] = &[
     spatial::LAYERS,
     merge::LAYERS,
     recurrent::LAYERS,
+    wrappers::LAYERS,
 ];
 
 /// The build function for a Keras class, if kerac supports it.
@@ -132,7 +134,7 @@ pub struct LayerCtx<'a> {
     pub dialect: Dialect,
     /// Input shapes, batch first.
     pub inputs: &'a [Shape],
-    weights: &'a [&'a Tensor],
+    weights: Vec<&'a Tensor>,
     taken: usize,
     params: usize,
 }
@@ -149,7 +151,7 @@ impl<'a> LayerCtx<'a> {
             config,
             dialect,
             inputs,
-            weights,
+            weights: weights.to_vec(),
             taken: 0,
             params: 0,
         }
@@ -200,6 +202,57 @@ impl<'a> LayerCtx<'a> {
         self.params += t.data.len();
         ArrayD::from_shape_vec(IxDyn(shape), t.data.clone())
             .map_err(|e| Error::new(format!("weight `{name}`: {e}")))
+    }
+
+    /// Builds a wrapped layer (TimeDistributed's, an RNN's cell) from its own config
+    /// and input shapes, on the weights not taken yet; what it takes counts as taken.
+    pub fn nested<R>(
+        &mut self,
+        config: &Value,
+        inputs: &[Shape],
+        f: impl FnOnce(&mut LayerCtx) -> Result<R>,
+    ) -> Result<R> {
+        let rest = self.weights.get(self.taken..).unwrap_or_default();
+        let mut inner = LayerCtx::new(config, self.dialect, inputs, rest);
+        let result = f(&mut inner)?;
+        self.taken += inner.taken;
+        self.params += inner.params;
+        Ok(result)
+    }
+
+    /// Whether the file names this layer's weights only by position (the Keras 3
+    /// layout, where wrapped sublayers come in the order of their keys).
+    pub fn positional_weights(&self) -> bool {
+        self.weights.iter().all(|t| {
+            let last = t.name.rsplit('/').next().unwrap_or(&t.name);
+            last.bytes().all(|b| b.is_ascii_digit())
+        })
+    }
+
+    /// Reorders the weights not taken yet: `blocks` are their lengths in file order,
+    /// `order[i]` the file block the builder wants `i`-th.
+    pub fn reorder_weights(&mut self, blocks: &[usize], order: &[usize]) -> Result<()> {
+        let rest = self.weights.split_off(self.taken.min(self.weights.len()));
+        if blocks.iter().sum::<usize>() != rest.len() || order.len() != blocks.len() {
+            return Err(Error::new(format!(
+                "the file holds {} weights for the wrapped layers, their configs use {}",
+                rest.len(),
+                blocks.iter().sum::<usize>()
+            )));
+        }
+        let starts: Vec<usize> = blocks
+            .iter()
+            .scan(0, |at, &n| {
+                let s = *at;
+                *at += n;
+                Some(s)
+            })
+            .collect();
+        for &b in order {
+            let (start, n) = (starts[b], blocks[b]);
+            self.weights.extend_from_slice(&rest[start..start + n]);
+        }
+        Ok(())
     }
 
     /// Parameters taken so far; the builder checks nothing is left over.

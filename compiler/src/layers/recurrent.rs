@@ -22,6 +22,7 @@ pub const LAYERS: &[(&str, BuildFn)] = &[
     ("SimpleRNN", |ctx| build_single(ctx, "SimpleRNN")),
     ("LSTM", |ctx| build_single(ctx, "LSTM")),
     ("GRU", |ctx| build_single(ctx, "GRU")),
+    ("RNN", build_rnn),
     ("Bidirectional", build_bidirectional),
 ];
 
@@ -130,7 +131,14 @@ impl Direction {
             backwards: c.go_backwards,
             input_order: false,
         };
-        let width = p.gates() * units;
+        let width = p
+            .gates()
+            .checked_mul(units)
+            .ok_or_else(|| Error::new(format!("{units} units are more than kerac supports")))?;
+        // Every buffer the lowering makes must have a size kerac supports.
+        super::elements(&[units, width])?;
+        super::elements(&[batch, steps, width])?;
+        super::elements(&[batch, steps, 2 * units])?;
         let kernel = ctx.weight("kernel", &[input, width])?;
         let recurrent = ctx.weight("recurrent_kernel", &[units, width])?;
         let (bias, recurrent_bias) = match (c.use_bias, cell) {
@@ -179,6 +187,11 @@ impl Direction {
     /// Reference semantics: every step's state (`[batch, steps, state]`, rows as the
     /// kernel stores them), in f64.
     fn run(&self, x: &ArrayD<f32>) -> Vec<f64> {
+        self.run_from(x, &[])
+    }
+
+    /// [`Direction::run`] from initial states (`h`, then `c`), zeros where absent.
+    fn run_from(&self, x: &ArrayD<f32>, initial: &[&ArrayD<f32>]) -> Vec<f64> {
         let p = &self.p;
         let (units, width, state) = (p.units, p.gates() * p.units, p.state());
         let xs = x.as_slice().unwrap_or_default();
@@ -186,8 +199,19 @@ impl Direction {
         let u = self.recurrent.as_slice().unwrap_or_default();
         let f = |a: &Activation, v: f64| a.scalar(v);
         let mut rows = vec![0f64; p.batch * p.steps * state];
+        let init = |k: usize, b: usize| -> Vec<f64> {
+            match initial.get(k) {
+                Some(s) => s
+                    .iter()
+                    .skip(b * units)
+                    .take(units)
+                    .map(|&v| v as f64)
+                    .collect(),
+                None => vec![0f64; units],
+            }
+        };
         for b in 0..p.batch {
-            let (mut h, mut c) = (vec![0f64; units], vec![0f64; units]);
+            let (mut h, mut c) = (init(0, b), init(1, b));
             for s in 0..p.steps {
                 let (row, t) = p.rows(s);
                 let xt = &xs[(b * p.steps + t) * self.input..][..self.input];
@@ -311,6 +335,11 @@ impl Direction {
     /// Emits the projection and the recurrence; returns the value holding every
     /// step's state.
     fn lower_rows(&self, l: &mut Lower, x: ValueId) -> Result<ValueId> {
+        self.lower_rows_from(l, x, &[])
+    }
+
+    /// [`Direction::lower_rows`] with initial states from `given` values.
+    fn lower_rows_from(&self, l: &mut Lower, x: ValueId, given: &[ValueId]) -> Result<ValueId> {
         let p = self.p;
         let width = p.gates() * p.units;
         let projected = l.temp(p.batch * p.steps * width);
@@ -345,6 +374,11 @@ impl Direction {
         // Streaming (or `stateful=True`): the state comes from, and goes back to,
         // buffers that outlive the call.
         let keep = l.stream || self.stateful;
+        if keep && !given.is_empty() {
+            return Err(Error::new(
+                "initial states given as inputs and state kept between calls exclude each other",
+            ));
+        }
         if keep && p.backwards {
             return Err(Error::new(
                 "go_backwards needs the whole sequence: it cannot keep state from one call to the next",
@@ -358,12 +392,13 @@ impl Direction {
         };
         let mut inputs = vec![projected];
         inputs.extend(&states);
+        inputs.extend(given);
         l.step(
             Kernel::Recurrent {
                 p,
                 u,
                 rb,
-                initial: keep,
+                initial: keep || !given.is_empty(),
             },
             inputs,
             work,
@@ -410,40 +445,226 @@ impl Direction {
     }
 }
 
-/// SimpleRNN, LSTM or GRU on its own.
+/// SimpleRNN, LSTM or GRU, or an `RNN` layer over one cell or a stack of cells: each
+/// cell after the first reads the previous one's whole sequence.
 #[derive(Debug)]
-struct SingleOp {
-    dir: Direction,
+struct StackOp {
+    /// Initial states, when given, are the inputs after the sequence (first cell only).
+    cells: Vec<Direction>,
 }
 
-impl Op for SingleOp {
+impl StackOp {
+    fn outputs(&self) -> Vec<Shape> {
+        let last = self
+            .cells
+            .last()
+            .map(Direction::output_shape)
+            .unwrap_or_default();
+        let mut out = vec![last];
+        for c in &self.cells {
+            out.extend(c.state_shapes());
+        }
+        out
+    }
+}
+
+impl Op for StackOp {
     fn eval(&self, inputs: &[&ArrayD<f32>]) -> Vec<ArrayD<f32>> {
-        self.dir.outputs(&self.dir.run(inputs[0]))
+        let mut x = inputs[0].clone();
+        let mut states = Vec::new();
+        let mut main = Vec::new();
+        for (i, cell) in self.cells.iter().enumerate() {
+            let initial: Vec<&ArrayD<f32>> = if i == 0 {
+                inputs[1..].to_vec()
+            } else {
+                Vec::new()
+            };
+            let rows = cell.run_from(&x, &initial);
+            let mut out = cell.outputs(&rows);
+            states.extend(out.drain(1..));
+            main = out;
+            if i + 1 < self.cells.len() {
+                // The next cell reads this one's whole sequence.
+                let mut all = cell.clone();
+                all.return_sequences = true;
+                x = all.outputs(&rows).swap_remove(0);
+            }
+        }
+        main.extend(states);
+        main
     }
     fn flops(&self) -> u64 {
-        self.dir.flops()
+        self.cells.iter().map(Direction::flops).sum()
     }
     fn lower(&self, l: &mut Lower) -> Result<()> {
-        let x = l.inputs[0];
-        let work = self.dir.lower_rows(l, x)?;
-        let out = l.output(0);
-        self.dir.extract(l, work, out, self.dir.return_sequences, 0);
-        for i in 0..self.dir.state_shapes().len() {
-            let to = l.output(1 + i);
-            self.dir.extract(l, work, to, false, i * self.dir.p.units);
+        let mut x = l.inputs[0];
+        let initial: Vec<ValueId> = l.inputs[1..].to_vec();
+        let mut next_state = 1;
+        for (i, cell) in self.cells.iter().enumerate() {
+            let given = if i == 0 { initial.as_slice() } else { &[] };
+            let work = cell.lower_rows_from(l, x, given)?;
+            let last = i + 1 == self.cells.len();
+            if last {
+                let out = l.output(0);
+                cell.extract(l, work, out, cell.return_sequences, 0);
+            } else {
+                let p = &cell.p;
+                let seq = l.temp(p.batch * p.steps * p.units);
+                cell.extract(l, work, seq, true, 0);
+                x = seq;
+            }
+            for k in 0..cell.state_shapes().len() {
+                let to = l.output(next_state);
+                cell.extract(l, work, to, false, k * cell.p.units);
+                next_state += 1;
+            }
         }
         Ok(())
     }
 }
 
+/// Checks initial states given as inputs: `[batch, units]` each, one per state.
+fn initial_states(ctx: &LayerCtx, cell: &Direction) -> Result<usize> {
+    let given = &ctx.inputs[1..];
+    let want = if cell.p.cell == Cell::Lstm { 2 } else { 1 };
+    if given.is_empty() {
+        return Ok(0);
+    }
+    let shape = vec![cell.p.batch, cell.p.units];
+    if given.len() != want || given.iter().any(|s| *s != shape) {
+        return Err(Error::new(format!(
+            "initial states {given:?} given; expected {want} of shape {shape:?}"
+        )));
+    }
+    Ok(want)
+}
+
 fn build_single(ctx: &mut LayerCtx, class: &str) -> Result<Lowered> {
-    let shape = ctx.input()?.clone();
+    let shape = ctx
+        .inputs
+        .first()
+        .cloned()
+        .ok_or_else(|| Error::new("expected a sequence input"))?;
     let config = ctx.config;
     let dir = Direction::build(ctx, class, config, &shape)?;
-    let mut outputs = vec![dir.output_shape()];
-    outputs.extend(dir.state_shapes());
+    initial_states(ctx, &dir)?;
+    let op = StackOp { cells: vec![dir] };
+    let outputs = op.outputs();
     Ok(Lowered {
-        op: Box::new(SingleOp { dir }),
+        op: Box::new(op),
+        outputs,
+    })
+}
+
+/// `RNN(cell)` over a SimpleRNNCell, LSTMCell, GRUCell or StackedRNNCells.
+fn build_rnn(ctx: &mut LayerCtx) -> Result<Lowered> {
+    let shape = ctx
+        .inputs
+        .first()
+        .cloned()
+        .ok_or_else(|| Error::new("expected a sequence input"))?;
+    let cell = ctx
+        .config
+        .get("cell")
+        .ok_or_else(|| Error::new("config: missing `cell`"))?;
+    let class_of = |c: &Value| {
+        c.get("class_name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let cells: Vec<Value> = match class_of(cell).as_str() {
+        "StackedRNNCells" => cell
+            .get("config")
+            .and_then(|c| c.get("cells"))
+            .and_then(Value::as_array)
+            .cloned()
+            .ok_or_else(|| Error::new("config: StackedRNNCells without `cells`"))?,
+        _ => vec![cell.clone()],
+    };
+    let outer = ctx.config.clone();
+    if cells.len() > 1 && ctx.positional_weights() {
+        // Keras 3 stores stacked cells under keys made from their class names, so
+        // they come sorted by key, not in the stack's order.
+        let mut counts = std::collections::HashMap::new();
+        let keys: Vec<String> = cells
+            .iter()
+            .map(|c| {
+                let base = crate::keras::weights::snake_case(&class_of(c));
+                let n = counts.entry(base.clone()).or_insert(0);
+                *n += 1;
+                if *n == 1 {
+                    base
+                } else {
+                    format!("{base}_{}", *n - 1)
+                }
+            })
+            .collect();
+        let mut by_key: Vec<usize> = (0..cells.len()).collect();
+        by_key.sort_by(|&a, &b| keys[a].cmp(&keys[b]));
+        let uses_bias = |c: &Value| {
+            c.get("config")
+                .and_then(|c| c.get("use_bias"))
+                .and_then(Value::as_bool)
+                .unwrap_or(true)
+        };
+        let blocks: Vec<usize> = by_key
+            .iter()
+            .map(|&i| 2 + uses_bias(&cells[i]) as usize)
+            .collect();
+        let order: Vec<usize> = (0..cells.len())
+            .map(|i| by_key.iter().position(|&k| k == i).unwrap_or(i))
+            .collect();
+        ctx.reorder_weights(&blocks, &order)?;
+    }
+    let mut dirs: Vec<Direction> = Vec::new();
+    let mut input = shape;
+    for (i, c) in cells.iter().enumerate() {
+        let class = match class_of(c).as_str() {
+            "SimpleRNNCell" => "SimpleRNN",
+            "LSTMCell" => "LSTM",
+            "GRUCell" => "GRU",
+            other => {
+                return Err(Error::new(format!(
+                    "RNN over a `{other}` cell is not supported; expected SimpleRNNCell, LSTMCell, GRUCell or StackedRNNCells"
+                )))
+            }
+        };
+        // The cell's own options, with the RNN's sequence options over them.
+        let mut config = c.get("config").cloned().unwrap_or(Value::Null);
+        if let (Some(o), Some(outer)) = (config.as_object_mut(), outer.as_object()) {
+            for key in [
+                "return_sequences",
+                "return_state",
+                "go_backwards",
+                "stateful",
+            ] {
+                if let Some(v) = outer.get(key) {
+                    o.insert(key.into(), v.clone());
+                }
+            }
+            let last = i + 1 == cells.len();
+            if !last {
+                o.insert("return_sequences".into(), Value::from(true));
+            }
+            if i > 0 {
+                o.insert("go_backwards".into(), Value::from(false));
+            }
+        }
+        let dir = ctx.nested(&config, std::slice::from_ref(&input), |inner| {
+            Direction::build(inner, class, &config, &input)
+        })?;
+        input = vec![dir.p.batch, dir.p.steps, dir.p.units];
+        dirs.push(dir);
+    }
+    match dirs.first() {
+        Some(first) => initial_states(ctx, first)?,
+        None => return Err(Error::new("an RNN needs at least one cell")),
+    };
+    let op = StackOp { cells: dirs };
+    let outputs = op.outputs();
+    Ok(Lowered {
+        op: Box::new(op),
         outputs,
     })
 }
