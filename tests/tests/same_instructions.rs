@@ -23,6 +23,8 @@ const FIXTURES: &[&str] = &[
     "gru_classifier/k3.keras",
     "recurrent_options/k3.keras",
     "bidirectional/k2.h5",
+    "embedding_tagger/k3.keras",
+    "recurrent_wrappers/k3.keras",
 ];
 const INPUTS: &[&str] = &["zeros", "huge", "nan", "inf", "denormal", "random"];
 

@@ -491,6 +491,14 @@ fn emit_step(
             params(p, "kerac::shape::Resample")?,
             quote!(kerac::shape::resample(&#name, x0, y)),
         ),
+        Kernel::Gather { p, table } => (
+            quote!(kerac::shape::Gather),
+            params(p, "kerac::shape::Gather")?,
+            {
+                let t = weight(*table);
+                quote!(kerac::shape::gather(&#name, x0, #t, y))
+            },
+        ),
         Kernel::Recurrent { p, u, rb, initial } => (
             quote!(kerac::recurrent::Recurrent),
             params(p, "kerac::recurrent::Recurrent")?,

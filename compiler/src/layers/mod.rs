@@ -8,6 +8,7 @@
 pub mod activation;
 pub mod conv;
 pub mod core;
+pub mod embedding;
 pub mod geometry;
 pub mod merge;
 pub mod norm;
@@ -101,6 +102,7 @@ const FAMILIES: &[&[(&str, BuildFn)]] = &[
     merge::LAYERS,
     recurrent::LAYERS,
     wrappers::LAYERS,
+    embedding::LAYERS,
 ];
 
 /// The build function for a Keras class, if kerac supports it.

@@ -183,6 +183,7 @@ fn call(plan: &Plan, step: &Step, arena: &mut [f32]) -> Result<()> {
                 Kernel::UnitNorm(p) => norm::unit_norm(p, x, y),
                 Kernel::StridedCopy(p) => shape::strided_copy(p, x, y),
                 Kernel::Resample(p) => shape::resample(p, x, y),
+                Kernel::Gather { p, table } => shape::gather(p, x, w(*table), y),
                 Kernel::Recurrent { .. } => {}
                 Kernel::Merge { .. } | Kernel::Concat { .. } | Kernel::BatchDot(_) => {}
             }

@@ -89,6 +89,8 @@ pub enum Kernel {
     StridedCopy(shape::Strided),
     /// `kerac::shape::resample`.
     Resample(shape::Resample),
+    /// `kerac::shape::gather`.
+    Gather { p: shape::Gather, table: WeightId },
     /// `kerac::recurrent::recurrent`: input projections in, every step's state out;
     /// with `initial`, the initial `h` (and `c`) are the step's next inputs.
     Recurrent {
@@ -120,6 +122,7 @@ impl Kernel {
             Kernel::BatchDot(_) => "batch_dot",
             Kernel::StridedCopy(_) => "strided_copy",
             Kernel::Resample(_) => "resample",
+            Kernel::Gather { .. } => "gather",
             Kernel::Recurrent { .. } => "recurrent",
         }
     }
@@ -133,6 +136,7 @@ impl Kernel {
             | Kernel::Conv { w, b, .. }
             | Kernel::ConvTranspose { w, b, .. } => std::iter::once(*w).chain(*b).collect(),
             Kernel::Recurrent { u, rb, .. } => std::iter::once(*u).chain(*rb).collect(),
+            Kernel::Gather { table, .. } => vec![*table],
             Kernel::ScaleShift { scale, offset, .. } => vec![*scale, *offset],
             Kernel::Prelu { alpha, .. } => vec![*alpha],
             Kernel::LayerNorm { gamma, beta, .. } | Kernel::GroupNorm { gamma, beta, .. } => {
@@ -209,6 +213,7 @@ impl Kernel {
             ],
             Kernel::BatchDot(p) => vec![("batch", p.batch), ("m", p.m), ("n", p.n), ("k", p.k)],
             Kernel::StridedCopy(p) => vec![("elements", p.shape.iter().product())],
+            Kernel::Gather { p, .. } => vec![("indices", p.indices), ("dim", p.dim)],
             Kernel::Recurrent { p, .. } => vec![
                 ("batch", p.batch),
                 ("steps", p.steps),

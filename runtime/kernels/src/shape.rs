@@ -169,3 +169,43 @@ pub fn resample(p: &Resample, x: &[f32], y: &mut [f32]) {
         }
     }
 }
+
+/// Rows of a table picked by index: Embedding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gather {
+    /// Indices per call.
+    pub indices: usize,
+    /// Rows in the table (Embedding's `input_dim`).
+    pub vocab: usize,
+    /// Floats per row (`output_dim`).
+    pub dim: usize,
+}
+
+/// `y[i] = table[x[i]]`. An index is truncated to an integer and clamped into the
+/// table (NaN reads row 0), so no input reads outside it; the loads' addresses depend
+/// on the data, the instruction path does not.
+#[inline]
+pub fn gather(p: &Gather, x: &[f32], table: &[f32], y: &mut [f32]) {
+    if p.vocab == 0
+        || x.len() < p.indices
+        || table.len() < p.vocab * p.dim
+        || y.len() < p.indices * p.dim
+    {
+        return;
+    }
+    let last = (p.vocab - 1) as f32;
+    for (i, &v) in x.iter().take(p.indices).enumerate() {
+        // fmax/fmin put NaN at 0 and keep the index inside the table.
+        let row = crate::act::fmin(crate::act::fmax(v, 0.0), last) as usize;
+        // SAFETY: row < vocab and i < indices, checked against the lengths above.
+        let (from, to) = unsafe {
+            (
+                crate::simd::part(table, row * p.dim, p.dim),
+                crate::simd::part_mut(y, i * p.dim, p.dim),
+            )
+        };
+        for (d, &t) in to.iter_mut().zip(from) {
+            *d = t;
+        }
+    }
+}

@@ -395,6 +395,7 @@ pub(super) fn step(fx: &mut Fx, plan: &Plan, wl: &WeightLayout, step: &Step) {
             merge(fx, Fold::Add, &p.shape, &[p.strides], &[x.add(p.offset)], y)
         }
         Kernel::Resample(p) => resample(fx, p, x, y),
+        Kernel::Gather { p, table } => gather(fx, p, x, weight(*table), y),
         Kernel::Recurrent { p, u, rb, initial } => {
             let init = |i: usize| xs.get(i).copied().filter(|_| *initial);
             super::kernels_recurrent::recurrent(
@@ -838,6 +839,27 @@ fn resample(fx: &mut Fx, p: &kerac::shape::Resample, x: Addr, y: Addr) {
                 }
             }
         }
+    });
+}
+
+/// Embedding rows by index, as the runtime: truncated, clamped into the table (NaN to
+/// row 0) with max/min, so only the load addresses depend on the data.
+fn gather(fx: &mut Fx, p: &kerac::shape::Gather, x: Addr, table: Addr, y: Addr) {
+    if p.vocab == 0 {
+        return;
+    }
+    let last = (p.vocab - 1) as f32;
+    fx.for_n(p.indices, |fx, i| {
+        let xa = fx.at(x, &[(i, 1)]);
+        let v = fx.load(types::F32, xa);
+        let zero = fx.splat(types::F32, 0.0);
+        let top = fx.splat(types::F32, last);
+        let v = fx.max(v, zero);
+        let v = fx.min(v, top);
+        let row = fx.b.ins().fcvt_to_uint_sat(types::I64, v);
+        let from = fx.at(table, &[(row, p.dim)]);
+        let to = fx.at(y, &[(i, p.dim)]);
+        copy(fx, from, to, p.dim);
     });
 }
 
