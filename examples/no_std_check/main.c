@@ -12,6 +12,8 @@ int norms_run(void *, const float *const *, const size_t *, size_t, float *const
 int merges_run(void *, const float *const *, const size_t *, size_t, float *const *, const size_t *, size_t);
 int recurrent_run(void *, const float *const *, const size_t *, size_t, float *const *, const size_t *, size_t);
 int bidirectional_run(void *, const float *const *, const size_t *, size_t, float *const *, const size_t *, size_t);
+int transformer_run(void *, const float *const *, const size_t *, size_t, float *const *, const size_t *, size_t);
+int tagger_run(void *, const float *const *, const size_t *, size_t, float *const *, const size_t *, size_t);
 
 int main(void) {
     float x[12] = {0}, y[10];
@@ -22,7 +24,8 @@ int main(void) {
     /* The other entry points are linked (so their code is checked) but only the MLP is
      * run here; the conformance tests run them all. */
     void *volatile keep[] = {(void *)resnet_run, (void *)shapes_run, (void *)transpose_run, (void *)norms_run, (void *)merges_run,
-                           (void *)recurrent_run, (void *)bidirectional_run};
+                           (void *)recurrent_run, (void *)bidirectional_run,
+                           (void *)transformer_run, (void *)tagger_run};
     (void)keep;
     return (sum > 0.999f && sum < 1.001f) ? 0 : 1;
 }

@@ -25,6 +25,8 @@ const FIXTURES: &[&str] = &[
     "bidirectional/k2.h5",
     "embedding_tagger/k3.keras",
     "recurrent_wrappers/k3.keras",
+    "transformer_block/k3.keras",
+    "attention_layers/k2.h5",
 ];
 const INPUTS: &[&str] = &["zeros", "huge", "nan", "inf", "denormal", "random"];
 

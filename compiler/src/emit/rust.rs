@@ -491,6 +491,11 @@ fn emit_step(
             params(p, "kerac::shape::Resample")?,
             quote!(kerac::shape::resample(&#name, x0, y)),
         ),
+        Kernel::Attention(p) => (
+            quote!(kerac::attention::Attention),
+            params(p, "kerac::attention::Attention")?,
+            quote!(kerac::attention::attention(&#name, x0, x1, x2, y)),
+        ),
         Kernel::Gather { p, table } => (
             quote!(kerac::shape::Gather),
             params(p, "kerac::shape::Gather")?,

@@ -349,6 +349,7 @@ impl Builder<'_> {
             .map(|&t| self.tensors[t].shape.clone())
             .collect();
         let mut ctx = LayerCtx::new(&layer.config, self.dialect, &shapes, &found.vars);
+        ctx.call = layer.call_options.get(call).cloned().unwrap_or(Value::Null);
         let lowered = build(&mut ctx)?;
         let params = ctx.finish()?;
         for shape in &lowered.outputs {

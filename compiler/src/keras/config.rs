@@ -27,6 +27,8 @@ pub struct LayerEntry {
     pub config: Value,
     /// For each call, the tensors passed in, in order.
     pub calls: Vec<Vec<TensorRef>>,
+    /// For each call, its keyword options (`use_causal_mask`, ...), or null.
+    pub call_options: Vec<Value>,
     /// For a nested model, its parsed config.
     pub model: Option<Box<ModelConfig>>,
 }
@@ -114,6 +116,7 @@ fn parse_entry(raw: &Value, depth: usize, fallback_name: String) -> Result<Layer
         class,
         config,
         calls: Vec::new(),
+        call_options: Vec::new(),
         model,
     })
 }
@@ -148,6 +151,7 @@ fn parse_sequential(
                 class: "InputLayer".into(),
                 config: serde_json::json!({ "batch_shape": shape, "name": input_name }),
                 calls: Vec::new(),
+                call_options: Vec::new(),
                 model: None,
             },
         );
@@ -197,6 +201,14 @@ fn parse_functional(
         for node in &nodes {
             let call = parse_node(node).map_err(|e| e.in_layer(&entry.name, &entry.class))?;
             entry.calls.push(call);
+            // Keras 3 keeps keyword arguments beside the tensors; Keras 2 in each
+            // tensor reference's fourth element.
+            let options = node
+                .get("kwargs")
+                .or_else(|| node.get(0).and_then(|r| r.get(3)))
+                .cloned()
+                .unwrap_or(Value::Null);
+            entry.call_options.push(options);
         }
         entries.push(entry);
     }
@@ -230,20 +242,53 @@ fn parse_node(node: &Value) -> Result<Vec<TensorRef>> {
     if let Some(args) = node.get("args") {
         let mut out = Vec::new();
         collect_keras_tensors(args, &mut out, 0)?;
-        // Recurrent layers take their initial states by keyword: they follow the
-        // sequence as further inputs.
-        if let Some(states) = node.get("kwargs").and_then(|k| k.get("initial_state")) {
-            collect_keras_tensors(states, &mut out, 0)?;
+        // Tensors passed by keyword follow the positional ones: attention's value and
+        // key, recurrent layers' initial states.
+        for key in KEYWORD_TENSORS {
+            if let Some(t) = node.get("kwargs").and_then(|k| k.get(key)) {
+                collect_keras_tensors(t, &mut out, 0)?;
+            }
         }
         return Ok(out);
     }
     match node.as_array() {
-        Some(items) => items.iter().map(tensor_ref).collect(),
+        Some(items) => {
+            let mut out = items.iter().map(tensor_ref).collect::<Result<Vec<_>>>()?;
+            // Keras 2 keeps keyword tensors in the first reference's options.
+            if let Some(options) = items.first().and_then(|r| r.get(3)) {
+                for key in KEYWORD_TENSORS {
+                    collect_keras2_refs(options.get(key), &mut out, 0)?;
+                }
+            }
+            Ok(out)
+        }
         None => Err(Error::new(format!(
             "unreadable inbound node: {}",
             short(node)
         ))),
     }
+}
+
+/// Keyword arguments that carry tensors, in the order they become inputs.
+const KEYWORD_TENSORS: [&str; 3] = ["value", "key", "initial_state"];
+
+/// Keras 2 references (`[name, node, index]`, or lists of them) under a keyword.
+fn collect_keras2_refs(v: Option<&Value>, out: &mut Vec<TensorRef>, depth: usize) -> Result<()> {
+    if depth > MAX_NESTING {
+        return Err(Error::new("call arguments nest too deeply"));
+    }
+    match v {
+        Some(Value::Array(items)) if items.first().is_some_and(Value::is_string) => {
+            out.push(tensor_ref(&Value::Array(items.clone()))?);
+        }
+        Some(Value::Array(items)) => {
+            for item in items {
+                collect_keras2_refs(Some(item), out, depth + 1)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 fn collect_keras_tensors(v: &Value, out: &mut Vec<TensorRef>, depth: usize) -> Result<()> {

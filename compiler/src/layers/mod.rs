@@ -6,6 +6,7 @@
 //! knows its reference semantics, its output shapes and its cost.
 
 pub mod activation;
+pub mod attention;
 pub mod conv;
 pub mod core;
 pub mod embedding;
@@ -103,6 +104,7 @@ const FAMILIES: &[&[(&str, BuildFn)]] = &[
     recurrent::LAYERS,
     wrappers::LAYERS,
     embedding::LAYERS,
+    attention::LAYERS,
 ];
 
 /// The build function for a Keras class, if kerac supports it.
@@ -139,6 +141,8 @@ pub struct LayerCtx<'a> {
     weights: Vec<&'a Tensor>,
     taken: usize,
     params: usize,
+    /// The call's keyword options (`use_causal_mask`, ...), or null.
+    pub call: Value,
 }
 
 impl<'a> LayerCtx<'a> {
@@ -156,6 +160,7 @@ impl<'a> LayerCtx<'a> {
             weights: weights.to_vec(),
             taken: 0,
             params: 0,
+            call: Value::Null,
         }
     }
 

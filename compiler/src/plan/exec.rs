@@ -5,7 +5,7 @@
 use super::{Kernel, Plan, Step};
 use crate::error::{Error, Result};
 use kerac::arena::{views, Region};
-use kerac::{conv, dense, merge, norm, pool, recurrent, shape};
+use kerac::{attention, conv, dense, merge, norm, pool, recurrent, shape};
 use ndarray::{ArrayD, IxDyn};
 
 /// Runs the plan once at its batch size. `inputs` are in Keras's order.
@@ -144,6 +144,13 @@ fn call(plan: &Plan, step: &Step, arena: &mut [f32]) -> Result<()> {
             let init = |i: usize| (*initial && reads.len() > i).then_some(ins[i]);
             recurrent::recurrent(p, ins[0], w(*u), ow(*rb), init(1), init(2), y);
         }
+        Kernel::Attention(p) => {
+            let reads = [0, 1, 2].map(|i| region(plan, step.inputs[i]));
+            // Key and value may be one buffer: reads may overlap.
+            let (ins, y) =
+                views(arena, reads, region(plan, step.output)).ok_or_else(bad_regions)?;
+            attention::attention(p, ins[0], ins[1], ins[2], y);
+        }
         Kernel::BatchDot(p) => {
             let ([a, b], out) = views(
                 arena,
@@ -185,7 +192,10 @@ fn call(plan: &Plan, step: &Step, arena: &mut [f32]) -> Result<()> {
                 Kernel::Resample(p) => shape::resample(p, x, y),
                 Kernel::Gather { p, table } => shape::gather(p, x, w(*table), y),
                 Kernel::Recurrent { .. } => {}
-                Kernel::Merge { .. } | Kernel::Concat { .. } | Kernel::BatchDot(_) => {}
+                Kernel::Merge { .. }
+                | Kernel::Concat { .. }
+                | Kernel::BatchDot(_)
+                | Kernel::Attention(_) => {}
             }
         }
     }

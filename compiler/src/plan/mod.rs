@@ -89,6 +89,8 @@ pub enum Kernel {
     StridedCopy(shape::Strided),
     /// `kerac::shape::resample`.
     Resample(shape::Resample),
+    /// `kerac::attention::attention` on `[query, key, value]`.
+    Attention(kerac::attention::Attention),
     /// `kerac::shape::gather`.
     Gather { p: shape::Gather, table: WeightId },
     /// `kerac::recurrent::recurrent`: input projections in, every step's state out;
@@ -123,6 +125,7 @@ impl Kernel {
             Kernel::StridedCopy(_) => "strided_copy",
             Kernel::Resample(_) => "resample",
             Kernel::Gather { .. } => "gather",
+            Kernel::Attention(_) => "attention",
             Kernel::Recurrent { .. } => "recurrent",
         }
     }
@@ -151,7 +154,8 @@ impl Kernel {
             | Kernel::Concat { .. }
             | Kernel::BatchDot(_)
             | Kernel::StridedCopy(_)
-            | Kernel::Resample(_) => Vec::new(),
+            | Kernel::Resample(_)
+            | Kernel::Attention(_) => Vec::new(),
         }
     }
 
@@ -214,6 +218,13 @@ impl Kernel {
             Kernel::BatchDot(p) => vec![("batch", p.batch), ("m", p.m), ("n", p.n), ("k", p.k)],
             Kernel::StridedCopy(p) => vec![("elements", p.shape.iter().product())],
             Kernel::Gather { p, .. } => vec![("indices", p.indices), ("dim", p.dim)],
+            Kernel::Attention(p) => vec![
+                ("batch", p.batch),
+                ("queries", p.tq),
+                ("heads", p.heads),
+                ("keys", p.tk),
+                ("dk+dv", p.dk + p.dv),
+            ],
             Kernel::Recurrent { p, .. } => vec![
                 ("batch", p.batch),
                 ("steps", p.steps),

@@ -11,6 +11,8 @@ kerac::model!(pub Norms = "../../tests/fixtures/normalization/k3.keras");
 kerac::model!(pub Merges = "../../tests/fixtures/merge/k3.keras");
 kerac::model!(pub Recurrent = "../../tests/fixtures/recurrent_options/k3.keras");
 kerac::model!(pub Bidirectional = "../../tests/fixtures/bidirectional/k3.keras");
+kerac::model!(pub Transformer = "../../tests/fixtures/transformer_block/k3.keras");
+kerac::model!(pub Tagger = "../../tests/fixtures/embedding_tagger/k3.keras");
 
 static mut MLP: Mlp = Mlp::new();
 
@@ -74,6 +76,8 @@ export_run!(norms_run, Norms);
 export_run!(merges_run, Merges);
 export_run!(recurrent_run, Recurrent);
 export_run!(bidirectional_run, Bidirectional);
+export_run!(transformer_run, Transformer);
+export_run!(tagger_run, Tagger);
 
 #[panic_handler]
 fn panic(_: &core::panic::PanicInfo) -> ! {

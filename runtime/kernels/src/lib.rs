@@ -10,6 +10,7 @@
 
 pub mod act;
 pub mod arena;
+pub mod attention;
 pub mod conv;
 pub mod dense;
 pub mod lanes;

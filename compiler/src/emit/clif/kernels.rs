@@ -396,6 +396,7 @@ pub(super) fn step(fx: &mut Fx, plan: &Plan, wl: &WeightLayout, step: &Step) {
         }
         Kernel::Resample(p) => resample(fx, p, x, y),
         Kernel::Gather { p, table } => gather(fx, p, x, weight(*table), y),
+        Kernel::Attention(p) => super::kernels_norm::attention(fx, p, [xs[0], xs[1], xs[2]], y),
         Kernel::Recurrent { p, u, rb, initial } => {
             let init = |i: usize| xs.get(i).copied().filter(|_| *initial);
             super::kernels_recurrent::recurrent(
