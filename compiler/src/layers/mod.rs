@@ -7,6 +7,7 @@
 
 pub mod activation;
 pub mod attention;
+pub mod bidirectional;
 pub mod conv;
 pub mod core;
 pub mod embedding;
@@ -102,6 +103,7 @@ const FAMILIES: &[&[(&str, BuildFn)]] = &[
     spatial::LAYERS,
     merge::LAYERS,
     recurrent::LAYERS,
+    bidirectional::LAYERS,
     wrappers::LAYERS,
     embedding::LAYERS,
     attention::LAYERS,

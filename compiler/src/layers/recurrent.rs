@@ -11,7 +11,7 @@ use super::{tensor, BuildFn, LayerCtx, Lowered, Op, Weight};
 use crate::error::{Error, Result};
 use crate::graph::Shape;
 use crate::plan::{Kernel, Lower, ValueId};
-use kerac::merge::{Fold, RANK};
+use kerac::merge::RANK;
 use kerac::recurrent::{Cell, Recurrent};
 use ndarray::ArrayD;
 use serde::Deserialize;
@@ -23,13 +23,12 @@ pub const LAYERS: &[(&str, BuildFn)] = &[
     ("LSTM", |ctx| build_single(ctx, "LSTM")),
     ("GRU", |ctx| build_single(ctx, "GRU")),
     ("RNN", build_rnn),
-    ("Bidirectional", build_bidirectional),
 ];
 
 /// One direction of a recurrent layer with fixed sizes.
 #[derive(Debug, Clone)]
-struct Direction {
-    p: Recurrent,
+pub(super) struct Direction {
+    pub(super) p: Recurrent,
     act: Activation,
     rec_act: Activation,
     /// `[input, gates * units]`.
@@ -41,10 +40,10 @@ struct Direction {
     /// `[gates * units]`: a `reset_after` GRU's recurrent bias.
     recurrent_bias: Option<Weight>,
     input: usize,
-    return_sequences: bool,
+    pub(super) return_sequences: bool,
     return_state: bool,
     /// Keeps its state from one call to the next (`stateful=True`).
-    stateful: bool,
+    pub(super) stateful: bool,
 }
 
 #[derive(Deserialize)]
@@ -72,7 +71,12 @@ fn yes() -> bool {
 
 impl Direction {
     /// Reads one recurrent layer's config and weights for an input of `shape`.
-    fn build(ctx: &mut LayerCtx, class: &str, config: &Value, shape: &Shape) -> Result<Direction> {
+    pub(super) fn build(
+        ctx: &mut LayerCtx,
+        class: &str,
+        config: &Value,
+        shape: &Shape,
+    ) -> Result<Direction> {
         let c: Config =
             Config::deserialize(config).map_err(|e| Error::new(format!("config: {e}")))?;
         if c.time_major {
@@ -169,7 +173,7 @@ impl Direction {
     }
 
     /// The main output's shape.
-    fn output_shape(&self) -> Shape {
+    pub(super) fn output_shape(&self) -> Shape {
         let p = &self.p;
         if self.return_sequences {
             vec![p.batch, p.steps, p.units]
@@ -179,19 +183,19 @@ impl Direction {
     }
 
     /// Shapes of the states `return_state` adds.
-    fn state_shapes(&self) -> Vec<Shape> {
+    pub(super) fn state_shapes(&self) -> Vec<Shape> {
         let n = if self.p.cell == Cell::Lstm { 2 } else { 1 };
         vec![vec![self.p.batch, self.p.units]; if self.return_state { n } else { 0 }]
     }
 
     /// Reference semantics: every step's state (`[batch, steps, state]`, rows as the
     /// kernel stores them), in f64.
-    fn run(&self, x: &ArrayD<f32>) -> Vec<f64> {
+    pub(super) fn run(&self, x: &ArrayD<f32>) -> Vec<f64> {
         self.run_from(x, &[])
     }
 
     /// [`Direction::run`] from initial states (`h`, then `c`), zeros where absent.
-    fn run_from(&self, x: &ArrayD<f32>, initial: &[&ArrayD<f32>]) -> Vec<f64> {
+    pub(super) fn run_from(&self, x: &ArrayD<f32>, initial: &[&ArrayD<f32>]) -> Vec<f64> {
         let p = &self.p;
         let (units, width, state) = (p.units, p.gates() * p.units, p.state());
         let xs = x.as_slice().unwrap_or_default();
@@ -291,12 +295,12 @@ impl Direction {
     }
 
     /// Where the last processed step's state row is.
-    fn last_row(&self) -> usize {
+    pub(super) fn last_row(&self) -> usize {
         self.p.rows(self.p.steps - 1).0
     }
 
     /// The main output and the states, from the rows [`Direction::run`] gives.
-    fn outputs(&self, rows: &[f64]) -> Vec<ArrayD<f32>> {
+    pub(super) fn outputs(&self, rows: &[f64]) -> Vec<ArrayD<f32>> {
         let p = &self.p;
         let (units, state) = (p.units, p.state());
         let pick = |row: usize, from: usize| -> Vec<f32> {
@@ -325,7 +329,7 @@ impl Direction {
         out
     }
 
-    fn flops(&self) -> u64 {
+    pub(super) fn flops(&self) -> u64 {
         let p = &self.p;
         let width = (p.gates() * p.units) as u64;
         let per_step = 2 * (self.input as u64 + p.units as u64) * width + 8 * p.units as u64;
@@ -334,12 +338,17 @@ impl Direction {
 
     /// Emits the projection and the recurrence; returns the value holding every
     /// step's state.
-    fn lower_rows(&self, l: &mut Lower, x: ValueId) -> Result<ValueId> {
+    pub(super) fn lower_rows(&self, l: &mut Lower, x: ValueId) -> Result<ValueId> {
         self.lower_rows_from(l, x, &[])
     }
 
     /// [`Direction::lower_rows`] with initial states from `given` values.
-    fn lower_rows_from(&self, l: &mut Lower, x: ValueId, given: &[ValueId]) -> Result<ValueId> {
+    pub(super) fn lower_rows_from(
+        &self,
+        l: &mut Lower,
+        x: ValueId,
+        given: &[ValueId],
+    ) -> Result<ValueId> {
         let p = self.p;
         let width = p.gates() * p.units;
         let projected = l.temp(p.batch * p.steps * width);
@@ -412,7 +421,14 @@ impl Direction {
 
     /// Copies `units` floats per step (or of the last step) starting `from` floats
     /// into each state row of `work`, into `to`.
-    fn extract(&self, l: &mut Lower, work: ValueId, to: ValueId, sequence: bool, from: usize) {
+    pub(super) fn extract(
+        &self,
+        l: &mut Lower,
+        work: ValueId,
+        to: ValueId,
+        sequence: bool,
+        from: usize,
+    ) {
         let p = &self.p;
         let state = p.state();
         let (shape, strides, offset) = if sequence {
@@ -663,225 +679,6 @@ fn build_rnn(ctx: &mut LayerCtx) -> Result<Lowered> {
     };
     let op = StackOp { cells: dirs };
     let outputs = op.outputs();
-    Ok(Lowered {
-        op: Box::new(op),
-        outputs,
-    })
-}
-
-/// How Bidirectional combines its two halves.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum MergeMode {
-    Concat,
-    Fold(Fold),
-    /// Both halves as separate outputs.
-    None,
-}
-
-#[derive(Debug)]
-struct BidirectionalOp {
-    forward: Direction,
-    backward: Direction,
-    mode: MergeMode,
-}
-
-impl BidirectionalOp {
-    fn merged_shape(&self) -> Shape {
-        let mut s = self.forward.output_shape();
-        if self.mode == MergeMode::Concat {
-            *s.last_mut().unwrap_or(&mut 0) *= 2;
-        }
-        s
-    }
-}
-
-impl Op for BidirectionalOp {
-    fn eval(&self, inputs: &[&ArrayD<f32>]) -> Vec<ArrayD<f32>> {
-        let f = self.forward.outputs(&self.forward.run(inputs[0]));
-        let b = self.backward.outputs(&self.backward.run(inputs[0]));
-        let (fy, by) = (&f[0], &b[0]);
-        let mut out = match self.mode {
-            MergeMode::None => vec![fy.clone(), by.clone()],
-            MergeMode::Concat => {
-                let n = self.forward.p.units;
-                let rows = fy.len() / n.max(1);
-                let (fs, bs) = (
-                    fy.as_slice().unwrap_or_default(),
-                    by.as_slice().unwrap_or_default(),
-                );
-                let data = (0..rows)
-                    .flat_map(|r| {
-                        fs[r * n..(r + 1) * n]
-                            .iter()
-                            .chain(&bs[r * n..(r + 1) * n])
-                            .copied()
-                    })
-                    .collect();
-                vec![tensor(&self.merged_shape(), data)]
-            }
-            MergeMode::Fold(fold) => {
-                let data = fy
-                    .iter()
-                    .zip(by.iter())
-                    .map(|(&a, &b)| match fold {
-                        Fold::Multiply => a * b,
-                        Fold::Average => (a + b) * 0.5,
-                        _ => a + b,
-                    })
-                    .collect();
-                vec![tensor(&self.merged_shape(), data)]
-            }
-        };
-        out.extend(f.into_iter().skip(1));
-        out.extend(b.into_iter().skip(1));
-        out
-    }
-    fn flops(&self) -> u64 {
-        let merge = match self.mode {
-            MergeMode::Fold(_) => self.forward.output_shape().iter().product::<usize>() as u64,
-            _ => 0,
-        };
-        self.forward.flops() + self.backward.flops() + merge
-    }
-    fn lower(&self, l: &mut Lower) -> Result<()> {
-        let x = l.inputs[0];
-        let (f, b) = (&self.forward, &self.backward);
-        if l.stream || f.stateful {
-            return Err(Error::new(
-                "Bidirectional needs the whole sequence: it cannot run one step per call",
-            ));
-        }
-        let fw = f.lower_rows(l, x)?;
-        let bw = b.lower_rows(l, x)?;
-        let halves = match self.mode {
-            MergeMode::None => [l.output(0), l.output(1)],
-            _ => {
-                let len: usize = f.output_shape().iter().product();
-                [l.temp(len), l.temp(len)]
-            }
-        };
-        f.extract(l, fw, halves[0], f.return_sequences, 0);
-        b.extract(l, bw, halves[1], b.return_sequences, 0);
-        let shape = f.output_shape();
-        let len: usize = shape.iter().product();
-        match self.mode {
-            MergeMode::None => {}
-            MergeMode::Concat => {
-                let n = f.p.units;
-                let out = l.output(0);
-                l.step(
-                    Kernel::Concat {
-                        outer: len / n,
-                        parts: vec![n, n],
-                    },
-                    halves.to_vec(),
-                    out,
-                    0,
-                );
-            }
-            MergeMode::Fold(fold) => {
-                let out = l.output(0);
-                let flat = crate::plan::lower::padded(&[len])?;
-                let mut strides = [0; RANK];
-                strides[RANK - 1] = 1;
-                l.step(
-                    Kernel::Merge {
-                        fold,
-                        shape: flat,
-                        strides: vec![strides, strides],
-                    },
-                    halves.to_vec(),
-                    out,
-                    len as u64,
-                );
-            }
-        }
-        let first_state = if self.mode == MergeMode::None { 2 } else { 1 };
-        let mut next = first_state;
-        for d in [f, b] {
-            let works = if std::ptr::eq(d, f) { fw } else { bw };
-            for i in 0..d.state_shapes().len() {
-                let to = l.output(next);
-                d.extract(l, works, to, false, i * d.p.units);
-                next += 1;
-            }
-        }
-        Ok(())
-    }
-}
-
-fn build_bidirectional(ctx: &mut LayerCtx) -> Result<Lowered> {
-    let shape = ctx.input()?.clone();
-    let layer = ctx
-        .config
-        .get("layer")
-        .ok_or_else(|| Error::new("config: missing `layer`"))?;
-    let class = layer
-        .get("class_name")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let inner = layer.get("config").cloned().unwrap_or(Value::Null);
-    let (back_class, back_config) = match ctx.config.get("backward_layer") {
-        Some(b) if !b.is_null() => (
-            b.get("class_name")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string(),
-            b.get("config").cloned().unwrap_or(Value::Null),
-        ),
-        _ => {
-            let mut c = inner.clone();
-            let back = !c
-                .get("go_backwards")
-                .and_then(Value::as_bool)
-                .unwrap_or(false);
-            if let Some(o) = c.as_object_mut() {
-                o.insert("go_backwards".into(), Value::from(back));
-            }
-            (class.to_string(), c)
-        }
-    };
-    let mode = match ctx.config.get("merge_mode") {
-        None => MergeMode::Concat,
-        Some(Value::Null) => MergeMode::None,
-        Some(v) => match v.as_str() {
-            Some("concat") => MergeMode::Concat,
-            Some("sum") => MergeMode::Fold(Fold::Add),
-            Some("mul") => MergeMode::Fold(Fold::Multiply),
-            Some("ave") => MergeMode::Fold(Fold::Average),
-            _ => {
-                return Err(Error::new(format!(
-                    "merge_mode {v} is not one of concat, sum, mul, ave, None"
-                )))
-            }
-        },
-    };
-    let forward = Direction::build(ctx, class, &inner, &shape)?;
-    let mut backward = Direction::build(ctx, &back_class, &back_config, &shape)?;
-    if !backward.p.backwards || forward.p.backwards {
-        return Err(Error::new(
-            "Bidirectional over a layer with go_backwards=True is not supported",
-        ));
-    }
-    if forward.p.units != backward.p.units || forward.return_sequences != backward.return_sequences
-    {
-        return Err(Error::new(
-            "Bidirectional halves with different units or return_sequences are not supported",
-        ));
-    }
-    // Keras turns the backward half's sequence back into input order.
-    backward.p.input_order = true;
-    let op = BidirectionalOp {
-        forward,
-        backward,
-        mode,
-    };
-    let mut outputs = match mode {
-        MergeMode::None => vec![op.forward.output_shape(), op.backward.output_shape()],
-        _ => vec![op.merged_shape()],
-    };
-    outputs.extend(op.forward.state_shapes());
-    outputs.extend(op.backward.state_shapes());
     Ok(Lowered {
         op: Box::new(op),
         outputs,
