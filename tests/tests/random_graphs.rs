@@ -280,6 +280,78 @@ fn draw(
             let interpolation = rng.pick(&["nearest", "bilinear"]);
             b.add(class, json!({"padding": [[1, 0], [0, 2]], "size": [2, 1], "interpolation": interpolation, "cropping": [[1, 0], [0, 1]]}), &[input], vec![])
         }
+        (3, 10) => {
+            // A recurrent layer, on its own or in both directions.
+            let class = rng.pick(&["SimpleRNN", "LSTM", "GRU"]);
+            let units = 1 + rng.below(8);
+            let gates = match class {
+                "LSTM" => 4,
+                "GRU" => 3,
+                _ => 1,
+            };
+            let reset_after = rng.below(2) == 0;
+            let config = json!({
+                "units": units,
+                "activation": rng.pick(&["tanh", "relu", "softsign", "sigmoid", "elu"]),
+                "recurrent_activation": rng.pick(&["sigmoid", "hard_sigmoid", "tanh"]),
+                "return_sequences": rng.below(2) == 0,
+                "go_backwards": rng.below(4) == 0,
+                "reset_after": reset_after,
+            });
+            let mut cell = |rng: &mut Rng| {
+                let bias = if class == "GRU" && reset_after {
+                    Builder::tensor("bias", &[2, gates * units], rng, 0.3)
+                } else {
+                    Builder::tensor("bias", &[gates * units], rng, 0.3)
+                };
+                vec![
+                    w(rng, "kernel", &[c, gates * units]),
+                    w(rng, "recurrent_kernel", &[units, gates * units]),
+                    bias,
+                ]
+            };
+            if rng.below(3) == 0 {
+                let mut forward = config.clone();
+                forward["go_backwards"] = json!(false);
+                let mode = rng.pick(&["concat", "sum", "mul", "ave"]);
+                let mut vars = cell(rng);
+                vars.extend(cell(rng));
+                b.add(
+                    "Bidirectional",
+                    json!({"layer": {"class_name": class, "config": forward}, "merge_mode": mode}),
+                    &[input],
+                    vars,
+                )
+            } else {
+                let vars = cell(rng);
+                b.add(class, config, &[input], vars)
+            }
+        }
+        (3, 11) => {
+            let heads = 1 + rng.below(3);
+            let (dk, dv) = (1 + rng.below(4), 1 + rng.below(4));
+            let out = 1 + rng.below(6);
+            let vars = vec![
+                w(rng, "kernel", &[c, heads, dk]),
+                Builder::tensor("bias", &[heads, dk], rng, 0.3),
+                w(rng, "kernel", &[c, heads, dk]),
+                Builder::tensor("bias", &[heads, dk], rng, 0.3),
+                w(rng, "kernel", &[c, heads, dv]),
+                Builder::tensor("bias", &[heads, dv], rng, 0.3),
+                w(rng, "kernel", &[heads, dv, out]),
+                Builder::tensor("bias", &[out], rng, 0.3),
+            ];
+            let name = b.add(
+                "MultiHeadAttention",
+                json!({"num_heads": heads, "key_dim": dk, "value_dim": dv, "output_shape": out}),
+                &[input, input],
+                vars,
+            );
+            if let Some(layer) = b.layers.last_mut() {
+                layer["inbound_nodes"][0]["kwargs"] = json!({"use_causal_mask": rng.below(2) == 0});
+            }
+            name
+        }
         (3, _) => b.add(
             rng.pick(&["GlobalAveragePooling1D", "Flatten", "Dropout"]),
             json!({"rate": 0.5}),
