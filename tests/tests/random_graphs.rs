@@ -298,7 +298,7 @@ fn draw(
                 "go_backwards": rng.below(4) == 0,
                 "reset_after": reset_after,
             });
-            let mut cell = |rng: &mut Rng| {
+            let cell = |rng: &mut Rng| {
                 let bias = if class == "GRU" && reset_after {
                     Builder::tensor("bias", &[2, gates * units], rng, 0.3)
                 } else {
