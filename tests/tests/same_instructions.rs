@@ -27,6 +27,7 @@ const FIXTURES: &[&str] = &[
     "recurrent_wrappers/k3.keras",
     "transformer_block/k3.keras",
     "attention_layers/k2.h5",
+    "masked_tagger/k3.keras",
 ];
 const INPUTS: &[&str] = &["zeros", "huge", "nan", "inf", "denormal", "random"];
 

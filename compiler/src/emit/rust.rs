@@ -504,17 +504,28 @@ fn emit_step(
                 quote!(kerac::shape::gather(&#name, x0, #t, y))
             },
         ),
-        Kernel::Recurrent { p, u, rb, initial } => (
+        Kernel::Recurrent {
+            p,
+            u,
+            rb,
+            initial,
+            masked,
+        } => (
             quote!(kerac::recurrent::Recurrent),
             params(p, "kerac::recurrent::Recurrent")?,
             {
                 let (u, rb) = (weight(*u), opt_weight(*rb));
+                let states = ins.len() - 1 - *masked as usize;
                 let init = |i: usize| match ins.get(i) {
-                    Some(x) if *initial => quote!(Some(#x)),
+                    Some(x) if *initial && i <= states => quote!(Some(#x)),
                     _ => quote!(None),
                 };
                 let (h0, c0) = (init(1), init(2));
-                quote!(kerac::recurrent::recurrent(&#name, x0, #u, #rb, #h0, #c0, y))
+                let mask = match ins.last() {
+                    Some(m) if *masked => quote!(Some(#m)),
+                    _ => quote!(None),
+                };
+                quote!(kerac::recurrent::recurrent(&#name, x0, #u, #rb, #h0, #c0, #mask, y))
             },
         ),
     };

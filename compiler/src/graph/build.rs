@@ -73,6 +73,7 @@ fn build_inner(file: &ModelFile, options: &BuildOptions) -> Result<Graph> {
         tensors: Vec::new(),
         nodes: Vec::new(),
         graph_inputs: Vec::new(),
+        masks: HashMap::new(),
     };
     let outputs = b.instantiate(&model, scope, "", None)?;
     let output_ports = model
@@ -124,7 +125,32 @@ struct Builder<'o> {
     tensors: Vec<TensorInfo>,
     nodes: Vec<Node>,
     graph_inputs: Vec<Port>,
+    /// The mask tensor (`[batch, steps]`) that travels with a tensor, as Keras's
+    /// `_keras_mask` does.
+    masks: HashMap<usize, usize>,
 }
+
+/// Layers that apply a mask on their input.
+const MASK_CONSUMERS: [&str; 5] = ["SimpleRNN", "LSTM", "GRU", "RNN", "Bidirectional"];
+/// Layers that pass their input's mask on unchanged.
+const MASK_PASSING: [&str; 16] = [
+    "Dropout",
+    "SpatialDropout1D",
+    "GaussianNoise",
+    "GaussianDropout",
+    "AlphaDropout",
+    "ActivityRegularization",
+    "Identity",
+    "Activation",
+    "Dense",
+    "TimeDistributed",
+    "LayerNormalization",
+    "BatchNormalization",
+    "ReLU",
+    "LeakyReLU",
+    "PReLU",
+    "ELU",
+];
 
 impl Builder<'_> {
     /// Adds the layers of `model` to the graph. `bound` holds the tensors a nested
@@ -344,23 +370,71 @@ impl Builder<'_> {
         }
         check_dtype(&layer.config)?;
         let build = layers::lookup(&layer.class).ok_or_else(|| Error::new("unsupported layer"))?;
+        // A mask travelling with the first input goes to the layers that apply it, as
+        // one more input; layers that would need it otherwise are refused. Keras 3
+        // writes the mask into the call (its last input here); Keras 2 leaves it
+        // implicit, and it is followed from Embedding.
+        let options = layer.call_options.get(call).cloned().unwrap_or(Value::Null);
+        let explicit = options
+            .get("__mask")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let mut inputs = inputs.to_vec();
+        let mask = if explicit {
+            inputs.pop()
+        } else {
+            inputs.first().and_then(|t| self.masks.get(t)).copied()
+        };
+        let class = layer.class.as_str();
+        let consumes = MASK_CONSUMERS.contains(&class);
+        let passes = MASK_PASSING.contains(&class);
+        if mask.is_some() && !consumes && !passes {
+            return Err(Error::new(format!(
+                "a mask (from Embedding's mask_zero) reaches this layer, and kerac cannot apply masks in {class}"
+            )));
+        }
+        if let (Some(m), true) = (mask, consumes) {
+            inputs.push(m);
+        }
+        let inputs = inputs.as_slice();
         let shapes: Vec<Shape> = inputs
             .iter()
             .map(|&t| self.tensors[t].shape.clone())
             .collect();
         let mut ctx = LayerCtx::new(&layer.config, self.dialect, &shapes, &found.vars);
-        ctx.call = layer.call_options.get(call).cloned().unwrap_or(Value::Null);
+        ctx.call = options;
+        ctx.masked = mask.is_some() && consumes;
         let lowered = build(&mut ctx)?;
         let params = ctx.finish()?;
         for shape in &lowered.outputs {
             layers::elements(shape)?;
         }
         let node = self.nodes.len();
+        let produced_mask = lowered.mask;
         let outputs: Vec<usize> = lowered
             .outputs
             .into_iter()
             .map(|s| self.push_tensor(s, Some(node)))
             .collect();
+        match (produced_mask, mask) {
+            (Some(i), _) => {
+                if let (Some(&out), Some(&m)) = (outputs.first(), outputs.get(i)) {
+                    self.masks.insert(out, m);
+                }
+            }
+            (None, Some(m)) => {
+                // The mask follows a sequence that keeps its steps.
+                let steps = |t: usize| self.tensors[t].shape.get(1).copied();
+                if let Some(&out) = outputs.first() {
+                    let keeps =
+                        self.tensors[out].shape.len() >= 3 && steps(out) == steps(inputs[0]);
+                    if passes || (consumes && keeps) {
+                        self.masks.insert(out, m);
+                    }
+                }
+            }
+            (None, None) => {}
+        }
         self.nodes.push(Node {
             name: format!("{prefix}{}", layer.name),
             class: layer.class.clone(),

@@ -203,11 +203,23 @@ fn parse_functional(
             entry.calls.push(call);
             // Keras 3 keeps keyword arguments beside the tensors; Keras 2 in each
             // tensor reference's fourth element.
-            let options = node
+            let mut options = node
                 .get("kwargs")
                 .or_else(|| node.get(0).and_then(|r| r.get(3)))
                 .cloned()
                 .unwrap_or(Value::Null);
+            // Keras 3 writes masks out: a tensor under `mask` becomes the call's last
+            // input; and operations keep their constant arguments.
+            if let Some(o) = options.as_object_mut() {
+                let mut mask = Vec::new();
+                if let Some(m) = o.get("mask") {
+                    collect_keras_tensors(m, &mut mask, 0)?;
+                }
+                o.insert("__mask".into(), Value::from(!mask.is_empty()));
+            }
+            if let (Some(o), Some(args)) = (options.as_object_mut(), node.get("args")) {
+                o.insert("__args".into(), args.clone());
+            }
             entry.call_options.push(options);
         }
         entries.push(entry);
@@ -270,7 +282,7 @@ fn parse_node(node: &Value) -> Result<Vec<TensorRef>> {
 }
 
 /// Keyword arguments that carry tensors, in the order they become inputs.
-const KEYWORD_TENSORS: [&str; 3] = ["value", "key", "initial_state"];
+const KEYWORD_TENSORS: [&str; 4] = ["value", "key", "initial_state", "mask"];
 
 /// Keras 2 references (`[name, node, index]`, or lists of them) under a keyword.
 fn collect_keras2_refs(v: Option<&Value>, out: &mut Vec<TensorRef>, depth: usize) -> Result<()> {

@@ -28,6 +28,9 @@ struct BidirectionalOp {
     forward: Direction,
     backward: Direction,
     mode: MergeMode,
+    /// Whether the last input is the sequence's mask: both halves keep their state at
+    /// masked steps, and their sequences are zero there (Keras's zero_output_for_mask).
+    masked: bool,
 }
 
 impl BidirectionalOp {
@@ -42,8 +45,25 @@ impl BidirectionalOp {
 
 impl Op for BidirectionalOp {
     fn eval(&self, inputs: &[&ArrayD<f32>]) -> Vec<ArrayD<f32>> {
-        let f = self.forward.outputs(&self.forward.run(inputs[0]));
-        let b = self.backward.outputs(&self.backward.run(inputs[0]));
+        let mask = self.masked.then(|| inputs[inputs.len() - 1]);
+        let half = |d: &Direction| {
+            let mut out = d.outputs(&d.run_from(inputs[0], &[], mask));
+            if let (Some(m), true) = (mask, d.return_sequences) {
+                let units = d.p.units;
+                for (row, &keep) in out[0]
+                    .as_slice_mut()
+                    .unwrap_or_default()
+                    .chunks_mut(units)
+                    .zip(m.iter())
+                {
+                    if keep == 0.0 {
+                        row.fill(0.0);
+                    }
+                }
+            }
+            out
+        };
+        let (f, b) = (half(&self.forward), half(&self.backward));
         let (fy, by) = (&f[0], &b[0]);
         let mut out = match self.mode {
             MergeMode::None => vec![fy.clone(), by.clone()],
@@ -96,8 +116,9 @@ impl Op for BidirectionalOp {
                 "Bidirectional needs the whole sequence: it cannot run one step per call",
             ));
         }
-        let fw = f.lower_rows(l, x)?;
-        let bw = b.lower_rows(l, x)?;
+        let mask = self.masked.then(|| l.inputs[l.inputs.len() - 1]);
+        let fw = f.lower_rows(l, x, mask)?;
+        let bw = b.lower_rows(l, x, mask)?;
         let halves = match self.mode {
             MergeMode::None => [l.output(0), l.output(1)],
             _ => {
@@ -107,6 +128,38 @@ impl Op for BidirectionalOp {
         };
         f.extract(l, fw, halves[0], f.return_sequences, 0);
         b.extract(l, bw, halves[1], b.return_sequences, 0);
+        if let (Some(mask), true) = (mask, f.return_sequences) {
+            // Zero the masked steps of both sequences, in place.
+            let p = &f.p;
+            let shape = crate::plan::lower::padded(&[p.batch, p.steps, p.units])?;
+            let mut seq = [0; RANK];
+            seq[RANK - 3..].copy_from_slice(&[p.steps * p.units, p.units, 1]);
+            let mut per_step = [0; RANK];
+            per_step[RANK - 3..].copy_from_slice(&[p.steps, 1, 0]);
+            for half in halves {
+                let zeroed = l.temp(p.batch * p.steps * p.units);
+                l.step(
+                    Kernel::Merge {
+                        fold: Fold::Multiply,
+                        shape,
+                        strides: vec![seq, per_step],
+                    },
+                    vec![half, mask],
+                    zeroed,
+                    0,
+                );
+                l.step(
+                    Kernel::StridedCopy(kerac::shape::Strided {
+                        shape,
+                        strides: seq,
+                        offset: 0,
+                    }),
+                    vec![zeroed],
+                    half,
+                    0,
+                );
+            }
+        }
         let shape = f.output_shape();
         let len: usize = shape.iter().product();
         match self.mode {
@@ -156,7 +209,11 @@ impl Op for BidirectionalOp {
 }
 
 fn build_bidirectional(ctx: &mut LayerCtx) -> Result<Lowered> {
-    let shape = ctx.input()?.clone();
+    let shape = ctx
+        .inputs
+        .first()
+        .cloned()
+        .ok_or_else(|| Error::new("expected a sequence input"))?;
     let layer = ctx
         .config
         .get("layer")
@@ -220,6 +277,7 @@ fn build_bidirectional(ctx: &mut LayerCtx) -> Result<Lowered> {
         forward,
         backward,
         mode,
+        masked: ctx.masked,
     };
     let mut outputs = match mode {
         MergeMode::None => vec![op.forward.output_shape(), op.backward.output_shape()],
@@ -230,5 +288,6 @@ fn build_bidirectional(ctx: &mut LayerCtx) -> Result<Lowered> {
     Ok(Lowered {
         op: Box::new(op),
         outputs,
+        mask: None,
     })
 }

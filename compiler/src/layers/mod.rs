@@ -78,6 +78,9 @@ pub struct Lowered {
     pub op: Box<dyn Op>,
     /// Output shapes, batch first.
     pub outputs: Vec<Shape>,
+    /// The output that is the mask of output 0 (Embedding with `mask_zero`), past the
+    /// outputs Keras names.
+    pub mask: Option<usize>,
 }
 
 impl Lowered {
@@ -86,6 +89,7 @@ impl Lowered {
         Lowered {
             op: Box::new(op),
             outputs: vec![shape],
+            mask: None,
         }
     }
 }
@@ -145,6 +149,9 @@ pub struct LayerCtx<'a> {
     params: usize,
     /// The call's keyword options (`use_causal_mask`, ...), or null.
     pub call: Value,
+    /// Whether the last input is the mask of the first (`[batch, steps]`, nonzero
+    /// where a step counts), for layers that consume masks.
+    pub masked: bool,
 }
 
 impl<'a> LayerCtx<'a> {
@@ -163,6 +170,7 @@ impl<'a> LayerCtx<'a> {
             taken: 0,
             params: 0,
             call: Value::Null,
+            masked: false,
         }
     }
 

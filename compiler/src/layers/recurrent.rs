@@ -189,13 +189,16 @@ impl Direction {
     }
 
     /// Reference semantics: every step's state (`[batch, steps, state]`, rows as the
-    /// kernel stores them), in f64.
-    pub(super) fn run(&self, x: &ArrayD<f32>) -> Vec<f64> {
-        self.run_from(x, &[])
-    }
-
-    /// [`Direction::run`] from initial states (`h`, then `c`), zeros where absent.
-    pub(super) fn run_from(&self, x: &ArrayD<f32>, initial: &[&ArrayD<f32>]) -> Vec<f64> {
+    /// kernel stores them), in f64, from initial states (`h`, then `c`; zeros where
+    /// absent).
+    /// With a `mask` (`[batch, steps]`), a step whose mask is zero keeps the state.
+    pub(super) fn run_from(
+        &self,
+        x: &ArrayD<f32>,
+        initial: &[&ArrayD<f32>],
+        mask: Option<&ArrayD<f32>>,
+    ) -> Vec<f64> {
+        let mask = mask.map(|m| m.iter().copied().collect::<Vec<f32>>());
         let p = &self.p;
         let (units, width, state) = (p.units, p.gates() * p.units, p.state());
         let xs = x.as_slice().unwrap_or_default();
@@ -218,6 +221,7 @@ impl Direction {
             let (mut h, mut c) = (init(0, b), init(1, b));
             for s in 0..p.steps {
                 let (row, t) = p.rows(s);
+                let (h_before, c_before) = (h.clone(), c.clone());
                 let xt = &xs[(b * p.steps + t) * self.input..][..self.input];
                 let mut zx: Vec<f64> = match &self.bias {
                     Some(bias) => bias.iter().map(|&v| v as f64).collect(),
@@ -284,6 +288,12 @@ impl Direction {
                             .collect();
                     }
                 }
+                if let Some(m) = &mask {
+                    if m[b * p.steps + t] == 0.0 {
+                        h.copy_from_slice(&h_before);
+                        c.copy_from_slice(&c_before);
+                    }
+                }
                 let at = (b * p.steps + row) * state;
                 rows[at..at + units].copy_from_slice(&h);
                 if p.cell == Cell::Lstm {
@@ -338,8 +348,13 @@ impl Direction {
 
     /// Emits the projection and the recurrence; returns the value holding every
     /// step's state.
-    pub(super) fn lower_rows(&self, l: &mut Lower, x: ValueId) -> Result<ValueId> {
-        self.lower_rows_from(l, x, &[])
+    pub(super) fn lower_rows(
+        &self,
+        l: &mut Lower,
+        x: ValueId,
+        mask: Option<ValueId>,
+    ) -> Result<ValueId> {
+        self.lower_rows_from(l, x, &[], mask)
     }
 
     /// [`Direction::lower_rows`] with initial states from `given` values.
@@ -348,6 +363,7 @@ impl Direction {
         l: &mut Lower,
         x: ValueId,
         given: &[ValueId],
+        mask: Option<ValueId>,
     ) -> Result<ValueId> {
         let p = self.p;
         let width = p.gates() * p.units;
@@ -402,12 +418,14 @@ impl Direction {
         let mut inputs = vec![projected];
         inputs.extend(&states);
         inputs.extend(given);
+        inputs.extend(mask);
         l.step(
             Kernel::Recurrent {
                 p,
                 u,
                 rb,
                 initial: keep || !given.is_empty(),
+                masked: mask.is_some(),
             },
             inputs,
             work,
@@ -467,6 +485,8 @@ impl Direction {
 struct StackOp {
     /// Initial states, when given, are the inputs after the sequence (first cell only).
     cells: Vec<Direction>,
+    /// Whether the last input is the sequence's mask (applied to every cell).
+    masked: bool,
 }
 
 impl StackOp {
@@ -489,13 +509,17 @@ impl Op for StackOp {
         let mut x = inputs[0].clone();
         let mut states = Vec::new();
         let mut main = Vec::new();
+        let (inputs, mask) = match self.masked {
+            true => (&inputs[..inputs.len() - 1], inputs.last().copied()),
+            false => (inputs, None),
+        };
         for (i, cell) in self.cells.iter().enumerate() {
             let initial: Vec<&ArrayD<f32>> = if i == 0 {
                 inputs[1..].to_vec()
             } else {
                 Vec::new()
             };
-            let rows = cell.run_from(&x, &initial);
+            let rows = cell.run_from(&x, &initial, mask);
             let mut out = cell.outputs(&rows);
             states.extend(out.drain(1..));
             main = out;
@@ -514,11 +538,13 @@ impl Op for StackOp {
     }
     fn lower(&self, l: &mut Lower) -> Result<()> {
         let mut x = l.inputs[0];
-        let initial: Vec<ValueId> = l.inputs[1..].to_vec();
+        let n = l.inputs.len() - self.masked as usize;
+        let initial: Vec<ValueId> = l.inputs[1..n].to_vec();
+        let mask = self.masked.then(|| l.inputs[n]);
         let mut next_state = 1;
         for (i, cell) in self.cells.iter().enumerate() {
             let given = if i == 0 { initial.as_slice() } else { &[] };
-            let work = cell.lower_rows_from(l, x, given)?;
+            let work = cell.lower_rows_from(l, x, given, mask)?;
             let last = i + 1 == self.cells.len();
             if last {
                 let out = l.output(0);
@@ -541,7 +567,7 @@ impl Op for StackOp {
 
 /// Checks initial states given as inputs: `[batch, units]` each, one per state.
 fn initial_states(ctx: &LayerCtx, cell: &Direction) -> Result<usize> {
-    let given = &ctx.inputs[1..];
+    let given = &ctx.inputs[1..ctx.inputs.len() - ctx.masked as usize];
     let want = if cell.p.cell == Cell::Lstm { 2 } else { 1 };
     if given.is_empty() {
         return Ok(0);
@@ -564,11 +590,15 @@ fn build_single(ctx: &mut LayerCtx, class: &str) -> Result<Lowered> {
     let config = ctx.config;
     let dir = Direction::build(ctx, class, config, &shape)?;
     initial_states(ctx, &dir)?;
-    let op = StackOp { cells: vec![dir] };
+    let op = StackOp {
+        cells: vec![dir],
+        masked: ctx.masked,
+    };
     let outputs = op.outputs();
     Ok(Lowered {
         op: Box::new(op),
         outputs,
+        mask: None,
     })
 }
 
@@ -677,10 +707,14 @@ fn build_rnn(ctx: &mut LayerCtx) -> Result<Lowered> {
         Some(first) => initial_states(ctx, first)?,
         None => return Err(Error::new("an RNN needs at least one cell")),
     };
-    let op = StackOp { cells: dirs };
+    let op = StackOp {
+        cells: dirs,
+        masked: ctx.masked,
+    };
     let outputs = op.outputs();
     Ok(Lowered {
         op: Box::new(op),
         outputs,
+        mask: None,
     })
 }

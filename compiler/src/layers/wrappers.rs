@@ -95,5 +95,6 @@ fn build_time_distributed(ctx: &mut LayerCtx) -> Result<Lowered> {
             folded_outputs: lowered.outputs,
         }),
         outputs,
+        mask: None,
     })
 }

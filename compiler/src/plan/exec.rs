@@ -130,19 +130,26 @@ fn call(plan: &Plan, step: &Step, arena: &mut [f32]) -> Result<()> {
             };
             merge::concat(&p, ins, out);
         }),
-        Kernel::Recurrent { p, u, rb, initial } => {
-            let reads: Vec<_> = step.inputs.iter().map(|&v| region(plan, v)).collect();
-            let out = region(plan, step.output);
-            let (ins, y) = match reads.len() {
-                1 => views(arena, [reads[0]], out).map(|([a], y)| ([a, &[][..], &[][..]], y)),
-                2 => {
-                    views(arena, [reads[0], reads[1]], out).map(|([a, b], y)| ([a, b, &[][..]], y))
-                }
-                _ => views(arena, [reads[0], reads[1], reads[2]], out),
+        Kernel::Recurrent {
+            p,
+            u,
+            rb,
+            initial,
+            masked,
+        } => {
+            // Reads: projections, the initial states, the mask; absent ones read the
+            // projections again (and are passed as None).
+            let mut reads = [region(plan, step.inputs[0]); 4];
+            for (r, &v) in reads.iter_mut().zip(&step.inputs) {
+                *r = region(plan, v);
             }
-            .ok_or_else(bad_regions)?;
-            let init = |i: usize| (*initial && reads.len() > i).then_some(ins[i]);
-            recurrent::recurrent(p, ins[0], w(*u), ow(*rb), init(1), init(2), y);
+            let (ins, y) =
+                views(arena, reads, region(plan, step.output)).ok_or_else(bad_regions)?;
+            let n = step.inputs.len();
+            let states = n - 1 - *masked as usize;
+            let init = |i: usize| (*initial && i <= states).then_some(ins[i]);
+            let mask = masked.then_some(ins[n - 1]);
+            recurrent::recurrent(p, ins[0], w(*u), ow(*rb), init(1), init(2), mask, y);
         }
         Kernel::Attention(p) => {
             let reads = [0, 1, 2].map(|i| region(plan, step.inputs[i]));

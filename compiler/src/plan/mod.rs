@@ -94,12 +94,14 @@ pub enum Kernel {
     /// `kerac::shape::gather`.
     Gather { p: shape::Gather, table: WeightId },
     /// `kerac::recurrent::recurrent`: input projections in, every step's state out;
-    /// with `initial`, the initial `h` (and `c`) are the step's next inputs.
+    /// with `initial`, the initial `h` (and `c`) are the step's next inputs, and with
+    /// `masked` the last input is the step mask.
     Recurrent {
         p: recurrent::Recurrent,
         u: WeightId,
         rb: Option<WeightId>,
         initial: bool,
+        masked: bool,
     },
 }
 

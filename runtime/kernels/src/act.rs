@@ -66,6 +66,8 @@ pub enum Act {
     HardSwish,
     /// `x` if `x > theta`, else 0.
     Thresholded(f32),
+    /// 1 where `x` is nonzero, else 0: a Keras mask (`x != 0`) as numbers.
+    NonZero,
 }
 
 /// `a > b ? a : b`: the semantics of x86 `maxps`, so every backend agrees on NaN.
@@ -277,6 +279,7 @@ impl Act {
             Act::Mish => x * tanh_l(softplus_l(x)),
             Act::HardSwish => x * clamp(x + c(3.0), 0.0, 6.0) / c(6.0),
             Act::Thresholded(theta) => T::select(x.gt(c(theta)), x, zero),
+            Act::NonZero => T::select(x.gt(zero), c(1.0), T::select(x.lt(zero), c(1.0), zero)),
         }
     }
 

@@ -6,6 +6,7 @@
 
 use crate::act::Act;
 use crate::dense::{dense, Dense};
+use crate::lanes::{Lanes, S};
 use crate::simd::{axpy, part, part_mut};
 
 /// Which cell runs.
@@ -88,8 +89,10 @@ impl Recurrent {
 /// Runs the recurrence. `xp` is `[batch, steps, gates * units]` (the input projections,
 /// bias included), `u` is `[units, gates * units]`, `rb` the recurrent bias of a
 /// `reset_after` GRU (`[gates * units]`), `h0` and `c0` the initial states
-/// (`[batch, units]`, zeros when absent), and `y` receives [`Recurrent::out_len`]
-/// floats: `[batch, steps, state]`, then scratch.
+/// (`[batch, units]`, zeros when absent), `mask` which steps count (`[batch, steps]`,
+/// nonzero for a step that counts; at the others the state carries over, as Keras
+/// does with a mask), and `y` receives [`Recurrent::out_len`] floats:
+/// `[batch, steps, state]`, then scratch.
 #[inline]
 #[allow(clippy::too_many_arguments)]
 pub fn recurrent(
@@ -99,6 +102,7 @@ pub fn recurrent(
     rb: Option<&[f32]>,
     h0: Option<&[f32]>,
     c0: Option<&[f32]>,
+    mask: Option<&[f32]>,
     y: &mut [f32],
 ) {
     let (units, gates, state) = (p.units, p.gates(), p.state());
@@ -110,6 +114,7 @@ pub fn recurrent(
         || rb.is_some_and(|b| b.len() < width)
         || h0.is_some_and(|h| h.len() < p.batch * units)
         || c0.is_some_and(|c| c.len() < p.batch * units)
+        || mask.is_some_and(|m| m.len() < p.batch * p.steps)
         || p.steps == 0
     {
         return;
@@ -257,6 +262,14 @@ pub fn recurrent(
                     {
                         *o = zv * hp + (1.0 - zv) * hv;
                     }
+                }
+            }
+            // A masked step keeps the previous state, bit for bit, by a blend.
+            if let Some(mask) = mask {
+                let counts = unsafe { *mask.get_unchecked(b * p.steps + input) } != 0.0;
+                let keep = S(f32::from_bits((counts as u32).wrapping_neg()));
+                for (o, &prev) in out.iter_mut().zip(h_prev.iter().chain(c_prev.iter())) {
+                    *o = S::select(keep, S(*o), S(prev)).0;
                 }
             }
         }

@@ -397,8 +397,16 @@ pub(super) fn step(fx: &mut Fx, plan: &Plan, wl: &WeightLayout, step: &Step) {
         Kernel::Resample(p) => resample(fx, p, x, y),
         Kernel::Gather { p, table } => gather(fx, p, x, weight(*table), y),
         Kernel::Attention(p) => super::kernels_norm::attention(fx, p, [xs[0], xs[1], xs[2]], y),
-        Kernel::Recurrent { p, u, rb, initial } => {
-            let init = |i: usize| xs.get(i).copied().filter(|_| *initial);
+        Kernel::Recurrent {
+            p,
+            u,
+            rb,
+            initial,
+            masked,
+        } => {
+            let states = xs.len() - 1 - *masked as usize;
+            let init = |i: usize| xs.get(i).copied().filter(|_| *initial && i <= states);
+            let mask = xs.last().copied().filter(|_| *masked);
             super::kernels_recurrent::recurrent(
                 fx,
                 p,
@@ -406,6 +414,7 @@ pub(super) fn step(fx: &mut Fx, plan: &Plan, wl: &WeightLayout, step: &Step) {
                 weight(*u),
                 rb.map(weight),
                 [init(1), init(2)],
+                mask,
                 y,
             )
         }

@@ -5,10 +5,12 @@
 
 use super::fx::{Addr, Fx};
 use super::kernels::{axpy, copy, init, passes, store};
-use cranelift_codegen::ir::{InstBuilder, Type, Value};
+use cranelift_codegen::ir::condcodes::FloatCC;
+use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Type, Value};
 use kerac::recurrent::{Cell, Recurrent};
 use kerac::Act;
 
+#[allow(clippy::too_many_arguments)]
 pub(super) fn recurrent(
     fx: &mut Fx,
     p: &Recurrent,
@@ -16,6 +18,7 @@ pub(super) fn recurrent(
     u: Addr,
     rb: Option<Addr>,
     initial: [Option<Addr>; 2],
+    mask: Option<Addr>,
     y: Addr,
 ) {
     let (units, state) = (p.units, p.state());
@@ -170,6 +173,35 @@ pub(super) fn recurrent(
                         fx.store(h, row.add(j));
                     });
                 }
+            }
+        };
+        let body = |fx: &mut Fx, s: Option<Value>| {
+            body(fx, s);
+            // A masked step keeps the previous state, by a blend of bits.
+            if let Some(mask) = mask {
+                let mb = fx.at(mask, &[(b, p.steps)]);
+                let m = match s {
+                    Some(s) => signed(fx, s, in_step, in0, 1, mb),
+                    None => mb.add(in0 as usize),
+                };
+                let m = fx.load(types::F32, m);
+                let zero = fx.splat(types::F32, 0.0);
+                let counts = fx.b.ins().fcmp(FloatCC::NotEqual, m, zero);
+                let wide = fx.b.ins().bmask(types::I32, counts);
+                let bits = fx.b.ins().bitcast(types::F32, MemFlagsData::new(), wide);
+                let row = match s {
+                    Some(s) => signed(fx, s, row_step, row0, state, yb),
+                    None => yb.add(row0 as usize * state),
+                };
+                fx.chunks(state, |fx, ty, ix| {
+                    let keep = fx.splat_value(ty, bits);
+                    let a = fx.ix(row, ix);
+                    let new = fx.load(ty, a);
+                    let pa = fx.ix(prev, ix);
+                    let old = fx.load(ty, pa);
+                    let v = fx.select(keep, new, old);
+                    fx.store(v, a);
+                });
             }
         };
         body(fx, None);
