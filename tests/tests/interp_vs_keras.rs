@@ -49,9 +49,9 @@ fn batched_run_matches_keras() {
 }
 
 /// Layer classes that Keras 2 (tf-keras) does not have, or Keras 3 dropped.
-// Keras 3 writes the mask of `mask_zero` as a NotEqual operation; Keras 2 leaves it
-// implicit.
-const KERAS3_ONLY: &[&str] = &["NotEqual"];
+// Keras 3 writes the masks of `mask_zero` and Masking as NotEqual and Any operations;
+// Keras 2 leaves them implicit.
+const KERAS3_ONLY: &[&str] = &["NotEqual", "Any"];
 const KERAS2_ONLY: &[&str] = &["ThresholdedReLU"];
 
 #[test]

@@ -28,6 +28,7 @@ const FIXTURES: &[&str] = &[
     "transformer_block/k3.keras",
     "attention_layers/k2.h5",
     "masked_tagger/k3.keras",
+    "masking_functional/k3.keras",
 ];
 const INPUTS: &[&str] = &["zeros", "huge", "nan", "inf", "denormal", "random"];
 
