@@ -491,10 +491,16 @@ fn emit_step(
             params(p, "kerac::shape::Resample")?,
             quote!(kerac::shape::resample(&#name, x0, y)),
         ),
-        Kernel::Attention(p) => (
+        Kernel::Attention { p, w } => (
             quote!(kerac::attention::Attention),
             params(p, "kerac::attention::Attention")?,
-            quote!(kerac::attention::attention(&#name, x0, x1, x2, y)),
+            {
+                let w = match w {
+                    Some(id) => weight(*id),
+                    None => quote!(&[]),
+                };
+                quote!(kerac::attention::attention(&#name, x0, x1, x2, #w, y))
+            },
         ),
         Kernel::Gather { p, table } => (
             quote!(kerac::shape::Gather),

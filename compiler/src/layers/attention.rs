@@ -14,12 +14,13 @@ use serde_json::Value;
 /// The classes this family builds.
 pub const LAYERS: &[(&str, BuildFn)] = &[
     ("Attention", build_attention),
+    ("AdditiveAttention", build_additive),
     ("MultiHeadAttention", build_multi_head),
 ];
 
 /// Reference attention in f64 with a plain softmax: `q`, `k`, `v` as
 /// `[batch, t, heads, d]` flat slices.
-fn reference(p: &Attention, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
+fn reference(p: &Attention, q: &[f32], k: &[f32], v: &[f32], w: &[f32]) -> Vec<f32> {
     let (h, dk, dv) = (p.heads, p.dk, p.dv);
     let mut y = vec![0f32; p.batch * p.tq * h * dv];
     for b in 0..p.batch {
@@ -30,7 +31,17 @@ fn reference(p: &Attention, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
                     .map(|j| {
                         let kj = &k[((b * p.tk + j) * h + head) * dk..][..dk];
                         let s: f64 = qi.iter().zip(kj).map(|(&a, &b)| a as f64 * b as f64).sum();
-                        let s = s * p.scale as f64;
+                        let s = if p.additive {
+                            qi.iter()
+                                .zip(kj)
+                                .zip(w)
+                                .map(|((&a, &b), &wd)| {
+                                    wd as f64 * (p.scale as f64 * (a as f64 + b as f64)).tanh()
+                                })
+                                .sum()
+                        } else {
+                            s * p.scale as f64
+                        };
                         if p.causal && j > i {
                             s + MASKED as f64
                         } else {
@@ -70,10 +81,12 @@ fn seq(shape: &[usize]) -> Result<[usize; 3]> {
     }
 }
 
-/// `Attention([query, value(, key)])`: dot-product scores.
+/// `Attention([query, value(, key)])` (dot or concat scores) and `AdditiveAttention`.
 #[derive(Debug)]
 struct DotAttentionOp {
     p: Attention,
+    /// Per-feature weights of additive scores.
+    w: Vec<f32>,
 }
 
 impl Op for DotAttentionOp {
@@ -82,7 +95,10 @@ impl Op for DotAttentionOp {
         let (q, v) = (flat(0), flat(1));
         let k = if inputs.len() > 2 { flat(2) } else { v.clone() };
         let p = &self.p;
-        vec![tensor(&[p.batch, p.tq, p.dv], reference(p, &q, &k, &v))]
+        vec![tensor(
+            &[p.batch, p.tq, p.dv],
+            reference(p, &q, &k, &v, &self.w),
+        )]
     }
     fn flops(&self) -> u64 {
         let p = &self.p;
@@ -91,8 +107,17 @@ impl Op for DotAttentionOp {
     fn lower(&self, l: &mut Lower) -> Result<()> {
         let (q, v) = (l.inputs[0], l.inputs[1]);
         let k = l.inputs.get(2).copied().unwrap_or(v);
+        let w = self
+            .p
+            .additive
+            .then(|| l.weight("score_weights", self.w.clone()));
         let out = l.output(0);
-        l.step(Kernel::Attention(self.p), vec![q, k, v], out, self.flops());
+        l.step(
+            Kernel::Attention { p: self.p, w },
+            vec![q, k, v],
+            out,
+            self.flops(),
+        );
         Ok(())
     }
 }
@@ -109,12 +134,37 @@ fn build_attention(ctx: &mut LayerCtx) -> Result<Lowered> {
         "dot".into()
     }
     let c: Config = ctx.parse()?;
-    if c.score_mode != "dot" {
-        return Err(Error::new(format!(
-            "score_mode `{}` is not supported; expected dot",
-            c.score_mode
-        )));
-    }
+    let additive = match c.score_mode.as_str() {
+        "dot" => false,
+        "concat" => true,
+        other => {
+            return Err(Error::new(format!(
+                "score_mode `{other}` is not supported; expected dot or concat"
+            )))
+        }
+    };
+    attention_layer(ctx, c.use_scale, additive, false)
+}
+
+/// `AdditiveAttention`: `sum_d scale[d] * tanh(q_d + k_d)` scores.
+fn build_additive(ctx: &mut LayerCtx) -> Result<Lowered> {
+    let use_scale = ctx
+        .config
+        .get("use_scale")
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
+    attention_layer(ctx, use_scale, true, true)
+}
+
+/// The attention layers without projections. `vector_scale`: AdditiveAttention's
+/// per-feature scale (Attention's concat mode has a scalar scale inside the tanh and a
+/// scalar weight outside it).
+fn attention_layer(
+    ctx: &mut LayerCtx,
+    use_scale: bool,
+    additive: bool,
+    vector_scale: bool,
+) -> Result<Lowered> {
     if !(2..=3).contains(&ctx.inputs.len()) {
         return Err(Error::new("expected [query, value] or [query, value, key]"));
     }
@@ -132,14 +182,30 @@ fn build_attention(ctx: &mut LayerCtx) -> Result<Lowered> {
             ctx.inputs[0], ctx.inputs[1]
         )));
     }
-    let scale = if c.use_scale {
-        ctx.weight("scale", &[])?
-            .iter()
-            .copied()
-            .next()
-            .unwrap_or(1.0)
+    let scalar = |ctx: &mut LayerCtx, name: &str| -> Result<f32> {
+        Ok(ctx.weight(name, &[])?.iter().copied().next().unwrap_or(1.0))
+    };
+    let (scale, w) = if !additive {
+        let s = if use_scale {
+            scalar(ctx, "scale")?
+        } else {
+            1.0
+        };
+        (s, Vec::new())
+    } else if vector_scale {
+        let w = if use_scale {
+            ctx.weight("scale", &[d])?.iter().copied().collect()
+        } else {
+            vec![1.0; d]
+        };
+        (1.0, w)
     } else {
-        1.0
+        let s = if use_scale {
+            scalar(ctx, "scale")?
+        } else {
+            1.0
+        };
+        (s, vec![scalar(ctx, "concat_score_weight")?; d])
     };
     let p = Attention {
         batch: b,
@@ -150,8 +216,9 @@ fn build_attention(ctx: &mut LayerCtx) -> Result<Lowered> {
         dv,
         scale,
         causal: causal(ctx),
+        additive,
     };
-    Ok(Lowered::one(DotAttentionOp { p }, vec![b, tq, dv]))
+    Ok(Lowered::one(DotAttentionOp { p, w }, vec![b, tq, dv]))
 }
 
 /// One projection: `x W + b` with `W` flattened to `[in, out]`.
@@ -247,7 +314,7 @@ impl Op for MultiHeadOp {
         let q = self.query.apply(&q, p.batch * p.tq);
         let k = self.key.apply(&k, p.batch * p.tk);
         let v = self.value.apply(&v, p.batch * p.tk);
-        let o = reference(p, &q, &k, &v);
+        let o = reference(p, &q, &k, &v, &[]);
         let y = self.output.apply(&o, p.batch * p.tq);
         vec![tensor(&[p.batch, p.tq, self.out_dim], y)]
     }
@@ -273,7 +340,7 @@ impl Op for MultiHeadOp {
         self.value.lower(l, "value", vx, rk, v);
         let o = l.temp(rq * p.heads * p.dv);
         let flops = (2 * p.batch * p.heads * p.tq * p.tk * (p.dk + p.dv)) as u64;
-        l.step(Kernel::Attention(p), vec![q, k, v], o, flops);
+        l.step(Kernel::Attention { p, w: None }, vec![q, k, v], o, flops);
         let out = l.output(0);
         self.output.lower(l, "attention_output", o, rq, out);
         Ok(())
@@ -373,6 +440,7 @@ fn build_multi_head(ctx: &mut LayerCtx) -> Result<Lowered> {
         dv,
         scale: 1.0 / (dk as f32).sqrt(),
         causal: causal(ctx),
+        additive: false,
     };
     Ok(Lowered::one(
         MultiHeadOp {

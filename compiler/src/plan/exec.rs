@@ -151,12 +151,13 @@ fn call(plan: &Plan, step: &Step, arena: &mut [f32]) -> Result<()> {
             let mask = masked.then_some(ins[n - 1]);
             recurrent::recurrent(p, ins[0], w(*u), ow(*rb), init(1), init(2), mask, y);
         }
-        Kernel::Attention(p) => {
+        Kernel::Attention { p, w: aw } => {
             let reads = [0, 1, 2].map(|i| region(plan, step.inputs[i]));
             // Key and value may be one buffer: reads may overlap.
             let (ins, y) =
                 views(arena, reads, region(plan, step.output)).ok_or_else(bad_regions)?;
-            attention::attention(p, ins[0], ins[1], ins[2], y);
+            let aw = aw.map_or(&[][..], |id| plan.weights[id].data.as_slice());
+            attention::attention(p, ins[0], ins[1], ins[2], aw, y);
         }
         Kernel::BatchDot(p) => {
             let ([a, b], out) = views(
@@ -202,7 +203,7 @@ fn call(plan: &Plan, step: &Step, arena: &mut [f32]) -> Result<()> {
                 Kernel::Merge { .. }
                 | Kernel::Concat { .. }
                 | Kernel::BatchDot(_)
-                | Kernel::Attention(_) => {}
+                | Kernel::Attention { .. } => {}
             }
         }
     }

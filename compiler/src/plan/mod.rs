@@ -89,8 +89,12 @@ pub enum Kernel {
     StridedCopy(shape::Strided),
     /// `kerac::shape::resample`.
     Resample(shape::Resample),
-    /// `kerac::attention::attention` on `[query, key, value]`.
-    Attention(kerac::attention::Attention),
+    /// `kerac::attention::attention` on `[query, key, value]`; `w` the weights of
+    /// additive scores.
+    Attention {
+        p: kerac::attention::Attention,
+        w: Option<WeightId>,
+    },
     /// `kerac::shape::gather`.
     Gather { p: shape::Gather, table: WeightId },
     /// `kerac::recurrent::recurrent`: input projections in, every step's state out;
@@ -127,7 +131,7 @@ impl Kernel {
             Kernel::StridedCopy(_) => "strided_copy",
             Kernel::Resample(_) => "resample",
             Kernel::Gather { .. } => "gather",
-            Kernel::Attention(_) => "attention",
+            Kernel::Attention { .. } => "attention",
             Kernel::Recurrent { .. } => "recurrent",
         }
     }
@@ -156,8 +160,8 @@ impl Kernel {
             | Kernel::Concat { .. }
             | Kernel::BatchDot(_)
             | Kernel::StridedCopy(_)
-            | Kernel::Resample(_)
-            | Kernel::Attention(_) => Vec::new(),
+            | Kernel::Resample(_) => Vec::new(),
+            Kernel::Attention { w, .. } => w.iter().copied().collect(),
         }
     }
 
@@ -220,7 +224,7 @@ impl Kernel {
             Kernel::BatchDot(p) => vec![("batch", p.batch), ("m", p.m), ("n", p.n), ("k", p.k)],
             Kernel::StridedCopy(p) => vec![("elements", p.shape.iter().product())],
             Kernel::Gather { p, .. } => vec![("indices", p.indices), ("dim", p.dim)],
-            Kernel::Attention(p) => vec![
+            Kernel::Attention { p, .. } => vec![
                 ("batch", p.batch),
                 ("queries", p.tq),
                 ("heads", p.heads),

@@ -4,7 +4,7 @@
 //! adds -1e9 to future keys, as Keras does, by a select rather than a shorter loop, so
 //! every loop keeps a constant trip count.
 
-use crate::act::{exp, fmax};
+use crate::act::{exp, fmax, tanh};
 use crate::lanes::Lanes;
 use crate::simd::{axpy, dot, part, part_mut};
 
@@ -29,16 +29,21 @@ pub struct Attention {
     pub scale: f32,
     /// Query `i` sees keys `0..=i` only.
     pub causal: bool,
+    /// Additive scores, `sum_d w[d] * tanh(scale * (q_d + k_d))` (AdditiveAttention,
+    /// Attention's `concat` mode), instead of `scale * q . k`.
+    pub additive: bool,
 }
 
 /// What Keras adds to a masked score.
 pub const MASKED: f32 = -1e9;
 
-/// Runs attention; see [`Attention`] for the layouts.
+/// Runs attention; see [`Attention`] for the layouts. `w` holds the `dk` weights of
+/// additive scores.
 #[inline]
-pub fn attention(p: &Attention, q: &[f32], k: &[f32], v: &[f32], y: &mut [f32]) {
+pub fn attention(p: &Attention, q: &[f32], k: &[f32], v: &[f32], w: &[f32], y: &mut [f32]) {
     let (h, dk, dv) = (p.heads, p.dk, p.dv);
-    if q.len() < p.batch * p.tq * h * dk
+    if (p.additive && w.len() < dk)
+        || q.len() < p.batch * p.tq * h * dk
         || k.len() < p.batch * p.tk * h * dk
         || v.len() < p.batch * p.tk * h * dv
         || y.len() < p.batch * p.tq * h * dv
@@ -57,7 +62,15 @@ pub fn attention(p: &Attention, q: &[f32], k: &[f32], v: &[f32], y: &mut [f32]) 
                 for j in 0..p.tk {
                     let kj = unsafe { part(k, ((b * p.tk + j) * h + head) * dk, dk) };
                     let vj = unsafe { part(v, ((b * p.tk + j) * h + head) * dv, dv) };
-                    let raw = dot(qi, kj) * p.scale;
+                    let raw = if p.additive {
+                        let mut s = 0.0;
+                        for ((&a, &b), &wd) in qi.iter().zip(kj).zip(w) {
+                            s += wd * tanh(p.scale * (a + b));
+                        }
+                        s
+                    } else {
+                        dot(qi, kj) * p.scale
+                    };
                     let masked = crate::lanes::S::select(
                         crate::lanes::S(j as f32).gt(crate::lanes::S(i as f32)),
                         crate::lanes::S(raw + MASKED),

@@ -396,7 +396,9 @@ pub(super) fn step(fx: &mut Fx, plan: &Plan, wl: &WeightLayout, step: &Step) {
         }
         Kernel::Resample(p) => resample(fx, p, x, y),
         Kernel::Gather { p, table } => gather(fx, p, x, weight(*table), y),
-        Kernel::Attention(p) => super::kernels_norm::attention(fx, p, [xs[0], xs[1], xs[2]], y),
+        Kernel::Attention { p, w } => {
+            super::kernels_norm::attention(fx, p, [xs[0], xs[1], xs[2]], w.map(weight), y)
+        }
         Kernel::Recurrent {
             p,
             u,

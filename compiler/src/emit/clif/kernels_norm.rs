@@ -282,6 +282,7 @@ pub(super) fn attention(
     fx: &mut Fx,
     p: &kerac::attention::Attention,
     [q, k, v]: [Addr; 3],
+    w: Option<Addr>,
     y: Addr,
 ) {
     use cranelift_codegen::ir::condcodes::IntCC;
@@ -305,18 +306,32 @@ pub(super) fn attention(
                     let vj = fx.at(v, &[(b, p.tk * h * dv), (j, h * dv), (head, dv)]);
                     let zero = f32c(fx, 0.0);
                     let dot = fx.var(zero);
+                    let scale = f32c(fx, p.scale);
                     fx.for_n(dk, |fx, d| {
                         let qa = fx.at(qi, &[(d, 1)]);
                         let ka = fx.at(kj, &[(d, 1)]);
                         let (qv, kv) = (fx.load(types::F32, qa), fx.load(types::F32, ka));
-                        let m = fx.b.ins().fmul(qv, kv);
+                        let m = match (p.additive, w) {
+                            (true, Some(w)) => {
+                                let sum = fx.b.ins().fadd(qv, kv);
+                                let scaled = fx.b.ins().fmul(scale, sum);
+                                let t = fx.act(Act::Tanh, scaled);
+                                let wa = fx.at(w, &[(d, 1)]);
+                                let wd = fx.load(types::F32, wa);
+                                fx.b.ins().fmul(wd, t)
+                            }
+                            _ => fx.b.ins().fmul(qv, kv),
+                        };
                         let cur = fx.b.use_var(dot);
                         let s = fx.b.ins().fadd(cur, m);
                         fx.b.def_var(dot, s);
                     });
                     let raw = fx.b.use_var(dot);
-                    let scale = f32c(fx, p.scale);
-                    let raw = fx.b.ins().fmul(raw, scale);
+                    let raw = if p.additive {
+                        raw
+                    } else {
+                        fx.b.ins().fmul(raw, scale)
+                    };
                     let score = if p.causal {
                         let future = fx.b.ins().icmp(IntCC::UnsignedGreaterThan, j, i);
                         let wide = fx.b.ins().bmask(types::I32, future);
