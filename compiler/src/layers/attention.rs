@@ -15,6 +15,7 @@ use serde_json::Value;
 pub const LAYERS: &[(&str, BuildFn)] = &[
     ("Attention", build_attention),
     ("AdditiveAttention", build_additive),
+    ("EinsumDense", build_einsum_dense),
     ("MultiHeadAttention", build_multi_head),
 ];
 
@@ -452,5 +453,130 @@ fn build_multi_head(ctx: &mut LayerCtx) -> Result<Lowered> {
             out_dim,
         },
         vec![b, tq, out_dim],
+    ))
+}
+
+/// `EinsumDense` for the equations that contract the input's last axis with the
+/// kernel's first, keeping the input's other axes in front and the kernel's others
+/// after (`abc,cd->abd`, `abc,cde->abde`, `...b,bc->...c`): MultiHeadAttention's
+/// projections and the like, lowered as a dense call.
+#[derive(Debug)]
+struct EinsumDenseOp {
+    proj: Projection,
+    activation: super::activation::Activation,
+    rows: usize,
+    out: Vec<usize>,
+}
+
+impl Op for EinsumDenseOp {
+    fn eval(&self, inputs: &[&ArrayD<f32>]) -> Vec<ArrayD<f32>> {
+        let x: Vec<f32> = inputs[0].iter().copied().collect();
+        let mut y = tensor(&self.out, self.proj.apply(&x, self.rows));
+        self.activation.apply(&mut y);
+        vec![y]
+    }
+    fn flops(&self) -> u64 {
+        let n = self.proj.kernel.shape()[1];
+        (2 * self.rows * self.proj.kernel.len()) as u64
+            + self.activation.flops_per_element() * (self.rows * n) as u64
+    }
+    fn lower(&self, l: &mut Lower) -> Result<()> {
+        let (k, n) = (self.proj.kernel.shape()[0], self.proj.kernel.shape()[1]);
+        let w = l.weight("kernel", self.proj.kernel.iter().copied().collect());
+        let b = self
+            .proj
+            .bias
+            .as_ref()
+            .map(|b| l.weight("bias", b.iter().copied().collect()));
+        let rows = self.rows;
+        super::lower_with_activation(l, &self.activation, self.flops(), |act| Kernel::Dense {
+            p: kerac::dense::Dense { rows, k, n, act },
+            w,
+            b,
+        })
+    }
+}
+
+fn build_einsum_dense(ctx: &mut LayerCtx) -> Result<Lowered> {
+    let equation = ctx
+        .config
+        .get("equation")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .replace(' ', "");
+    let unsupported = || {
+        Error::new(format!(
+            "equation `{equation}` is not supported; expected the input's last axis contracted with the kernel's first, e.g. abc,cd->abd"
+        ))
+    };
+    let (lhs, out) = equation.split_once("->").ok_or_else(unsupported)?;
+    let (input, kernel) = lhs.split_once(',').ok_or_else(unsupported)?;
+    let input = input.replace("...", "*");
+    let out = out.replace("...", "*");
+    let (lead, c) = input.split_at(input.len().saturating_sub(1));
+    let kept = kernel.strip_prefix(c).ok_or_else(unsupported)?;
+    if c.is_empty() || c == "*" || out != format!("{lead}{kept}") || kept.contains(c) {
+        return Err(unsupported());
+    }
+    let shape = ctx.input()?.clone();
+    if shape.len() < 2 || (!lead.contains('*') && lead.len() + 1 != shape.len()) {
+        return Err(unsupported());
+    }
+    // The kernel's kept axes take their sizes from output_shape's last entries.
+    let dims: Vec<Option<usize>> = match ctx.config.get("output_shape") {
+        Some(Value::Array(a)) => a.iter().map(|d| d.as_u64().map(|d| d as usize)).collect(),
+        Some(v) => vec![v.as_u64().map(|d| d as usize)],
+        None => Vec::new(),
+    };
+    if dims.len() < kept.len() {
+        return Err(unsupported());
+    }
+    let kept_dims: Vec<usize> = dims[dims.len() - kept.len()..]
+        .iter()
+        .map(|d| d.ok_or_else(unsupported))
+        .collect::<Result<_>>()?;
+    let k = *shape.last().unwrap_or(&0);
+    let mut kernel_shape = vec![k];
+    kernel_shape.extend(&kept_dims);
+    let bias_axes = ctx
+        .config
+        .get("bias_axes")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    if !bias_axes.is_empty() && !kept.ends_with(&bias_axes) {
+        return Err(Error::new(format!(
+            "bias_axes `{bias_axes}` is not supported; expected trailing output axes of the kernel"
+        )));
+    }
+    let activation =
+        super::activation::Activation::from_config(ctx.config.get("activation"), ctx.dialect)?;
+    let bias_dims = &kept_dims[kept_dims.len() - bias_axes.len()..];
+    let mut proj = Projection::read(
+        ctx,
+        "einsum",
+        &kernel_shape,
+        1,
+        bias_dims,
+        !bias_axes.is_empty(),
+    )?;
+    // A bias over the last kernel axes repeats along the others.
+    if let Some(b) = &proj.bias {
+        let n: usize = kept_dims.iter().product();
+        let tiled: Vec<f32> = b.iter().copied().cycle().take(n).collect();
+        proj.bias = Some(tensor(&[n], tiled));
+    }
+    let rows = shape[..shape.len() - 1].iter().product();
+    let mut out_shape = shape[..shape.len() - 1].to_vec();
+    out_shape.extend(&kept_dims);
+    activation.check_rank(out_shape.len())?;
+    Ok(Lowered::one(
+        EinsumDenseOp {
+            proj,
+            activation,
+            rows,
+            out: out_shape.clone(),
+        },
+        out_shape,
     ))
 }
