@@ -5,7 +5,14 @@ use std::fmt::Write;
 use std::path::Path;
 
 /// Fixtures whose recurrent layers all run forwards, so they can stream.
-pub const STREAMED: [&str; 3] = ["lstm_predictor", "gru_classifier", "sequence_tagger"];
+pub const STREAMED: [&str; 6] = [
+    "lstm_predictor",
+    "gru_classifier",
+    "sequence_tagger",
+    "masking_sequence",
+    "masking_functional",
+    "stateful_lstm",
+];
 
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));

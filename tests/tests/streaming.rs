@@ -15,7 +15,14 @@ mod compiled {
     include!(concat!(env!("OUT_DIR"), "/compiled_fixtures.rs"));
 }
 
-const STREAMED: [&str; 3] = ["lstm_predictor", "gru_classifier", "sequence_tagger"];
+const STREAMED: [&str; 6] = [
+    "lstm_predictor",
+    "gru_classifier",
+    "sequence_tagger",
+    "masking_sequence",
+    "masking_functional",
+    "stateful_lstm",
+];
 const FILES: [&str; 3] = ["k3.keras", "k3.h5", "k2.h5"];
 
 /// Feeds every recorded sample step by step through `step` (which gets one step of

@@ -100,7 +100,7 @@ pub fn header(plan: &Plan, info: &HeaderInfo) -> String {
     if !plan.state.is_empty() {
         let _ = writeln!(
             w,
-            "/* A streaming model: each call consumes one time step, and the recurrent state\n * lives in the scratch memory between calls. Zeroed scratch is the initial state:\n * call {p}_reset_state before the first step of every sequence. */\n#define {m}_STREAMING 1\nstatic inline void {p}_reset_state(void *scratch) {{\n    unsigned char *s = (unsigned char *)scratch;\n    for (unsigned long i = 0; i < {m}_SCRATCH_BYTES; i++) s[i] = 0;\n}}\n"
+            "/* A streaming model: each call consumes one time step, and the recurrent state\n * lives in the scratch memory between calls. Zeroed scratch is the initial state:\n * call {p}_reset_state before the first step of every sequence. */\n#define {m}_STREAMING 1\nstatic inline void {p}_reset_state(void *scratch) {{\n    unsigned char *s = (unsigned char *)scratch;\n    for (unsigned long i = 0; i < {m}_SCRATCH_BYTES; i++) s[i] = 0;\n}}\n\n/* One time step: {p}_predict on one step of every sequence input. */\n#define {p}_step {p}_predict\n"
         );
     }
     let _ = writeln!(w, "/* Model facts. */");

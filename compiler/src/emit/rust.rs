@@ -158,6 +158,12 @@ pub fn emit(plan: &Plan, options: &RustOptions) -> Result<TokenStream> {
             pub fn reset_state(&mut self) {
                 self.arena = kerac::Arena::new();
             }
+
+            /// One time step of a streaming model: `predict` by the name a control loop
+            /// reads best.
+            pub fn step(&mut self, #(#input_names: &#input_types),*) -> #returns {
+                self.predict(#(#input_names),*)
+            }
         }
     };
     let reset_trait = if plan.state.is_empty() {
