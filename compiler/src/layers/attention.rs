@@ -3,8 +3,10 @@
 //! lower to dense calls; the scores, softmax and weighted sum to the runtime's
 //! attention kernel, one pass per query with an online softmax.
 
+use super::core::DenseOp;
 use super::{tensor, BuildFn, LayerCtx, Lowered, Op, Weight};
 use crate::error::{Error, Result};
+use crate::graph::Shape;
 use crate::plan::{Kernel, Lower, ValueId};
 use kerac::attention::{Attention, MASKED};
 use ndarray::ArrayD;
@@ -458,42 +460,27 @@ fn build_multi_head(ctx: &mut LayerCtx) -> Result<Lowered> {
 
 /// `EinsumDense` for the equations that contract the input's last axis with the
 /// kernel's first, keeping the input's other axes in front and the kernel's others
-/// after (`abc,cd->abd`, `abc,cde->abde`, `...b,bc->...c`): MultiHeadAttention's
-/// projections and the like, lowered as a dense call.
+/// after (`abc,cd->abd`, `abc,cde->abde`, `...b,bc->...c`): in memory, a Dense layer
+/// whose output is then seen with the kernel's axes.
 #[derive(Debug)]
 struct EinsumDenseOp {
-    proj: Projection,
-    activation: super::activation::Activation,
-    rows: usize,
-    out: Vec<usize>,
+    dense: DenseOp,
+    out: Shape,
 }
 
 impl Op for EinsumDenseOp {
     fn eval(&self, inputs: &[&ArrayD<f32>]) -> Vec<ArrayD<f32>> {
-        let x: Vec<f32> = inputs[0].iter().copied().collect();
-        let mut y = tensor(&self.out, self.proj.apply(&x, self.rows));
-        self.activation.apply(&mut y);
-        vec![y]
+        self.dense
+            .eval(inputs)
+            .into_iter()
+            .map(|y| tensor(&self.out, y.iter().copied().collect()))
+            .collect()
     }
     fn flops(&self) -> u64 {
-        let n = self.proj.kernel.shape()[1];
-        (2 * self.rows * self.proj.kernel.len()) as u64
-            + self.activation.flops_per_element() * (self.rows * n) as u64
+        self.dense.flops()
     }
     fn lower(&self, l: &mut Lower) -> Result<()> {
-        let (k, n) = (self.proj.kernel.shape()[0], self.proj.kernel.shape()[1]);
-        let w = l.weight("kernel", self.proj.kernel.iter().copied().collect());
-        let b = self
-            .proj
-            .bias
-            .as_ref()
-            .map(|b| l.weight("bias", b.iter().copied().collect()));
-        let rows = self.rows;
-        super::lower_with_activation(l, &self.activation, self.flops(), |act| Kernel::Dense {
-            p: kerac::dense::Dense { rows, k, n, act },
-            w,
-            b,
-        })
+        self.dense.lower(l)
     }
 }
 
@@ -552,7 +539,7 @@ fn build_einsum_dense(ctx: &mut LayerCtx) -> Result<Lowered> {
     let activation =
         super::activation::Activation::from_config(ctx.config.get("activation"), ctx.dialect)?;
     let bias_dims = &kept_dims[kept_dims.len() - bias_axes.len()..];
-    let mut proj = Projection::read(
+    let proj = Projection::read(
         ctx,
         "einsum",
         &kernel_shape,
@@ -561,20 +548,29 @@ fn build_einsum_dense(ctx: &mut LayerCtx) -> Result<Lowered> {
         !bias_axes.is_empty(),
     )?;
     // A bias over the last kernel axes repeats along the others.
-    if let Some(b) = &proj.bias {
-        let n: usize = kept_dims.iter().product();
-        let tiled: Vec<f32> = b.iter().copied().cycle().take(n).collect();
-        proj.bias = Some(tensor(&[n], tiled));
-    }
+    let n: usize = kept_dims.iter().product();
+    let bias = proj
+        .bias
+        .map(|b| tensor(&[n], b.iter().copied().cycle().take(n).collect()));
     let rows = shape[..shape.len() - 1].iter().product();
     let mut out_shape = shape[..shape.len() - 1].to_vec();
     out_shape.extend(&kept_dims);
     activation.check_rank(out_shape.len())?;
+    if activation.to_act().is_none() && kept_dims.len() > 1 {
+        // The dense form would take the softmax over all kernel axes, not the last.
+        return Err(Error::new(
+            "a softmax activation over an EinsumDense with several output axes is not supported",
+        ));
+    }
+    let dense = DenseOp {
+        kernel: proj.kernel,
+        bias,
+        activation,
+        rows,
+    };
     Ok(Lowered::one(
         EinsumDenseOp {
-            proj,
-            activation,
-            rows,
+            dense,
             out: out_shape.clone(),
         },
         out_shape,

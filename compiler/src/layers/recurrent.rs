@@ -590,16 +590,7 @@ fn build_single(ctx: &mut LayerCtx, class: &str) -> Result<Lowered> {
     let config = ctx.config;
     let dir = Direction::build(ctx, class, config, &shape)?;
     initial_states(ctx, &dir)?;
-    let op = StackOp {
-        cells: vec![dir],
-        masked: ctx.masked,
-    };
-    let outputs = op.outputs();
-    Ok(Lowered {
-        op: Box::new(op),
-        outputs,
-        mask: None,
-    })
+    Ok(stack(vec![dir], ctx.masked))
 }
 
 /// `RNN(cell)` over a SimpleRNNCell, LSTMCell, GRUCell or StackedRNNCells.
@@ -707,14 +698,16 @@ fn build_rnn(ctx: &mut LayerCtx) -> Result<Lowered> {
         Some(first) => initial_states(ctx, first)?,
         None => return Err(Error::new("an RNN needs at least one cell")),
     };
-    let op = StackOp {
-        cells: dirs,
-        masked: ctx.masked,
-    };
+    Ok(stack(dirs, ctx.masked))
+}
+
+/// The op and outputs of a chain of cells.
+fn stack(cells: Vec<Direction>, masked: bool) -> Lowered {
+    let op = StackOp { cells, masked };
     let outputs = op.outputs();
-    Ok(Lowered {
+    Lowered {
         op: Box::new(op),
         outputs,
         mask: None,
-    })
+    }
 }

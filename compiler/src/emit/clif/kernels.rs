@@ -209,6 +209,30 @@ fn windows3(
     }
 }
 
+/// The address of a pixel of a `[batch, d, h, w, channels]` buffer whose grid is
+/// `grid`: at `first` when the position variables are 0, moving `step` positions per
+/// unit of each.
+fn pixel(
+    fx: &mut Fx,
+    base: Addr,
+    [b, vd, vh, vw]: [Value; 4],
+    first: [usize; 3],
+    step: [usize; 3],
+    grid: [usize; 3],
+    channels: usize,
+) -> Addr {
+    let [gd, gh, gw] = grid;
+    fx.at(
+        base.add(((first[0] * gh + first[1]) * gw + first[2]) * channels),
+        &[
+            (b, gd * gh * gw * channels),
+            (vd, step[0] * gh * gw * channels),
+            (vh, step[1] * gw * channels),
+            (vw, step[2] * channels),
+        ],
+    )
+}
+
 /// Emits one plan step.
 pub(super) fn step(fx: &mut Fx, plan: &Plan, wl: &WeightLayout, step: &Step) {
     let arena = fx.arena;
@@ -256,28 +280,28 @@ pub(super) fn step(fx: &mut Fx, plan: &Plan, wl: &WeightLayout, step: &Step) {
                     fx,
                     &p.windows,
                     |fx, [od, oh, ow], [d0, h0, w0], [dt, ht, wt]| {
-                        let ypix = fx.at(
-                            y.add(((d0 * wh.output + h0) * ww.output + w0) * c),
-                            &[
-                                (b, wd.output * wh.output * ww.output * c),
-                                (od, wh.output * ww.output * c),
-                                (oh, ww.output * c),
-                                (ow, c),
-                            ],
+                        let ypix = pixel(
+                            fx,
+                            y,
+                            [b, od, oh, ow],
+                            [d0, h0, w0],
+                            [1, 1, 1],
+                            [wd.output, wh.output, ww.output],
+                            c,
                         );
                         let first = [
                             wd.at(d0, dt.start),
                             wh.at(h0, ht.start),
                             ww.at(w0, wt.start),
                         ];
-                        let xpix = fx.at(
-                            x.add(((first[0] * wh.input + first[1]) * ww.input + first[2]) * c),
-                            &[
-                                (b, wd.input * wh.input * ww.input * c),
-                                (od, wd.stride * wh.input * ww.input * c),
-                                (oh, wh.stride * ww.input * c),
-                                (ow, ww.stride * c),
-                            ],
+                        let xpix = pixel(
+                            fx,
+                            x,
+                            [b, od, oh, ow],
+                            first,
+                            [wd.stride, wh.stride, ww.stride],
+                            [wd.input, wh.input, ww.input],
+                            c,
                         );
                         let count = dt.len() * ht.len() * wt.len();
                         for pass in &ps {
@@ -485,14 +509,14 @@ fn conv(fx: &mut Fx, p: &kerac::conv::Conv, x: Addr, w: Addr, bias: Option<Addr>
             fx,
             &p.windows,
             |fx, [od, oh, ow], [d0, h0, w0], [dt, ht, wt]| {
-                let ypix = fx.at(
-                    y.add(((d0 * wh.output + h0) * ww.output + w0) * cout),
-                    &[
-                        (b, wd.output * wh.output * ww.output * cout),
-                        (od, wh.output * ww.output * cout),
-                        (oh, ww.output * cout),
-                        (ow, cout),
-                    ],
+                let ypix = pixel(
+                    fx,
+                    y,
+                    [b, od, oh, ow],
+                    [d0, h0, w0],
+                    [1, 1, 1],
+                    [wd.output, wh.output, ww.output],
+                    cout,
                 );
                 if dt.is_empty() || ht.is_empty() || wt.is_empty() {
                     // Every tap in padding: the bias alone.
@@ -507,14 +531,14 @@ fn conv(fx: &mut Fx, p: &kerac::conv::Conv, x: Addr, w: Addr, bias: Option<Addr>
                     wh.at(h0, ht.start),
                     ww.at(w0, wt.start),
                 ];
-                let xpix = fx.at(
-                    x.add(((first[0] * wh.input + first[1]) * ww.input + first[2]) * cin),
-                    &[
-                        (b, wd.input * wh.input * ww.input * cin),
-                        (od, wd.stride * wh.input * ww.input * cin),
-                        (oh, wh.stride * ww.input * cin),
-                        (ow, ww.stride * cin),
-                    ],
+                let xpix = pixel(
+                    fx,
+                    x,
+                    [b, od, oh, ow],
+                    first,
+                    [wd.stride, wh.stride, ww.stride],
+                    [wd.input, wh.input, ww.input],
+                    cin,
                 );
                 let tap0 = (dt.start * wh.kernel + ht.start) * ww.kernel + wt.start;
                 let wtap = w.add(tap0 * cin_g * cout);
@@ -618,28 +642,28 @@ fn conv_transpose(
                 if dt.is_empty() || ht.is_empty() || wt.is_empty() {
                     return;
                 }
-                let xpix = fx.at(
-                    x.add(((d0 * wh.output + h0) * ww.output + w0) * cin),
-                    &[
-                        (b, wd.output * wh.output * ww.output * cin),
-                        (id, wh.output * ww.output * cin),
-                        (ih, ww.output * cin),
-                        (iw, cin),
-                    ],
+                let xpix = pixel(
+                    fx,
+                    x,
+                    [b, id, ih, iw],
+                    [d0, h0, w0],
+                    [1, 1, 1],
+                    [wd.output, wh.output, ww.output],
+                    cin,
                 );
                 let first = [
                     wd.at(d0, dt.start),
                     wh.at(h0, ht.start),
                     ww.at(w0, wt.start),
                 ];
-                let ypix = fx.at(
-                    y.add(((first[0] * wh.input + first[1]) * ww.input + first[2]) * cout),
-                    &[
-                        (b, wd.input * wh.input * ww.input * cout),
-                        (id, wd.stride * wh.input * ww.input * cout),
-                        (ih, wh.stride * ww.input * cout),
-                        (iw, ww.stride * cout),
-                    ],
+                let ypix = pixel(
+                    fx,
+                    y,
+                    [b, id, ih, iw],
+                    first,
+                    [wd.stride, wh.stride, ww.stride],
+                    [wd.input, wh.input, ww.input],
+                    cout,
                 );
                 let tap0 = (dt.start * wh.kernel + ht.start) * ww.kernel + wt.start;
                 let wtap = w.add(tap0 * cin * cout);
