@@ -58,6 +58,11 @@ fn main() {
     }
     table.push_str("    ]\n}\n");
     // The fixtures whose recurrent layers can run one step per call, compiled so.
+    writeln!(
+        table,
+        "/// The fixtures whose recurrent layers can stream.\npub const STREAMED: &[&str] = &{STREAMED:?};"
+    )
+    .unwrap();
     table.push_str("/// Streaming builds (`stream = true`) of the fixtures that can stream.\npub fn streamed() -> Vec<Compiled> {\n    vec![\n");
     for name in STREAMED {
         for file in ["k3.keras", "k3.h5", "k2.h5"] {

@@ -15,14 +15,6 @@ mod compiled {
     include!(concat!(env!("OUT_DIR"), "/compiled_fixtures.rs"));
 }
 
-const STREAMED: [&str; 6] = [
-    "lstm_predictor",
-    "gru_classifier",
-    "sequence_tagger",
-    "masking_sequence",
-    "masking_functional",
-    "stateful_lstm",
-];
 const FILES: [&str; 3] = ["k3.keras", "k3.h5", "k2.h5"];
 
 /// Feeds every recorded sample step by step through `step` (which gets one step of
@@ -111,7 +103,7 @@ fn flat(ys: Vec<ArrayD<f32>>) -> Vec<Vec<f32>> {
 #[test]
 fn plan_streamed_step_by_step_matches_keras() {
     let mut failures = Vec::new();
-    for name in STREAMED {
+    for &name in compiled::STREAMED {
         for file in FILES {
             let plan = stream_plan(name, file);
             assert!(!plan.state.is_empty(), "{name}/{file} keeps no state");
@@ -132,7 +124,7 @@ fn plan_streamed_step_by_step_matches_keras() {
 #[test]
 fn jit_streamed_step_by_step_matches_keras() {
     let mut failures = Vec::new();
-    for name in STREAMED {
+    for &name in compiled::STREAMED {
         for file in FILES {
             let plan = stream_plan(name, file);
             let jit = std::cell::RefCell::new(Jit::new(&plan).unwrap());
@@ -152,7 +144,7 @@ fn model_macro_streamed_step_by_step_matches_keras() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut failures = Vec::new();
     let all = compiled::streamed();
-    assert_eq!(all.len(), STREAMED.len() * FILES.len());
+    assert_eq!(all.len(), compiled::STREAMED.len() * FILES.len());
     for (label, reference, make) in all {
         let reference = IoFile::read(&root.join(reference)).unwrap();
         let model = std::cell::RefCell::new(make());
