@@ -1,7 +1,8 @@
 //! The recurrence of SimpleRNN, LSTM and GRU cells, as the runtime's
 //! `kerac::recurrent::recurrent` computes it: `h U` by register-blocked passes over the
-//! recurrent matrix, then the gates, for every step. The first step reads the zero
-//! initial state and is emitted apart, so the loop over the others has no branch.
+//! recurrent matrix, then the gates, and a blend that keeps the state at masked steps,
+//! for every step. The first step reads the initial state (given, or zeros) and is
+//! emitted apart, so the loop over the others has no branch.
 
 use super::fx::{Addr, Fx};
 use super::kernels::{axpy, copy, init, passes, store};
