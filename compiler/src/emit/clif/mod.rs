@@ -13,6 +13,7 @@ mod fx;
 mod kernels;
 mod kernels_norm;
 mod kernels_recurrent;
+mod kernels_window;
 
 use crate::error::{Error, Result};
 use crate::plan::{Kernel, Plan};
