@@ -214,15 +214,7 @@ fn build_bidirectional(ctx: &mut LayerCtx) -> Result<Lowered> {
         .first()
         .cloned()
         .ok_or_else(|| Error::new("expected a sequence input"))?;
-    let layer = ctx
-        .config
-        .get("layer")
-        .ok_or_else(|| Error::new("config: missing `layer`"))?;
-    let class = layer
-        .get("class_name")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let inner = layer.get("config").cloned().unwrap_or(Value::Null);
+    let (class, inner) = ctx.wrapped()?;
     let (back_class, back_config) = match ctx.config.get("backward_layer") {
         Some(b) if !b.is_null() => (
             b.get("class_name")

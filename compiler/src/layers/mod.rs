@@ -272,6 +272,20 @@ impl<'a> LayerCtx<'a> {
         Ok(())
     }
 
+    /// The class name and config of the layer a wrapper (TimeDistributed,
+    /// Bidirectional) holds under `layer`.
+    pub fn wrapped(&self) -> Result<(&'a str, Value)> {
+        let layer = self
+            .config
+            .get("layer")
+            .ok_or_else(|| Error::new("config: missing `layer`"))?;
+        let class = layer
+            .get("class_name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        Ok((class, layer.get("config").cloned().unwrap_or(Value::Null)))
+    }
+
     /// Parameters taken so far; the builder checks nothing is left over.
     pub fn finish(&self) -> Result<usize> {
         if self.taken != self.weights.len() {

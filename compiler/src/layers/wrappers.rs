@@ -7,7 +7,6 @@ use crate::error::{Error, Result};
 use crate::graph::Shape;
 use crate::plan::Lower;
 use ndarray::{ArrayD, IxDyn};
-use serde_json::Value;
 
 /// The classes this family builds.
 pub const LAYERS: &[(&str, BuildFn)] = &[("TimeDistributed", build_time_distributed)];
@@ -62,14 +61,7 @@ impl Op for TimeDistributedOp {
 
 fn build_time_distributed(ctx: &mut LayerCtx) -> Result<Lowered> {
     let shape = ctx.input()?.clone();
-    let layer = ctx
-        .config
-        .get("layer")
-        .ok_or_else(|| Error::new("config: missing `layer`"))?;
-    let class = layer
-        .get("class_name")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
+    let (class, config) = ctx.wrapped()?;
     let build = lookup(class).ok_or_else(|| {
         Error::new(format!(
             "TimeDistributed wraps `{class}`, which kerac does not support"
@@ -83,7 +75,6 @@ fn build_time_distributed(ctx: &mut LayerCtx) -> Result<Lowered> {
     let outer = [shape[0], shape[1]];
     let mut folded = vec![shape[0] * shape[1]];
     folded.extend(&shape[2..]);
-    let config = layer.get("config").cloned().unwrap_or(Value::Null);
     let folded_inputs = vec![folded];
     let lowered = ctx.nested(&config, &folded_inputs, build)?;
     let outputs = lowered.outputs.iter().map(|s| unfold(outer, s)).collect();

@@ -92,6 +92,35 @@ fn pixel(
     )
 }
 
+/// The address of the first in-range tap of a run's output position: the input pixel
+/// (the output pixel, for a transposed convolution) the window starts reading at.
+#[allow(clippy::too_many_arguments)]
+fn first_tap(
+    fx: &mut Fx,
+    base: Addr,
+    vars: [Value; 4],
+    windows: &[Window; 3],
+    starts: [usize; 3],
+    taps: [&Range<usize>; 3],
+    channels: usize,
+) -> Addr {
+    let [wd, wh, ww] = windows;
+    let first = [
+        wd.at(starts[0], taps[0].start),
+        wh.at(starts[1], taps[1].start),
+        ww.at(starts[2], taps[2].start),
+    ];
+    pixel(
+        fx,
+        base,
+        vars,
+        first,
+        [wd.stride, wh.stride, ww.stride],
+        [wd.input, wh.input, ww.input],
+        channels,
+    )
+}
+
 /// Max and average pooling, window runs as in [`conv`].
 pub(super) fn pool(fx: &mut Fx, p: &kerac::pool::Pool, x: Addr, y: Addr) {
     let p = &kerac::pool::Pool {
@@ -116,18 +145,13 @@ pub(super) fn pool(fx: &mut Fx, p: &kerac::pool::Pool, x: Addr, y: Addr) {
                     [wd.output, wh.output, ww.output],
                     c,
                 );
-                let first = [
-                    wd.at(d0, dt.start),
-                    wh.at(h0, ht.start),
-                    ww.at(w0, wt.start),
-                ];
-                let xpix = pixel(
+                let xpix = first_tap(
                     fx,
                     x,
                     [b, od, oh, ow],
-                    first,
-                    [wd.stride, wh.stride, ww.stride],
-                    [wd.input, wh.input, ww.input],
+                    &p.windows,
+                    [d0, h0, w0],
+                    [&dt, &ht, &wt],
                     c,
                 );
                 let count = dt.len() * ht.len() * wt.len();
@@ -206,18 +230,13 @@ pub(super) fn conv(
                     }
                     return;
                 }
-                let first = [
-                    wd.at(d0, dt.start),
-                    wh.at(h0, ht.start),
-                    ww.at(w0, wt.start),
-                ];
-                let xpix = pixel(
+                let xpix = first_tap(
                     fx,
                     x,
                     [b, od, oh, ow],
-                    first,
-                    [wd.stride, wh.stride, ww.stride],
-                    [wd.input, wh.input, ww.input],
+                    &p.windows,
+                    [d0, h0, w0],
+                    [&dt, &ht, &wt],
                     cin,
                 );
                 let tap0 = (dt.start * wh.kernel + ht.start) * ww.kernel + wt.start;
@@ -331,18 +350,13 @@ pub(super) fn conv_transpose(
                     [wd.output, wh.output, ww.output],
                     cin,
                 );
-                let first = [
-                    wd.at(d0, dt.start),
-                    wh.at(h0, ht.start),
-                    ww.at(w0, wt.start),
-                ];
-                let ypix = pixel(
+                let ypix = first_tap(
                     fx,
                     y,
                     [b, id, ih, iw],
-                    first,
-                    [wd.stride, wh.stride, ww.stride],
-                    [wd.input, wh.input, ww.input],
+                    &p.windows,
+                    [d0, h0, w0],
+                    [&dt, &ht, &wt],
                     cout,
                 );
                 let tap0 = (dt.start * wh.kernel + ht.start) * ww.kernel + wt.start;
