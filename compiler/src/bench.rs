@@ -84,3 +84,65 @@ impl Stats {
         )
     }
 }
+
+/// FLOP/s of one core running independent 8-wide FMAs (12 accumulators hide the
+/// latency), or `None` without AVX2 and FMA. Measured, because the core boosts past the
+/// clock the kernel reports, so a peak derived from that clock overstates every fraction.
+pub fn measured_peak_flops() -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn fma_loop(iters: u64) -> f32 {
+            use std::arch::x86_64::*;
+            let (a, b) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
+            let mut acc = [_mm256_setzero_ps(); 12];
+            for _ in 0..iters {
+                for v in acc.iter_mut() {
+                    *v = _mm256_fmadd_ps(*v, a, b);
+                }
+            }
+            let mut total = 0.0;
+            for v in acc {
+                let mut lanes = [0f32; 8];
+                _mm256_storeu_ps(lanes.as_mut_ptr(), v);
+                total += lanes.iter().sum::<f32>();
+            }
+            total
+        }
+        let iters = 20_000_000u64;
+        let mut best = f64::MAX;
+        for _ in 0..5 {
+            let start = Instant::now();
+            // SAFETY: avx2 and fma were detected above.
+            std::hint::black_box(unsafe { fma_loop(std::hint::black_box(iters)) });
+            best = best.min(start.elapsed().as_secs_f64());
+        }
+        return Some((iters * 12 * 8 * 2) as f64 / best);
+    }
+    None
+}
+
+/// The peak FLOP/s of one core derived from its data sheet: FMA units x vector lanes x
+/// 2 FLOPs x the clock `/proc/cpuinfo` reports, with the inputs it used. Assumes two
+/// 8-wide FMA pipes where AVX2+FMA exist (every AVX2 core since Haswell and Zen 1 has
+/// two 256-bit FMA pipes, Zen 1 by pairing 128-bit halves).
+pub fn derived_peak_flops() -> Option<(f64, String)> {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+        let mhz: f64 = info
+            .lines()
+            .find(|l| l.starts_with("cpu MHz"))?
+            .split(':')
+            .nth(1)?
+            .trim()
+            .parse()
+            .ok()?;
+        let flops = 2.0 * 8.0 * 2.0 * mhz * 1e6;
+        return Some((
+            flops,
+            format!("2 FMA pipes x 8 lanes x 2 FLOPs x {mhz:.0} MHz"),
+        ));
+    }
+    None
+}

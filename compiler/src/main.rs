@@ -93,6 +93,10 @@ enum Command {
         runs: usize,
         #[arg(long, value_enum, default_value_t = Backend::Jit)]
         backend: Backend,
+        /// Also time every step of the plan on its own (runtime kernels), with its
+        /// share of one core's measured peak.
+        #[arg(long)]
+        steps: bool,
     },
 }
 
@@ -262,6 +266,7 @@ fn execute(command: Command) -> Result<ExitCode, Error> {
             model,
             runs,
             backend,
+            steps,
         } => {
             let graph = model.load(None)?;
             let plan = Plan::new(&graph)?;
@@ -314,6 +319,9 @@ fn execute(command: Command) -> Result<ExitCode, Error> {
                 plan.batch
             );
             print!("{}", stats.to_text(plan.flops()));
+            if steps {
+                print_step_profile(&plan, &arrays, runs)?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Compile {
@@ -405,4 +413,39 @@ fn execute(command: Command) -> Result<ExitCode, Error> {
             })
         }
     }
+}
+
+/// Times each plan step on its own and prints its rate against one core's peak.
+fn print_step_profile(
+    plan: &Plan,
+    inputs: &[ndarray::ArrayD<f32>],
+    runs: usize,
+) -> Result<(), Error> {
+    let times = plan::exec::profile(plan, inputs, runs)?;
+    let peak = bench::measured_peak_flops();
+    match peak {
+        Some(p) => println!(
+            "\nsteps (runtime kernels), measured peak of one core {:.1} GFLOP/s:",
+            p / 1e9
+        ),
+        None => println!("\nsteps (runtime kernels):"),
+    }
+    println!(
+        "{:>4}  {:<14} {:>12} {:>10} {:>8} {:>7}  layers",
+        "step", "kernel", "FLOPs", "median", "GFLOP/s", "% peak"
+    );
+    for (i, (step, ns)) in plan.steps.iter().zip(&times).enumerate() {
+        let rate = step.flops as f64 / ns.max(1.0);
+        let share = peak.map_or("-".into(), |p| format!("{:.1}", 100.0 * rate * 1e9 / p));
+        println!(
+            "{i:>4}  {:<14} {:>12} {:>8.2}µs {:>8.2} {:>7}  {}",
+            step.kernel.name(),
+            step.flops,
+            ns / 1e3,
+            rate,
+            share,
+            step.layers
+        );
+    }
+    Ok(())
 }

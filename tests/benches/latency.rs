@@ -25,43 +25,8 @@ const MODELS: &[&str] = &[
     "gru_classifier/k3.keras",
 ];
 
-/// FLOP/s of one core running independent 8-wide FMAs.
-fn peak_flops() -> Option<f64> {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn fma_loop(iters: u64) -> f32 {
-            use std::arch::x86_64::*;
-            let (a, b) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
-            let mut acc = [_mm256_setzero_ps(); 12];
-            for _ in 0..iters {
-                for v in acc.iter_mut() {
-                    *v = _mm256_fmadd_ps(*v, a, b);
-                }
-            }
-            let mut total = 0.0;
-            for v in acc {
-                let mut lanes = [0f32; 8];
-                _mm256_storeu_ps(lanes.as_mut_ptr(), v);
-                total += lanes.iter().sum::<f32>();
-            }
-            total
-        }
-        let iters = 20_000_000u64;
-        let mut best = f64::MAX;
-        for _ in 0..5 {
-            let start = Instant::now();
-            // SAFETY: avx2 and fma were detected above.
-            black_box(unsafe { fma_loop(black_box(iters)) });
-            best = best.min(start.elapsed().as_secs_f64());
-        }
-        return Some((iters * 12 * 8 * 2) as f64 / best);
-    }
-    None
-}
-
 fn main() {
-    let peak = peak_flops();
+    let peak = kerac_compiler::bench::measured_peak_flops();
     match peak {
         Some(p) => println!(
             "measured peak of one core: {:.1} GFLOP/s (8-wide FMA loop, 12 accumulators)",

@@ -31,20 +31,7 @@ pub fn run_in(
         *arena = vec![0f32; plan.arena_floats];
     }
     let arena = arena.as_mut_slice();
-    for (port, x) in plan.inputs.iter().zip(inputs) {
-        if x.shape() != port.shape.as_slice() {
-            return Err(Error::new(format!(
-                "input `{}` has shape {:?}, the model expects {:?}",
-                port.name,
-                x.shape(),
-                port.shape
-            )));
-        }
-        let v = &plan.values[port.value];
-        for (dst, &src) in arena[v.offset..v.offset + v.len].iter_mut().zip(x.iter()) {
-            *dst = src;
-        }
-    }
+    write_inputs(plan, arena, inputs)?;
     for step in &plan.steps {
         call(plan, step, arena).map_err(|e| {
             Error::new(format!(
@@ -66,6 +53,49 @@ pub fn run_in(
             .map_err(|e| Error::new(e.to_string()))
         })
         .collect()
+}
+
+/// Copies the inputs into their arena regions, checking their shapes.
+fn write_inputs(plan: &Plan, arena: &mut [f32], inputs: &[ArrayD<f32>]) -> Result<()> {
+    for (port, x) in plan.inputs.iter().zip(inputs) {
+        if x.shape() != port.shape.as_slice() {
+            return Err(Error::new(format!(
+                "input `{}` has shape {:?}, the model expects {:?}",
+                port.name,
+                x.shape(),
+                port.shape
+            )));
+        }
+        let v = &plan.values[port.value];
+        for (dst, &src) in arena[v.offset..v.offset + v.len].iter_mut().zip(x.iter()) {
+            *dst = src;
+        }
+    }
+    Ok(())
+}
+
+/// The median time of each step over `runs` calls, in nanoseconds: where a call's time
+/// goes. Inputs are written again before every call, because the arena plan may reuse
+/// their regions once they are dead.
+pub fn profile(plan: &Plan, inputs: &[ArrayD<f32>], runs: usize) -> Result<Vec<f64>> {
+    let mut arena = Vec::new();
+    run_in(plan, &mut arena, inputs)?;
+    let mut times = vec![Vec::with_capacity(runs.max(1)); plan.steps.len()];
+    for _ in 0..runs.max(1) {
+        write_inputs(plan, &mut arena, inputs)?;
+        for (step, times) in plan.steps.iter().zip(times.iter_mut()) {
+            let start = std::time::Instant::now();
+            call(plan, step, &mut arena)?;
+            times.push(start.elapsed().as_nanos() as f64);
+        }
+    }
+    Ok(times
+        .into_iter()
+        .map(|mut t| {
+            t.sort_by(f64::total_cmp);
+            t[t.len() / 2]
+        })
+        .collect())
 }
 
 fn region(plan: &Plan, value: usize) -> Region {

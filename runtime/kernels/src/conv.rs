@@ -3,7 +3,7 @@
 //! channel) and transposed convolution.
 
 use crate::act::Act;
-use crate::simd::{axpy, dot, part, part_mut};
+use crate::simd::{axpy, dot, mul_acc, part, part_mut};
 use crate::window::Window;
 
 /// A (grouped) convolution with fixed geometry.
@@ -58,26 +58,28 @@ pub fn conv(p: &Conv, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32])
         for od in 0..wd.output {
             for oh in 0..wh.output {
                 let mut ow = 0;
-                #[cfg(all(
-                    target_arch = "x86_64",
-                    target_feature = "avx2",
-                    target_feature = "fma"
-                ))]
-                if p.groups == 1 && cout % 8 == 0 {
-                    // Interior tiles of TILE pixels, where every width tap lands inside.
-                    while ow + tile::TILE <= ww.output
+                while ow < ww.output {
+                    #[cfg(all(
+                        target_arch = "x86_64",
+                        target_feature = "avx2",
+                        target_feature = "fma"
+                    ))]
+                    if p.groups == 1
+                        && cout % 8 == 0
+                        && ow + tile::TILE <= ww.output
                         && ww.taps(ow).len() == ww.kernel
                         && ww.taps(ow + tile::TILE - 1).len() == ww.kernel
                     {
+                        // Interior tiles of TILE pixels, where every width tap lands
+                        // inside; the edge pixels on either side take the path below.
                         // SAFETY: lengths were checked above; the tile's taps all land
                         // inside the input (checked just now), and `pixel + TILE` output
                         // pixels fit in y.
                         unsafe { tile::conv_tile(p, x, w, bias, y, b, od, oh, ow, pixel) };
                         ow += tile::TILE;
                         pixel += tile::TILE;
+                        continue;
                     }
-                }
-                while ow < ww.output {
                     #[cfg(all(
                         target_arch = "x86_64",
                         target_feature = "avx2",
@@ -108,6 +110,13 @@ pub fn conv(p: &Conv, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32])
                                 let xi =
                                     (((b * wd.input + id) * wh.input + ih) * ww.input + iw) * p.cin;
                                 let tap = (kd * wh.kernel + kh) * ww.kernel + kw;
+                                if cin_g == 1 && cout_g == 1 {
+                                    // Depthwise, one output per channel: one elementwise
+                                    // product over all channels per tap.
+                                    let xs = unsafe { part(x, xi, cout) };
+                                    mul_acc(out, xs, unsafe { part(w, tap * cout, cout) });
+                                    continue;
+                                }
                                 for g in 0..p.groups {
                                     let xs = unsafe { part(x, xi + g * cin_g, cin_g) };
                                     let og = unsafe { part_mut(out, g * cout_g, cout_g) };

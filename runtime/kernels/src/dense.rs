@@ -37,7 +37,25 @@ pub fn dense(p: &Dense, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32
         target_feature = "fma"
     ))]
     {
-        for r in 0..p.rows {
+        // Pairs of rows share each weight load, for layers applied over time steps
+        // or positions; the full 32-column blocks are the ones that pay for it.
+        let paired = if n >= 32 { p.rows / 2 * 2 } else { 0 };
+        for r in (0..paired).step_by(2) {
+            // SAFETY: the lengths of x, w, y and bias were checked against rows, k and
+            // n above; rows `r` and `r + 1` of x and y lie inside them.
+            unsafe {
+                rows2_avx2(
+                    k,
+                    n,
+                    x.as_ptr().add(r * k),
+                    w.as_ptr(),
+                    bias.map(<[f32]>::as_ptr),
+                    y.as_mut_ptr().add(r * n),
+                )
+            };
+            p.act.apply(unsafe { part_mut(y, r * n, 2 * n) });
+        }
+        for r in paired..p.rows {
             // SAFETY: the lengths of x, w, y and bias were checked against rows, k and
             // n above; row `r` of x and y lies inside them.
             unsafe {
@@ -78,8 +96,9 @@ pub fn dense(p: &Dense, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32
     }
 }
 
-/// One row of `x W + b` with the output columns in registers: 32 at a time in four
-/// accumulators, then 8, then one by one; each input value is broadcast once per block.
+/// One row of `x W + b` with the output columns in registers: 32 at a time in eight
+/// accumulators, then 8 in four, then one by one; each input value is broadcast once
+/// per block.
 ///
 /// # Safety
 /// `x` holds `k` floats, `w` `k * n`, `y` `n`, and `bias` (when given) `n`.
@@ -106,38 +125,157 @@ unsafe fn row_avx2(
             None => _mm256_setzero_ps(),
         };
         let mut start = 0;
+        // Two sets of accumulators, over even and odd inputs, so that eight independent
+        // FMA chains hide the FMA latency; they are added once at the end.
+        let pairs = k / 2;
         while start + 32 <= n {
-            let mut acc = [
+            let mut even = [
                 init(start),
                 init(start + 8),
                 init(start + 16),
                 init(start + 24),
             ];
-            for i in 0..k {
-                let v = _mm256_broadcast_ss(&*x.add(i));
-                let wr = w.add(i * n + start);
-                for (j, a) in acc.iter_mut().enumerate() {
+            let mut odd = [_mm256_setzero_ps(); 4];
+            for i in 0..pairs {
+                let v0 = _mm256_broadcast_ss(&*x.add(2 * i));
+                let v1 = _mm256_broadcast_ss(&*x.add(2 * i + 1));
+                let w0 = w.add(2 * i * n + start);
+                let w1 = w0.add(n);
+                for j in 0..4 {
+                    even[j] = _mm256_fmadd_ps(v0, _mm256_loadu_ps(w0.add(8 * j)), even[j]);
+                    odd[j] = _mm256_fmadd_ps(v1, _mm256_loadu_ps(w1.add(8 * j)), odd[j]);
+                }
+            }
+            if k % 2 == 1 {
+                let v = _mm256_broadcast_ss(&*x.add(k - 1));
+                let wr = w.add((k - 1) * n + start);
+                for (j, a) in even.iter_mut().enumerate() {
                     *a = _mm256_fmadd_ps(v, _mm256_loadu_ps(wr.add(8 * j)), *a);
                 }
             }
-            for (j, a) in acc.iter().enumerate() {
-                _mm256_storeu_ps(y.add(start + 8 * j), *a);
+            for j in 0..4 {
+                _mm256_storeu_ps(y.add(start + 8 * j), _mm256_add_ps(even[j], odd[j]));
             }
             start += 32;
         }
-        while start + 8 <= n {
-            let mut acc = init(start);
+        if start < n {
+            row_tail_avx2(
+                k,
+                n,
+                n - start,
+                x,
+                w.add(start),
+                bias.map(|b| b.add(start)),
+                y.add(start),
+            );
+        }
+    }
+}
+
+/// Two adjacent rows of `x W + b`: the full 32-column blocks in eight accumulators
+/// (two rows x four vectors), so each weight vector loaded feeds two FMAs; the columns
+/// left over take [`row_avx2`]'s path, row by row.
+///
+/// # Safety
+/// `x` holds `2 * k` floats, `w` `k * n`, `y` `2 * n`, and `bias` (when given) `n`.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+#[inline(always)]
+unsafe fn rows2_avx2(
+    k: usize,
+    n: usize,
+    x: *const f32,
+    w: *const f32,
+    bias: Option<*const f32>,
+    y: *mut f32,
+) {
+    use core::arch::x86_64::*;
+    // SAFETY (the whole body): every offset stays inside the buffers the contract names;
+    // loads and stores are the unaligned forms; AVX2 and FMA are enabled for this build.
+    unsafe {
+        let init = |col: usize| match bias {
+            Some(b) => _mm256_loadu_ps(b.add(col)),
+            None => _mm256_setzero_ps(),
+        };
+        let (x1, y1) = (x.add(k), y.add(n));
+        let mut start = 0;
+        while start + 32 <= n {
+            let mut a0 = [
+                init(start),
+                init(start + 8),
+                init(start + 16),
+                init(start + 24),
+            ];
+            let mut a1 = a0;
             for i in 0..k {
-                acc = _mm256_fmadd_ps(
+                let v0 = _mm256_broadcast_ss(&*x.add(i));
+                let v1 = _mm256_broadcast_ss(&*x1.add(i));
+                let wr = w.add(i * n + start);
+                for j in 0..4 {
+                    let wv = _mm256_loadu_ps(wr.add(8 * j));
+                    a0[j] = _mm256_fmadd_ps(v0, wv, a0[j]);
+                    a1[j] = _mm256_fmadd_ps(v1, wv, a1[j]);
+                }
+            }
+            for j in 0..4 {
+                _mm256_storeu_ps(y.add(start + 8 * j), a0[j]);
+                _mm256_storeu_ps(y1.add(start + 8 * j), a1[j]);
+            }
+            start += 32;
+        }
+        if start < n {
+            let rest = n - start;
+            let (b, w) = (bias.map(|b| b.add(start)), w.add(start));
+            // The leftover columns of both rows, as a narrower matrix with row stride n.
+            row_tail_avx2(k, n, rest, x, w, b, y.add(start));
+            row_tail_avx2(k, n, rest, x1, w, b, y1.add(start));
+        }
+    }
+}
+
+/// Columns `0..cols` of one row of `x W + b`, `W` having row stride `n`: 8 at a time in
+/// four chains, then one by one.
+///
+/// # Safety
+/// `x` holds `k` floats, `w` `(k - 1) * n + cols`, `y` `cols`, `bias` (when given) `cols`.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+#[inline(always)]
+unsafe fn row_tail_avx2(
+    k: usize,
+    n: usize,
+    cols: usize,
+    x: *const f32,
+    w: *const f32,
+    bias: Option<*const f32>,
+    y: *mut f32,
+) {
+    use core::arch::x86_64::*;
+    // SAFETY (the whole body): as the contract says; unaligned loads and stores.
+    unsafe {
+        let mut start = 0;
+        while start + 8 <= cols {
+            let zero = _mm256_setzero_ps();
+            let first = bias.map_or(zero, |b| _mm256_loadu_ps(b.add(start)));
+            let mut acc = [first, zero, zero, zero];
+            for i in 0..k {
+                acc[i % 4] = _mm256_fmadd_ps(
                     _mm256_broadcast_ss(&*x.add(i)),
                     _mm256_loadu_ps(w.add(i * n + start)),
-                    acc,
+                    acc[i % 4],
                 );
             }
-            _mm256_storeu_ps(y.add(start), acc);
+            let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+            _mm256_storeu_ps(y.add(start), sum);
             start += 8;
         }
-        for col in start..n {
+        for col in start..cols {
             let mut acc = bias.map_or(0.0, |b| *b.add(col));
             for i in 0..k {
                 acc += *x.add(i) * *w.add(i * n + col);

@@ -40,6 +40,50 @@ pub(crate) fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     }
 }
 
+/// `y += a * x` elementwise over `min(len)` values (a depthwise tap over channels).
+#[inline(always)]
+pub(crate) fn mul_acc(y: &mut [f32], a: &[f32], x: &[f32]) {
+    let n = y.len().min(a.len()).min(x.len());
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ))]
+    {
+        let (yh, yt) = y[..n].split_at_mut(n - n % 8);
+        let (ah, at) = a[..n].split_at(n - n % 8);
+        let (xh, xt) = x[..n].split_at(n - n % 8);
+        for ((yc, ac), xc) in yh
+            .chunks_exact_mut(8)
+            .zip(ah.chunks_exact(8))
+            .zip(xh.chunks_exact(8))
+        {
+            use core::arch::x86_64::*;
+            // SAFETY: every chunk holds exactly 8 floats (chunks_exact), the loads and
+            // the store are unaligned forms, and avx2+fma are enabled for this build.
+            unsafe {
+                let acc = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(ac.as_ptr()),
+                    _mm256_loadu_ps(xc.as_ptr()),
+                    _mm256_loadu_ps(yc.as_ptr()),
+                );
+                _mm256_storeu_ps(yc.as_mut_ptr(), acc);
+            }
+        }
+        for ((yv, &av), &xv) in yt.iter_mut().zip(at).zip(xt) {
+            *yv += av * xv;
+        }
+    }
+    #[cfg(not(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    )))]
+    for ((yv, &av), &xv) in y[..n].iter_mut().zip(&a[..n]).zip(&x[..n]) {
+        *yv += av * xv;
+    }
+}
+
 /// `sum(a * b)` over `min(len)` values, in eight interleaved partial sums.
 #[inline(always)]
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
