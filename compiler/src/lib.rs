@@ -17,6 +17,8 @@ pub mod keras;
 pub mod layers;
 pub mod plan;
 pub mod report;
+#[cfg(feature = "clif")]
+pub mod wcet;
 
 pub use error::{Error, Result};
 pub use graph::{BuildOptions, Graph};

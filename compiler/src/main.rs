@@ -30,6 +30,30 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Report what a worst-case execution time analysis needs: per step, the loop
+        /// nest of the generated code with its trip counts, FLOPs, bytes, and the
+        /// instructions executed (counted under Valgrind when it is installed), and a
+        /// cycle bound for the whole call. Writes the report as JSON too.
+        #[arg(long)]
+        wcet: bool,
+        /// Where `--wcet` writes its JSON (default: <model stem>.wcet.json).
+        #[arg(long, short, requires = "wcet")]
+        output: Option<PathBuf>,
+        /// Machine model of `--wcet`: the most cycles any one instruction takes.
+        #[arg(long, default_value_t = 14, requires = "wcet")]
+        cycles_per_instruction: u64,
+        /// Machine model of `--wcet`: cycles to fetch a 64-byte line from memory.
+        #[arg(long, default_value_t = 300, requires = "wcet")]
+        miss_cycles: u64,
+    },
+    /// Counts the instructions of each step under Valgrind (run by `inspect --wcet`).
+    #[command(hide = true)]
+    CountInstructions {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Callgrind's output file base.
+        #[arg(long)]
+        dumps: PathBuf,
     },
     /// Run a model on inputs from a kerac-io/1 file and write its outputs.
     Run {
@@ -212,7 +236,52 @@ fn main() -> ExitCode {
 
 fn execute(command: Command) -> Result<ExitCode, Error> {
     match command {
-        Command::Inspect { model, json } => {
+        Command::Inspect {
+            model,
+            wcet: true,
+            json,
+            output,
+            cycles_per_instruction,
+            miss_cycles,
+        } => {
+            let graph = model.load(None)?;
+            let plan = Plan::new(&graph)?;
+            let machine = kerac_compiler::wcet::MachineModel {
+                cycles_per_instruction,
+                miss_cycles,
+                ..Default::default()
+            };
+            let report =
+                kerac_compiler::wcet::WcetReport::new(&plan, count_instructions(&model), machine)?;
+            let text =
+                serde_json::to_string_pretty(&report).map_err(|e| Error::new(e.to_string()))?;
+            let output = output.unwrap_or_else(|| {
+                let stem = model
+                    .model
+                    .file_stem()
+                    .unwrap_or_default()
+                    .to_string_lossy();
+                PathBuf::from(format!("{stem}.wcet.json"))
+            });
+            write(&output, text.as_bytes())?;
+            if json {
+                println!("{text}");
+            } else {
+                print!("{}", report.to_text());
+                println!("wrote {}", output.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CountInstructions { model, dumps } => {
+            let plan = Plan::new(&model.load(None)?)?;
+            let counts = kerac_compiler::wcet::count_in_valgrind(&plan, &dumps, &|_| 0.0)?;
+            println!(
+                "{}",
+                serde_json::to_string(&counts).map_err(|e| Error::new(e.to_string()))?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Inspect { model, json, .. } => {
             let graph = model.load(None)?;
             let report = Report::new(&graph);
             if json {
@@ -448,4 +517,20 @@ fn print_step_profile(
         );
     }
     Ok(())
+}
+
+/// Runs this program's hidden `count-instructions` under Valgrind's callgrind and reads
+/// its counts; the error says why not (no Valgrind, another machine, a failure).
+fn count_instructions(model: &ModelArgs) -> Result<kerac_compiler::wcet::Counts, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("not measured: {e}"))?;
+    let mut args: Vec<std::ffi::OsString> =
+        vec!["count-instructions".into(), model.model.clone().into()];
+    args.extend(["--batch".into(), model.batch.to_string().into()]);
+    if let Some(w) = &model.weights {
+        args.extend(["--weights".into(), w.clone().into()]);
+    }
+    for s in &model.input_shapes {
+        args.extend(["--input-shape".into(), s.into()]);
+    }
+    kerac_compiler::wcet::count_under_valgrind(&exe, &args)
 }

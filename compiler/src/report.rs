@@ -58,18 +58,10 @@ impl PlanReport {
     pub fn new(plan: &crate::plan::Plan) -> PlanReport {
         use crate::plan::Kernel;
         let weight_floats = |k: &Kernel| -> usize {
-            let w = |id: &usize| plan.weights[*id].data.len();
-            match k {
-                Kernel::Dense { w: a, b, .. }
-                | Kernel::Conv { w: a, b, .. }
-                | Kernel::ConvTranspose { w: a, b, .. } => w(a) + b.as_ref().map_or(0, w),
-                Kernel::ScaleShift { scale, offset, .. } => w(scale) + w(offset),
-                Kernel::Prelu { alpha, .. } => w(alpha),
-                Kernel::LayerNorm { gamma, beta, .. } | Kernel::GroupNorm { gamma, beta, .. } => {
-                    gamma.as_ref().map_or(0, w) + beta.as_ref().map_or(0, w)
-                }
-                _ => 0,
-            }
+            k.weights()
+                .iter()
+                .map(|&id| plan.weights[id].data.len())
+                .sum()
         };
         PlanReport {
             steps: plan

@@ -156,11 +156,11 @@ impl Tape {
                 Op::Ge(a, b) => fx.mask(FloatCC::GreaterThanOrEqual, g(a), g(b)),
                 Op::Select(m, a, b) => fx.select(g(m), g(a), g(b)),
                 Op::Trunc(a) => {
-                    let n = fx.b.ins().fcvt_to_sint_sat(int, g(a));
+                    let n = to_int_sat(fx, int, g(a));
                     fx.b.ins().fcvt_from_sint(ty, n)
                 }
                 Op::Pow2Minus1(a) => {
-                    let n = fx.b.ins().fcvt_to_sint_sat(int, g(a));
+                    let n = to_int_sat(fx, int, g(a));
                     let bias = int_const(fx, int, 126);
                     let e = fx.b.ins().iadd(n, bias);
                     let bits = fx.b.ins().ishl_imm_u(e, 23);
@@ -188,6 +188,19 @@ impl Tape {
         }
         vals[self.result as usize].expect("the result is recorded")
     }
+}
+
+/// `fcvt_to_sint_sat` without a branch. Cranelift lowers the scalar form on x86-64 with
+/// branches for NaN and overflow, which would make the path depend on the data; the
+/// vector form is branch-free, so where the target has vectors a scalar goes through
+/// lane 0 of one.
+pub(super) fn to_int_sat(fx: &mut Fx, int: Type, v: Value) -> Value {
+    if int.is_vector() || fx.lanes == 1 {
+        return fx.b.ins().fcvt_to_sint_sat(int, v);
+    }
+    let wide = fx.b.ins().splat(types::F32X4, v);
+    let n = fx.b.ins().fcvt_to_sint_sat(types::I32X4, wide);
+    fx.b.ins().extractlane(n, 0)
 }
 
 fn int_const(fx: &mut Fx, ty: Type, v: i64) -> Value {

@@ -21,6 +21,24 @@ pub(super) struct Fx<'a> {
     pub weights: Value,
     /// Traced activations, by their debug text, reused across steps.
     pub tapes: Vec<(Act, Tape)>,
+    /// Every loop emitted so far, in emission order.
+    pub loops: Vec<Loop>,
+    /// Loops open around the code being emitted now.
+    pub depth: usize,
+    /// In a counting build, the address and index of the first counter of this
+    /// function's loops: each loop's body adds one to its own 64-bit counter, so a test
+    /// can hold the recorded trip counts against execution.
+    pub counters: Option<(Addr, usize)>,
+}
+
+/// One loop of the generated code: its nesting depth in its function (0 outermost) and
+/// its constant trip count. Loops that run once are not loops and are not emitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Loop {
+    /// Loops around it.
+    pub depth: usize,
+    /// Iterations each time it is entered.
+    pub trips: usize,
 }
 
 /// A float address: a pointer plus a constant offset in floats.
@@ -181,7 +199,21 @@ impl<'a> Fx<'a> {
                 self.b.ins().jump(head, &[]);
                 self.b.switch_to_block(head);
                 let i = self.b.use_var(var);
+                let id = self.loops.len();
+                self.loops.push(Loop {
+                    depth: self.depth,
+                    trips: n,
+                });
+                if let Some((base, first)) = self.counters {
+                    // Offsets are in floats; a counter is two floats wide.
+                    let at = ((base.off + 2 * (first + id) as i64) * 4) as i32;
+                    let c = self.b.ins().load(types::I64, trusted(), base.base, at);
+                    let c = self.b.ins().iadd_imm_s(c, 1);
+                    self.b.ins().store(trusted(), c, base.base, at);
+                }
+                self.depth += 1;
                 body(self, i);
+                self.depth -= 1;
                 let next = self.b.ins().iadd_imm_s(i, 1);
                 self.b.def_var(var, next);
                 let more = self

@@ -497,7 +497,10 @@ pub(super) fn gather(fx: &mut Fx, p: &kerac::shape::Gather, x: Addr, table: Addr
         let top = fx.splat(types::F32, last);
         let v = fx.max(v, zero);
         let v = fx.min(v, top);
-        let row = fx.b.ins().fcvt_to_uint_sat(types::I64, v);
+        // Clamped above into [0, vocab): a signed 32-bit conversion holds it, and its
+        // branch-free form keeps the path independent of the index.
+        let row = super::act::to_int_sat(fx, types::I32, v);
+        let row = fx.b.ins().uextend(types::I64, row);
         let from = fx.at(table, &[(row, p.dim)]);
         let to = fx.at(y, &[(i, p.dim)]);
         copy(fx, from, to, p.dim);

@@ -1,5 +1,5 @@
 //! Native code through Cranelift: the same [`Plan`] the Rust emitter reads, lowered to
-//! one function per model, for an object file (x86-64, aarch64, riscv64) or for the
+//! one function per model (calling one local function per step), for an object file (x86-64, aarch64, riscv64) or for the
 //! JIT behind `kerac run`, `check` and `bench`.
 //!
 //! The function is `int <prefix>_predict(const float *const *inputs, float *const
@@ -23,6 +23,7 @@ use cranelift_codegen::settings::{self, Configurable};
 use cranelift_codegen::Context;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::{DataDescription, Linkage, Module};
+pub use fx::Loop;
 use fx::{Addr, Fx};
 use ndarray::{ArrayD, IxDyn};
 
@@ -174,14 +175,28 @@ pub fn scratch_bytes(plan: &Plan) -> usize {
 /// Alignment the scratch buffer should have (the function itself tolerates any).
 pub const SCRATCH_ALIGN: usize = 16;
 
-/// Declares and defines `<prefix>_predict` and its weights in `module`.
+/// What [`define`] made: the functions and the loops of each.
+struct Defined {
+    predict: cranelift_module::FuncId,
+    steps: Vec<cranelift_module::FuncId>,
+    /// The loops of each step's function, in emission order.
+    loops: Vec<Vec<Loop>>,
+    /// The loops of `predict` itself: copying inputs in and outputs out.
+    io_loops: Vec<Loop>,
+}
+
+/// Declares and defines `<prefix>_predict`, one local function `<prefix>_step<k>` per
+/// plan step (so that profilers and WCET tools see each step under its own symbol),
+/// and the weights, in `module`. With `counting`, every loop body also counts its
+/// runs in 64-bit counters after the arena ([`counting_scratch_bytes`]).
 fn define<M: Module>(
     module: &mut M,
     plan: &Plan,
     prefix: &str,
     lanes: usize,
     fma: bool,
-) -> Result<cranelift_module::FuncId> {
+    counting: bool,
+) -> Result<Defined> {
     let backend = |e: cranelift_module::ModuleError| Error::new(format!("Cranelift: {e}"));
     let weights = layout_weights(plan);
     let data = module
@@ -194,25 +209,28 @@ fn define<M: Module>(
 
     let ptr = module.target_config().pointer_type();
     let call_conv = CallConv::triple_default(module.isa().triple());
-    let mut sig = Signature::new(call_conv);
-    sig.params.extend([AbiParam::new(ptr); 3]);
-    sig.returns.push(AbiParam::new(types::I32));
-    let func = module
-        .declare_function(&format!("{prefix}_predict"), Linkage::Export, &sig)
-        .map_err(backend)?;
-
-    let mut ctx = Context::new();
-    ctx.func.signature = sig;
-    ctx.func.name = UserFuncName::user(0, func.as_u32());
-    let gv = module.declare_data_in_func(data, &mut ctx.func);
+    let counter_base = scratch_bytes(plan).div_ceil(8) * 8 / 4;
+    let mut tapes = Vec::new();
+    let mut loops = Vec::new();
+    let mut steps = Vec::new();
+    let mut counted = 0;
     let mut fctx = FunctionBuilderContext::new();
-    {
+    for (k, step) in plan.steps.iter().enumerate() {
+        let mut sig = Signature::new(call_conv);
+        sig.params.push(AbiParam::new(ptr));
+        let func = module
+            .declare_function(&format!("{prefix}_step{k}"), Linkage::Local, &sig)
+            .map_err(backend)?;
+        let mut ctx = Context::new();
+        ctx.func.signature = sig;
+        ctx.func.name = UserFuncName::user(0, func.as_u32());
+        let gv = module.declare_data_in_func(data, &mut ctx.func);
         let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
         let entry = b.create_block();
         b.append_block_params_for_function_params(entry);
         b.switch_to_block(entry);
         b.seal_block(entry);
-        let [inputs, outputs, scratch] = [0, 1, 2].map(|i| b.block_params(entry)[i]);
+        let scratch = b.block_params(entry)[0];
         let wbase = b.ins().symbol_value(ptr, gv);
         let mut fx = Fx {
             b,
@@ -220,7 +238,59 @@ fn define<M: Module>(
             fma,
             arena: scratch,
             weights: wbase,
+            tapes: std::mem::take(&mut tapes),
+            loops: Vec::new(),
+            depth: 0,
+            counters: counting.then_some((
+                Addr {
+                    base: scratch,
+                    off: counter_base as i64,
+                },
+                counted,
+            )),
+        };
+        kernels::step(&mut fx, plan, &weights, step);
+        fx.b.ins().return_(&[]);
+        fx.b.finalize(module.target_config());
+        tapes = fx.tapes;
+        counted += fx.loops.len();
+        loops.push(fx.loops);
+        module
+            .define_function(func, &mut ctx)
+            .map_err(|e| Error::new(format!("Cranelift: {e:?}")))?;
+        steps.push(func);
+    }
+
+    let mut sig = Signature::new(call_conv);
+    sig.params.extend([AbiParam::new(ptr); 3]);
+    sig.returns.push(AbiParam::new(types::I32));
+    let func = module
+        .declare_function(&format!("{prefix}_predict"), Linkage::Export, &sig)
+        .map_err(backend)?;
+    let mut ctx = Context::new();
+    ctx.func.signature = sig;
+    ctx.func.name = UserFuncName::user(0, func.as_u32());
+    let calls: Vec<_> = steps
+        .iter()
+        .map(|&f| module.declare_func_in_func(f, &mut ctx.func))
+        .collect();
+    let io_loops = {
+        let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+        let entry = b.create_block();
+        b.append_block_params_for_function_params(entry);
+        b.switch_to_block(entry);
+        b.seal_block(entry);
+        let [inputs, outputs, scratch] = [0, 1, 2].map(|i| b.block_params(entry)[i]);
+        let mut fx = Fx {
+            b,
+            lanes,
+            fma,
+            arena: scratch,
+            weights: scratch,
             tapes: Vec::new(),
+            loops: Vec::new(),
+            depth: 0,
+            counters: None,
         };
         let arena = |off: usize| Addr {
             base: scratch,
@@ -231,8 +301,8 @@ fn define<M: Module>(
             let p = fx.b.ins().load(ptr, fx::trusted(), inputs, (i * 8) as i32);
             kernels::copy(&mut fx, Addr { base: p, off: 0 }, arena(v.offset), v.len);
         }
-        for step in &plan.steps {
-            kernels::step(&mut fx, plan, &weights, step);
+        for &call in &calls {
+            fx.b.ins().call(call, &[scratch]);
         }
         for (i, port) in plan.outputs.iter().enumerate() {
             let v = &plan.values[port.value];
@@ -242,11 +312,23 @@ fn define<M: Module>(
         let ok = fx.b.ins().iconst(types::I32, 0);
         fx.b.ins().return_(&[ok]);
         fx.b.finalize(module.target_config());
-    }
+        fx.loops
+    };
     module
         .define_function(func, &mut ctx)
         .map_err(|e| Error::new(format!("Cranelift: {e:?}")))?;
-    Ok(func)
+    Ok(Defined {
+        predict: func,
+        steps,
+        loops,
+        io_loops,
+    })
+}
+
+/// Scratch bytes of a counting build ([`Jit::counting`]): the arena, then one 64-bit
+/// counter per loop.
+fn counting_scratch_bytes(plan: &Plan, loops: usize) -> usize {
+    scratch_bytes(plan).div_ceil(8) * 8 + 8 * loops
 }
 
 /// An object file with `<prefix>_predict` for `target`.
@@ -261,7 +343,7 @@ pub fn object(plan: &Plan, target: Target, prefix: &str) -> Result<Vec<u8>> {
     .map_err(|e| Error::new(format!("Cranelift: {e}")))?;
     let mut module = cranelift_object::ObjectModule::new(builder);
     let (lanes, fma) = target.shape();
-    define(&mut module, plan, prefix, lanes, fma)?;
+    define(&mut module, plan, prefix, lanes, fma, false)?;
     let product = module.finish();
     let bytes = product
         .emit()
@@ -310,6 +392,11 @@ pub struct Jit {
     // Owns the executable memory `predict` points into.
     module: Option<cranelift_jit::JITModule>,
     predict: extern "C" fn(*const *const f32, *const *mut f32, *mut u8) -> i32,
+    steps: Vec<extern "C" fn(*mut u8)>,
+    loops: Vec<Vec<Loop>>,
+    io_loops: Vec<Loop>,
+    /// Bytes of scratch before the loop counters of a counting build.
+    counters_at: Option<usize>,
     scratch: Vec<u128>,
     input_lens: Vec<usize>,
     output_lens: Vec<usize>,
@@ -322,6 +409,16 @@ pub struct Jit {
 impl Jit {
     /// Compiles `plan` for the host.
     pub fn new(plan: &Plan) -> Result<Jit> {
+        Jit::build(plan, false)
+    }
+
+    /// Compiles `plan` for the host with a counter in every loop body, to check the
+    /// loop bounds [`Jit::loops`] reports against what runs ([`Jit::loop_runs`]).
+    pub fn counting(plan: &Plan) -> Result<Jit> {
+        Jit::build(plan, true)
+    }
+
+    fn build(plan: &Plan, counting: bool) -> Result<Jit> {
         let host = cranelift_native::builder()
             .map_err(|e| Error::new(format!("this machine has no Cranelift backend: {e}")))?;
         let isa = host
@@ -333,11 +430,11 @@ impl Jit {
             isa,
             cranelift_module::default_libcall_names(),
         ));
-        let func = define(&mut module, plan, "kerac", lanes, fma)?;
+        let defined = define(&mut module, plan, "kerac", lanes, fma, counting)?;
         module
             .finalize_definitions()
             .map_err(|e| Error::new(format!("Cranelift: {e}")))?;
-        let code = module.get_finalized_function(func);
+        let code = module.get_finalized_function(defined.predict);
         // SAFETY: `code` is the function just defined with the signature
         // (ptr, ptr, ptr) -> i32 in the platform's C calling convention, and the
         // module that owns its memory lives as long as `self`.
@@ -347,10 +444,30 @@ impl Jit {
                 extern "C" fn(*const *const f32, *const *mut f32, *mut u8) -> i32,
             >(code)
         };
+        let steps = defined
+            .steps
+            .iter()
+            .map(|&f| {
+                let code = module.get_finalized_function(f);
+                // SAFETY: each step is a function (ptr) -> () in the platform's C
+                // calling convention, owned by the module `self` keeps.
+                unsafe { std::mem::transmute::<*const u8, extern "C" fn(*mut u8)>(code) }
+            })
+            .collect();
+        let total_loops = defined.loops.iter().map(Vec::len).sum();
+        let bytes = if counting {
+            counting_scratch_bytes(plan, total_loops)
+        } else {
+            scratch_bytes(plan)
+        };
         Ok(Jit {
             module: Some(module),
             predict,
-            scratch: vec![0; scratch_bytes(plan).div_ceil(16)],
+            steps,
+            loops: defined.loops,
+            io_loops: defined.io_loops,
+            counters_at: counting.then(|| scratch_bytes(plan).div_ceil(8) * 8),
+            scratch: vec![0; bytes.div_ceil(16)],
             input_lens: plan
                 .inputs
                 .iter()
@@ -365,6 +482,47 @@ impl Jit {
             in_ptrs: vec![std::ptr::null(); plan.inputs.len()],
             out_ptrs: vec![std::ptr::null_mut(); plan.outputs.len()],
         })
+    }
+
+    /// The loops of each step's code, in emission order, with constant trip counts.
+    pub fn loops(&self) -> &[Vec<Loop>] {
+        &self.loops
+    }
+
+    /// The loops of `predict` around the steps: copying inputs in and outputs out.
+    pub fn io_loops(&self) -> &[Loop] {
+        &self.io_loops
+    }
+
+    /// Runs step `k` alone on whatever the scratch memory holds: the instructions it
+    /// executes do not depend on the data, so this is how one step is measured.
+    /// Steps past the last do nothing.
+    pub fn run_step(&mut self, k: usize) {
+        if let Some(step) = self.steps.get(k) {
+            // The scratch buffer is at least `scratch_bytes(plan)` long: all a step
+            // touches besides its own weights.
+            step(self.scratch.as_mut_ptr().cast());
+        }
+    }
+
+    /// In a counting build, how many times each loop body has run since the build,
+    /// steps in order and loops in emission order (as [`Jit::loops`] lists them).
+    pub fn loop_runs(&self) -> Option<Vec<u64>> {
+        let at = self.counters_at?;
+        let total: usize = self.loops.iter().map(Vec::len).sum();
+        // SAFETY: a counting build's scratch holds `total` u64 counters from `at`,
+        // which is a multiple of 8 inside a buffer of u128.
+        let bytes: &[u8] = unsafe {
+            std::slice::from_raw_parts(self.scratch.as_ptr().cast(), self.scratch.len() * 16)
+        };
+        Some(
+            (0..total)
+                .map(|i| {
+                    let b = &bytes[at + 8 * i..at + 8 * i + 8];
+                    u64::from_le_bytes(b.try_into().unwrap_or([0; 8]))
+                })
+                .collect(),
+        )
     }
 
     /// Runs the model on flat buffers in Keras's order; their counts and lengths are

@@ -1,0 +1,125 @@
+//! The numbers `kerac inspect --wcet` reports hold for the code that runs:
+//! - every loop's trip count, multiplied through its enclosing loops, is how many times
+//!   its body runs: a counting build of the same code (a counter in every loop body)
+//!   runs each fixture and the counters must equal the report;
+//! - every benchmark model gets a full report, and under Valgrind the instructions of
+//!   every step are the same for every kind of input.
+
+use kerac_compiler::emit::clif::Jit;
+use kerac_compiler::plan::Plan;
+use kerac_compiler::wcet::{count_under_valgrind, loop_rows, Counts, WcetReport};
+use std::path::{Path, PathBuf};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
+}
+
+#[test]
+fn trip_counts_equal_loop_body_runs() {
+    let mut checked = 0;
+    for f in kerac_conformance::fixtures() {
+        let reference = kerac_compiler::io::IoFile::read(&f.reference).unwrap();
+        let graph = kerac_conformance::load(&f, &reference).unwrap();
+        let plan = Plan::new(&graph).unwrap();
+        let mut jit = Jit::counting(&plan).unwrap();
+        let mut plain = Jit::new(&plan).unwrap();
+        let (inputs, mut outputs) = kerac_conformance::one_sample(&reference);
+        let mut expected = outputs.clone();
+        let ins: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
+        let mut outs: Vec<&mut [f32]> = outputs.iter_mut().map(Vec::as_mut_slice).collect();
+        jit.run(&ins, &mut outs).unwrap();
+        let mut exp: Vec<&mut [f32]> = expected.iter_mut().map(Vec::as_mut_slice).collect();
+        plain.run(&ins, &mut exp).unwrap();
+        assert_eq!(
+            outputs,
+            expected,
+            "{}: counting changed the results",
+            f.label()
+        );
+        let claimed: Vec<u64> = jit
+            .loops()
+            .iter()
+            .flat_map(|l| loop_rows(l))
+            .map(|r| r.body_runs)
+            .collect();
+        let ran = jit.loop_runs().unwrap();
+        assert_eq!(
+            ran,
+            claimed,
+            "{}: loop bodies ran other than reported",
+            f.label()
+        );
+        checked += claimed.len();
+    }
+    assert!(checked > 1000, "only {checked} loops checked");
+}
+
+const KINDS: &[&str] = &["zeros", "huge", "nan", "denormal", "random"];
+/// Beyond the benchmark's models: the kernels whose data could steer a path (index
+/// gathers, masks, attention's online softmax, norms' square roots).
+const ALSO: &[&str] = &[
+    "embedding_tagger",
+    "masked_tagger",
+    "transformer_block",
+    "normalization",
+];
+
+fn counts(model: &Path, kind: &str) -> Result<Counts, String> {
+    count_under_valgrind(
+        Path::new(env!("CARGO_BIN_EXE_count_steps")),
+        &[model.into(), kind.into()],
+    )
+}
+
+#[test]
+fn every_benchmark_model_has_a_report_with_input_independent_instructions() {
+    let list = std::fs::read_to_string(root().join("../bench/models.txt")).unwrap();
+    let names: Vec<&str> = list
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(names.len() >= 7);
+    let names = names.into_iter().chain(ALSO.iter().copied());
+    let valgrind = std::process::Command::new("valgrind")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !valgrind && std::env::var_os("CI").is_some() {
+        panic!("valgrind is missing on CI");
+    }
+    for name in names {
+        let model = root().join("fixtures").join(name).join("k3.keras");
+        let plan =
+            Plan::new(&kerac_compiler::load(&model, None, &Default::default()).unwrap()).unwrap();
+        if !valgrind {
+            let report =
+                WcetReport::new(&plan, Err("no valgrind".into()), Default::default()).unwrap();
+            assert_eq!(report.steps.len(), plan.steps.len());
+            eprintln!("{name}: valgrind missing, instructions not counted");
+            continue;
+        }
+        let first = counts(&model, KINDS[0]).unwrap();
+        for kind in &KINDS[1..] {
+            assert_eq!(
+                counts(&model, kind).unwrap().steps,
+                first.steps,
+                "{name}: instructions differ between zeros and {kind} inputs"
+            );
+        }
+        let report = WcetReport::new(&plan, Ok(first.clone()), Default::default()).unwrap();
+        assert!(
+            report.steps.iter().all(|s| s.instructions.unwrap() > 0),
+            "{name}"
+        );
+        let sum: u64 = first.steps.iter().sum();
+        assert!(
+            sum <= first.predict,
+            "{name}: steps {sum} > call {}",
+            first.predict
+        );
+        let bound = report.cycle_bound.unwrap();
+        assert!(bound >= first.predict * 14, "{name}");
+    }
+}
