@@ -190,14 +190,22 @@ mod tile {
                     for kh in wh.taps(oh) {
                         let ih = wh.at(oh, kh);
                         let row = ((b * wd.input + id) * wh.input + ih) * ww.input;
-                        for kw in 0..ww.kernel {
+                        // With no dilation along the width, a window row's taps and
+                        // channels are one contiguous run in x and in w: one loop of
+                        // `kernel * cin` instead of `kernel` loops of `cin`.
+                        let (runs, run) = if ww.dilation == 1 {
+                            (1, ww.kernel * cin)
+                        } else {
+                            (ww.kernel, cin)
+                        };
+                        for kw in 0..runs {
                             let tap = (kd * wh.kernel + kh) * ww.kernel + kw;
                             let mut xs = [core::ptr::null(); TILE];
                             for (t, xs) in xs.iter_mut().enumerate() {
                                 *xs = xp.add((row + ww.at(ow + t, kw)) * cin);
                             }
                             let wrow = wp.add(tap * cin * cout + co);
-                            for ci in 0..cin {
+                            for ci in 0..run {
                                 let w0 = _mm256_loadu_ps(wrow.add(ci * cout));
                                 if pair {
                                     let w1 = _mm256_loadu_ps(wrow.add(ci * cout + 8));
@@ -270,16 +278,26 @@ mod tile {
                         *a = _mm256_loadu_ps(bv.as_ptr().add(co + 8 * j));
                     }
                 }
+                let taps = ww.taps(ow);
+                // As in `conv_tile`: undilated taps of a row are one contiguous run.
+                let (kws, run) = if ww.dilation == 1 {
+                    (
+                        taps.start..taps.start + (!taps.is_empty()) as usize,
+                        taps.len() * cin,
+                    )
+                } else {
+                    (taps, cin)
+                };
                 for kd in wd.taps(od) {
                     for kh in wh.taps(oh) {
-                        for kw in ww.taps(ow) {
+                        for kw in kws.clone() {
                             let xi = (((b * wd.input + wd.at(od, kd)) * wh.input + wh.at(oh, kh))
                                 * ww.input
                                 + ww.at(ow, kw))
                                 * cin;
                             let wrow =
                                 wp.add(((kd * wh.kernel + kh) * ww.kernel + kw) * cin * cout + co);
-                            for ci in 0..cin {
+                            for ci in 0..run {
                                 let v = _mm256_broadcast_ss(&*xp.add(xi + ci));
                                 let wr = wrow.add(ci * cout);
                                 for (j, a) in acc.iter_mut().enumerate().take(vectors) {

@@ -1,8 +1,7 @@
 //! Pooling over channels_last tensors lifted to 3-D: max and average windows (averages
 //! count only the values inside the input, like Keras) and global pooling.
 
-use crate::act::fmax;
-use crate::simd::{part, part_mut};
+use crate::simd::{part, part_mut, pool_acc};
 use crate::window::Window;
 
 /// A pooling window with fixed geometry.
@@ -47,9 +46,7 @@ pub fn pool(p: &Pool, x: &[f32], y: &mut [f32]) {
                                     * ww.input
                                     + ww.at(ow, kw))
                                     * c;
-                                for (o, &v) in out.iter_mut().zip(unsafe { part(x, xi, c) }) {
-                                    *o = if p.max { fmax(v, *o) } else { *o + v };
-                                }
+                                pool_acc(out, unsafe { part(x, xi, c) }, p.max);
                             }
                         }
                     }
@@ -91,9 +88,7 @@ pub fn global_pool(p: &GlobalPool, x: &[f32], y: &mut [f32]) {
     {
         out.fill(if p.max { f32::NEG_INFINITY } else { 0.0 });
         for pixel in sample.chunks_exact(c) {
-            for (o, &v) in out.iter_mut().zip(pixel) {
-                *o = if p.max { fmax(v, *o) } else { *o + v };
-            }
+            pool_acc(out, pixel, p.max);
         }
         if !p.max {
             let inv = 1.0 / p.positions as f32;

@@ -84,6 +84,48 @@ pub(crate) fn mul_acc(y: &mut [f32], a: &[f32], x: &[f32]) {
     }
 }
 
+/// `y = x > y ? x : y` (max) or `y += x`, elementwise over `min(len)` values: one tap
+/// of a pooling window over all channels.
+#[inline(always)]
+pub(crate) fn pool_acc(y: &mut [f32], x: &[f32], max: bool) {
+    let n = y.len().min(x.len());
+    let (yh, yt) = y[..n].split_at_mut(n - n % 8);
+    let (xh, xt) = x[..n].split_at(n - n % 8);
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ))]
+    for (yc, xc) in yh.chunks_exact_mut(8).zip(xh.chunks_exact(8)) {
+        use core::arch::x86_64::*;
+        // SAFETY: both chunks hold exactly 8 floats (chunks_exact), the loads and the
+        // store are unaligned forms, and avx2 is enabled for this build. `maxps(x, y)`
+        // is `x > y ? x : y`, the runtime's `fmax`, NaN included.
+        unsafe {
+            let (xv, yv) = (_mm256_loadu_ps(xc.as_ptr()), _mm256_loadu_ps(yc.as_ptr()));
+            let r = if max {
+                _mm256_max_ps(xv, yv)
+            } else {
+                _mm256_add_ps(yv, xv)
+            };
+            _mm256_storeu_ps(yc.as_mut_ptr(), r);
+        }
+    }
+    #[cfg(not(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    )))]
+    for (yc, xc) in yh.chunks_exact_mut(8).zip(xh.chunks_exact(8)) {
+        for (o, &v) in yc.iter_mut().zip(xc) {
+            *o = if max { crate::act::fmax(v, *o) } else { *o + v };
+        }
+    }
+    for (o, &v) in yt.iter_mut().zip(xt) {
+        *o = if max { crate::act::fmax(v, *o) } else { *o + v };
+    }
+}
+
 /// `sum(a * b)` over `min(len)` values, in eight interleaved partial sums.
 #[inline(always)]
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {

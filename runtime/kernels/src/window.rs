@@ -41,13 +41,15 @@ impl Window {
             return 0..0;
         }
         let start = o * self.stride;
-        let lo = self
-            .pad_before
-            .saturating_sub(start)
-            .div_ceil(self.dilation);
-        let hi = (self.input + self.pad_before)
-            .saturating_sub(start)
-            .div_ceil(self.dilation);
+        let lo = self.pad_before.saturating_sub(start);
+        let hi = (self.input + self.pad_before).saturating_sub(start);
+        // Undilated windows (nearly all) skip the two divisions, which would cost more
+        // than a small pixel's arithmetic: this runs once per output position and axis.
+        let (lo, hi) = if self.dilation == 1 {
+            (lo, hi)
+        } else {
+            (lo.div_ceil(self.dilation), hi.div_ceil(self.dilation))
+        };
         let hi = if hi < self.kernel { hi } else { self.kernel };
         let lo = if lo < hi { lo } else { hi };
         lo..hi
