@@ -289,7 +289,7 @@ def report(results):
         obj = next((v for t, v in out["models"][name]["tools"].items() if t.startswith("kerac (object")), {})
         if w.get("instructions"):
             bound = w["cycle_bound"]
-            at = f"{bound / mhz / 1e3:.0f} µs" if mhz else "—"
+            at = fmt_ns(bound / mhz * 1e3) if mhz else "—"
             wcet.append(
                 f"| {label} | {len(w['steps'])} | {loops} | {w['instructions']} | {bound} | {at} | "
                 + (fmt_ns(obj["max"]) if "max" in obj else "—") + " |"
@@ -349,7 +349,7 @@ def report(results):
         "",
         "Instructions of one call of the Cranelift code for this machine, counted under callgrind (the same for every input); "
         "the cycle bound assumes one instruction at a time at 14 cycles each and a 300-cycle miss for every 64-byte line moved. "
-        "It is a bound, far above the measured worst case.",
+        "It bounds the call's own execution, far above its measured time; a measured max can still exceed it when the operating system takes the core away mid-call (interrupts, other processes), which no per-call bound covers.",
         "",
         "| model | steps | loops | instructions | cycle bound | bound at the nominal clock | measured max (object) |",
         "|---|---:|---:|---:|---:|---:|---:|",

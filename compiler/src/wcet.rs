@@ -273,9 +273,20 @@ pub fn count_under_valgrind(
         format!("not measured: Valgrind could not be run ({e}); install it (apt install valgrind) to count instructions")
     })?;
     if !out.status.success() {
+        // Valgrind's own report, without its `==pid==` prefixes and empty lines.
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let why: Vec<&str> = stderr
+            .lines()
+            .map(|l| {
+                l.trim_start_matches(|c: char| c == '=' || c.is_ascii_digit())
+                    .trim()
+            })
+            .filter(|l| !l.is_empty())
+            .take(3)
+            .collect();
         return Err(format!(
             "not measured: counting under Valgrind failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
+            why.join("; ")
         ));
     }
     serde_json::from_slice(&out.stdout)

@@ -57,6 +57,7 @@ pub fn conv(p: &Conv, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32])
     for b in 0..p.batch {
         for od in 0..wd.output {
             for oh in 0..wh.output {
+                let row_start = pixel;
                 let mut ow = 0;
                 while ow < ww.output {
                     #[cfg(all(
@@ -128,10 +129,14 @@ pub fn conv(p: &Conv, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32])
                             }
                         }
                     }
-                    p.act.apply(out);
                     pixel += 1;
                     ow += 1;
                 }
+                // The activation once per output row rather than per pixel: one call
+                // over `output * cout` floats still in L1, not `output` short calls.
+                // SAFETY: the row's pixels were just written, inside y.
+                p.act
+                    .apply(unsafe { part_mut(y, row_start * cout, ww.output * cout) });
             }
         }
     }
@@ -234,11 +239,6 @@ mod tile {
             }
             co += if pair { 16 } else { 8 };
         }
-        for t in 0..TILE {
-            // SAFETY: the tile's output pixels are inside y (function contract).
-            let out = unsafe { core::slice::from_raw_parts_mut(yp.add((pixel + t) * cout), cout) };
-            p.act.apply(out);
-        }
     }
 
     /// Output channels one pixel keeps in registers.
@@ -314,9 +314,6 @@ mod tile {
             }
             co += 8 * vectors;
         }
-        // SAFETY: this output pixel is inside y (function contract).
-        let out = unsafe { core::slice::from_raw_parts_mut(yp.add(pixel * cout), cout) };
-        p.act.apply(out);
     }
 }
 
