@@ -258,13 +258,13 @@ def report(results):
             + (f"{fmt_ns(per_tool[obj]['median'])}" if obj and "median" in per_tool[obj] else "—")
             + " | " + " | ".join(cells) + " | " + ("met" if not verdict else "missed: " + "; ".join(verdict)) + " |"
         )
-        # Jitter: the machine's (raw max) and the code's (per input, the fastest of its
+        # Jitter: the machine's (raw max) and the code's (per input, the median of its
         # repetitions, so interrupts drop out; spread across inputs is then the data's).
         pool = meta["pool"]
         for tool in [t for t in samples if t.startswith("kerac")]:
             t = samples[tool].astype(np.float64)
             idx = np.arange(len(t)) % pool["size"]
-            per_input = np.array([t[idx == i].min() for i in range(pool["size"])])
+            per_input = np.array([np.median(t[idx == i]) for i in range(pool["size"])])
             normal = np.median(t[idx < pool["normal"]])
             sub = np.median(t[idx >= pool["normal"]])
             s = per_tool[tool]
@@ -331,7 +331,7 @@ def report(results):
         "",
         "Inputs cycle through a pool of 64: 48 uniform in [-1, 1), 16 made of float32 subnormals (all, or every other value). "
         "kerac computes subnormals as IEEE 754 says (no flush to zero, which would change results); the last column shows what they cost. "
-        "`per-input spread` takes, for each input, its fastest call (which no interrupt hit) and divides the slowest of those by the fastest: the part of the jitter that comes from the data.",
+        "`per-input spread` takes each input's median over its repetitions (about 1 560 each) and divides the slowest input's by the fastest's: the part of the jitter that comes from the data, with the machine's interruptions, which fall on any input, left out.",
         "",
         "| model | backend | runs | median | p99.9 | max | max/median | p99.9/median | per-input spread | subnormal/normal median |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -370,6 +370,7 @@ def plot(results, all_samples):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     n = len(all_samples)
     cols = 2
@@ -382,6 +383,7 @@ def plot(results, all_samples):
             ax.plot(d.max(), i + 1, "kx", ms=4)
         ax.set_yticks(range(1, len(tools) + 1), tools, fontsize=8)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_title(label, fontsize=10)
         ax.set_xlabel("µs per call (log); lines: median, p99; x: max", fontsize=8)
     for ax in np.ravel(axes)[n:]:
