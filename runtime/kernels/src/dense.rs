@@ -120,10 +120,7 @@ unsafe fn row_avx2(
     // SAFETY (the whole body): every offset stays inside the buffers the contract names;
     // loads and stores are the unaligned forms; AVX2 and FMA are enabled for this build.
     unsafe {
-        let init = |col: usize| match bias {
-            Some(b) => _mm256_loadu_ps(b.add(col)),
-            None => _mm256_setzero_ps(),
-        };
+        let init = |col: usize| bias_vector(bias, col);
         let mut start = 0;
         // Two sets of accumulators, over even and odd inputs, so that eight independent
         // FMA chains hide the FMA latency; they are added once at the end.
@@ -196,10 +193,7 @@ unsafe fn rows2_avx2(
     // SAFETY (the whole body): every offset stays inside the buffers the contract names;
     // loads and stores are the unaligned forms; AVX2 and FMA are enabled for this build.
     unsafe {
-        let init = |col: usize| match bias {
-            Some(b) => _mm256_loadu_ps(b.add(col)),
-            None => _mm256_setzero_ps(),
-        };
+        let init = |col: usize| bias_vector(bias, col);
         let (x1, y1) = (x.add(k), y.add(n));
         let mut start = 0;
         while start + 32 <= n {
@@ -262,8 +256,7 @@ unsafe fn row_tail_avx2(
         let mut start = 0;
         while start + 8 <= cols {
             let zero = _mm256_setzero_ps();
-            let first = bias.map_or(zero, |b| _mm256_loadu_ps(b.add(start)));
-            let mut acc = [first, zero, zero, zero];
+            let mut acc = [bias_vector(bias, start), zero, zero, zero];
             for i in 0..k {
                 acc[i % 4] = _mm256_fmadd_ps(
                     _mm256_broadcast_ss(&*x.add(i)),
@@ -281,6 +274,27 @@ unsafe fn row_tail_avx2(
                 acc += *x.add(i) * *w.add(i * n + col);
             }
             *y.add(col) = acc;
+        }
+    }
+}
+
+/// Eight bias values from column `col`, or zeros without a bias.
+///
+/// # Safety
+/// `bias`, when given, holds `col + 8` floats.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+#[inline(always)]
+unsafe fn bias_vector(bias: Option<*const f32>, col: usize) -> core::arch::x86_64::__m256 {
+    use core::arch::x86_64::*;
+    // SAFETY: the caller guarantees the eight floats are there; the load is unaligned.
+    unsafe {
+        match bias {
+            Some(b) => _mm256_loadu_ps(b.add(col)),
+            None => _mm256_setzero_ps(),
         }
     }
 }
