@@ -3,6 +3,7 @@
 //! channel) and transposed convolution.
 
 use crate::act::Act;
+use crate::dense::{dense, Dense};
 use crate::simd::{axpy, dot, mul_acc, part, part_mut};
 use crate::window::Window;
 
@@ -53,6 +54,20 @@ pub fn conv(p: &Conv, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32])
     }
     let [wd, wh, ww] = p.windows;
     let (cin_g, cout_g, cout) = (p.cin / p.groups, p.cout / p.groups, p.cout);
+    let pointwise = |w: &Window| w.kernel == 1 && w.stride == 1 && w.pad_before == 0;
+    if p.groups == 1 && p.windows.iter().all(pointwise) {
+        // A 1x1 convolution is a dense layer over the pixels, with the same weight
+        // layout `[cin, cout]`: its kernel shares weight loads between pixel pairs.
+        let rows = p.batch * wd.output * wh.output * ww.output;
+        let d = Dense {
+            rows,
+            k: p.cin,
+            n: cout,
+            act: p.act,
+        };
+        dense(&d, x, w, bias, y);
+        return;
+    }
     let mut pixel = 0;
     for b in 0..p.batch {
         for od in 0..wd.output {
@@ -65,7 +80,7 @@ pub fn conv(p: &Conv, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32])
                         target_feature = "avx2",
                         target_feature = "fma"
                     ))]
-                    if p.groups == 1
+                    if (p.groups == 1 || (cin_g == 1 && cout_g == 1))
                         && cout % 8 == 0
                         && ow + tile::TILE <= ww.output
                         && ww.taps(ow).len() == ww.kernel
@@ -75,8 +90,14 @@ pub fn conv(p: &Conv, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32])
                         // inside; the edge pixels on either side take the path below.
                         // SAFETY: lengths were checked above; the tile's taps all land
                         // inside the input (checked just now), and `pixel + TILE` output
-                        // pixels fit in y.
-                        unsafe { tile::conv_tile(p, x, w, bias, y, b, od, oh, ow, pixel) };
+                        // pixels fit in y; the depthwise tile needs cin == cout.
+                        unsafe {
+                            if p.groups == 1 {
+                                tile::conv_tile(p, x, w, bias, y, b, od, oh, ow, pixel)
+                            } else {
+                                tile::depthwise_tile(p, x, w, bias, y, b, od, oh, ow, pixel)
+                            }
+                        };
                         ow += tile::TILE;
                         pixel += tile::TILE;
                         continue;
@@ -238,6 +259,63 @@ mod tile {
                 }
             }
             co += if pair { 16 } else { 8 };
+        }
+    }
+
+    /// `TILE` adjacent output pixels of a depthwise convolution with one output per
+    /// channel, eight channels at a time in `TILE` accumulators: each weight vector
+    /// loaded serves `TILE` pixels, and no partial sum leaves a register.
+    ///
+    /// # Safety
+    /// As for [`conv_tile`], with `p.groups == p.cin == p.cout` instead of one group.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn depthwise_tile(
+        p: &Conv,
+        x: &[f32],
+        w: &[f32],
+        bias: Option<&[f32]>,
+        y: &mut [f32],
+        b: usize,
+        od: usize,
+        oh: usize,
+        ow: usize,
+        pixel: usize,
+    ) {
+        let [wd, wh, ww] = p.windows;
+        let c = p.cout;
+        let (xp, wp, yp) = (x.as_ptr(), w.as_ptr(), y.as_mut_ptr());
+        let mut co = 0;
+        while co < c {
+            // SAFETY (the whole block): offsets stay inside x, w, y and bias by the
+            // function's contract; loads and stores are the unaligned forms.
+            unsafe {
+                let init = match bias {
+                    Some(bv) => _mm256_loadu_ps(bv.as_ptr().add(co)),
+                    None => _mm256_setzero_ps(),
+                };
+                let mut acc = [init; TILE];
+                for kd in wd.taps(od) {
+                    let id = wd.at(od, kd);
+                    for kh in wh.taps(oh) {
+                        let ih = wh.at(oh, kh);
+                        let row = ((b * wd.input + id) * wh.input + ih) * ww.input;
+                        for kw in 0..ww.kernel {
+                            let tap = (kd * wh.kernel + kh) * ww.kernel + kw;
+                            let wv = _mm256_loadu_ps(wp.add(tap * c + co));
+                            for (t, a) in acc.iter_mut().enumerate() {
+                                let xv =
+                                    _mm256_loadu_ps(xp.add((row + ww.at(ow + t, kw)) * c + co));
+                                *a = _mm256_fmadd_ps(xv, wv, *a);
+                            }
+                        }
+                    }
+                }
+                for (t, a) in acc.iter().enumerate() {
+                    _mm256_storeu_ps(yp.add((pixel + t) * c + co), *a);
+                }
+            }
+            co += 8;
         }
     }
 
