@@ -162,7 +162,7 @@ fn tract(file: &Path, shape: &[usize]) -> Result<TractRun, String> {
     }))
 }
 
-/// The slowest-growing step of each kind that decides speed: the Dense and the Conv with
+/// The steps that decide speed: the Dense and the Conv with
 /// the most FLOPs, timed on their own (runtime kernels, median of 2000 calls).
 fn largest_layers(bench: &Bench, x: &[f32], peak: Option<f64>) -> Result<Value, String> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -170,6 +170,7 @@ pub fn conv(p: &Conv, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32])
 ))]
 mod tile {
     use super::Conv;
+    use crate::simd::bias_vector;
     use core::arch::x86_64::*;
 
     /// Output pixels per tile: 6 pixels x 16 channels is 12 accumulators, plus two
@@ -206,10 +207,8 @@ mod tile {
             // SAFETY (the whole block): offsets stay inside x, w, y and bias by the
             // function's contract; loads and stores are the unaligned forms.
             unsafe {
-                let init = |k: usize| match bias {
-                    Some(bv) => _mm256_loadu_ps(bv.as_ptr().add(co + 8 * k)),
-                    None => _mm256_setzero_ps(),
-                };
+                let bias = bias.map(<[f32]>::as_ptr);
+                let init = |k: usize| bias_vector(bias, co + 8 * k);
                 let mut acc = [[init(0), if pair { init(1) } else { _mm256_setzero_ps() }]; TILE];
                 for kd in wd.taps(od) {
                     let id = wd.at(od, kd);
@@ -290,11 +289,7 @@ mod tile {
             // SAFETY (the whole block): offsets stay inside x, w, y and bias by the
             // function's contract; loads and stores are the unaligned forms.
             unsafe {
-                let init = match bias {
-                    Some(bv) => _mm256_loadu_ps(bv.as_ptr().add(co)),
-                    None => _mm256_setzero_ps(),
-                };
-                let mut acc = [init; TILE];
+                let mut acc = [bias_vector(bias.map(<[f32]>::as_ptr), co); TILE];
                 for kd in wd.taps(od) {
                     let id = wd.at(od, kd);
                     for kh in wh.taps(oh) {
@@ -351,10 +346,8 @@ mod tile {
             // function's contract; loads and stores are the unaligned forms.
             unsafe {
                 let mut acc = [_mm256_setzero_ps(); PIXEL_BLOCK / 8];
-                if let Some(bv) = bias {
-                    for (j, a) in acc.iter_mut().enumerate().take(vectors) {
-                        *a = _mm256_loadu_ps(bv.as_ptr().add(co + 8 * j));
-                    }
+                for (j, a) in acc.iter_mut().enumerate().take(vectors) {
+                    *a = bias_vector(bias.map(<[f32]>::as_ptr), co + 8 * j);
                 }
                 let taps = ww.taps(ow);
                 // As in `conv_tile`: undilated taps of a row are one contiguous run.

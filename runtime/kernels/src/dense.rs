@@ -2,6 +2,12 @@
 //! Keras keeps it.
 
 use crate::act::Act;
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+use crate::simd::bias_vector;
 use crate::simd::{axpy, part, part_mut};
 
 /// A dense layer with fixed sizes.
@@ -274,27 +280,6 @@ unsafe fn row_tail_avx2(
                 acc += *x.add(i) * *w.add(i * n + col);
             }
             *y.add(col) = acc;
-        }
-    }
-}
-
-/// Eight bias values from column `col`, or zeros without a bias.
-///
-/// # Safety
-/// `bias`, when given, holds `col + 8` floats.
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma"
-))]
-#[inline(always)]
-unsafe fn bias_vector(bias: Option<*const f32>, col: usize) -> core::arch::x86_64::__m256 {
-    use core::arch::x86_64::*;
-    // SAFETY: the caller guarantees the eight floats are there; the load is unaligned.
-    unsafe {
-        match bias {
-            Some(b) => _mm256_loadu_ps(b.add(col)),
-            None => _mm256_setzero_ps(),
         }
     }
 }

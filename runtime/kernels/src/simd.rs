@@ -165,3 +165,27 @@ pub(crate) unsafe fn part_mut(s: &mut [f32], start: usize, len: usize) -> &mut [
     // SAFETY: the caller guarantees the range is inside `s`.
     unsafe { s.get_unchecked_mut(start..start + len) }
 }
+
+/// Eight bias values from column `col`, or zeros without a bias.
+///
+/// # Safety
+/// `bias`, when given, holds `col + 8` floats.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+#[inline(always)]
+pub(crate) unsafe fn bias_vector(
+    bias: Option<*const f32>,
+    col: usize,
+) -> core::arch::x86_64::__m256 {
+    use core::arch::x86_64::*;
+    // SAFETY: the caller guarantees the eight floats are there; the load is unaligned.
+    unsafe {
+        match bias {
+            Some(b) => _mm256_loadu_ps(b.add(col)),
+            None => _mm256_setzero_ps(),
+        }
+    }
+}
