@@ -15,6 +15,7 @@ pub mod interp;
 pub mod io;
 pub mod keras;
 pub mod layers;
+pub mod ops;
 pub mod plan;
 pub mod report;
 #[cfg(feature = "clif")]

@@ -6,7 +6,8 @@ use crate::error::{Error, Result};
 use crate::keras::config::{self, LayerEntry, ModelConfig, TensorRef};
 use crate::keras::weights::{snake_case, Scope};
 use crate::keras::{Dialect, ModelFile, WeightStore};
-use crate::layers::{self, LayerCtx};
+use crate::layers::{self, LayerCtx, Lowered};
+use crate::ops::{self, OpCtx};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 
@@ -49,17 +50,23 @@ fn build_inner(file: &ModelFile, options: &BuildOptions) -> Result<Graph> {
         let list: Vec<String> = unsupported
             .iter()
             .map(|(class, names)| {
+                let what = if class.starts_with("operation") {
+                    "node"
+                } else {
+                    "layer"
+                };
                 format!(
-                    "{class} (layer{} {})",
+                    "{class} ({what}{} {})",
                     if names.len() > 1 { "s" } else { "" },
                     names.join(", ")
                 )
             })
             .collect();
         return Err(Error::new(format!(
-            "unsupported layers: {}.\nkerac supports: {}",
+            "unsupported layers and operations: {}.\nkerac supports the layers {}; and the operations {}",
             list.join("; "),
-            layers::supported().join(", ")
+            layers::supported().join(", "),
+            ops::supported().join(", ")
         )));
     }
     let scope = match &file.weights {
@@ -108,10 +115,16 @@ fn resolve(produced: &HashMap<(&str, usize), Vec<usize>>, r: &TensorRef) -> Opti
 
 fn find_unsupported(model: &ModelConfig, out: &mut BTreeMap<String, Vec<String>>) {
     for layer in &model.layers {
-        match &layer.model {
-            Some(inner) => find_unsupported(inner, out),
-            None if layer.class == "InputLayer" || layers::lookup(&layer.class).is_some() => {}
-            None => out
+        match (&layer.model, &layer.operation) {
+            (_, Some(op)) if ops::lookup(op).is_some() => {}
+            (_, Some(op)) => out
+                .entry(format!("operation `{op}`"))
+                .or_default()
+                .push(layer.name.clone()),
+            (Some(inner), None) => find_unsupported(inner, out),
+            (None, None)
+                if layer.class == "InputLayer" || layers::lookup(&layer.class).is_some() => {}
+            (None, None) => out
                 .entry(layer.class.clone())
                 .or_default()
                 .push(layer.name.clone()),
@@ -165,10 +178,14 @@ impl Builder<'_> {
         let mut produced: HashMap<(&str, usize), Vec<usize>> = HashMap::new();
         // Keras 3 keys layers by class name with a per-class counter, in list order.
         let mut counters: HashMap<String, usize> = HashMap::new();
+        // Operations are not layers and take no key.
         let keys: Vec<String> = model
             .layers
             .iter()
             .map(|l| {
+                if l.operation.is_some() {
+                    return String::new();
+                }
                 let base = snake_case(&l.class);
                 let n = counters.entry(base.clone()).or_insert(0);
                 let key = if *n == 0 {
@@ -233,7 +250,7 @@ impl Builder<'_> {
                 };
                 let outputs = self
                     .call_layer(layer, call, &inputs, scope, prefix, &keys[i])
-                    .map_err(|e| e.in_layer(&format!("{prefix}{}", layer.name), &layer.class))?;
+                    .map_err(|e| e.in_layer(&format!("{prefix}{}", layer.name), layer.kind()))?;
                 // tf-keras skips a nested model's own first node when it numbers the
                 // calls written in a Functional config.
                 let skipped = match &layer.model {
@@ -260,7 +277,7 @@ impl Builder<'_> {
                     "its input {} is never produced (unknown layer, missing call, or a cycle)",
                     missing.join(", ")
                 ))
-                .in_layer(&format!("{prefix}{}", layer.name), &layer.class));
+                .in_layer(&format!("{prefix}{}", layer.name), layer.kind()));
             }
             pending = waiting;
         }
@@ -369,12 +386,27 @@ impl Builder<'_> {
             return self.instantiate(inner, scope.nested(&found), &inner_prefix, Some(inputs));
         }
         check_dtype(&layer.config)?;
+        let options = layer.call_options.get(call).cloned().unwrap_or(Value::Null);
+        if let Some(op) = &layer.operation {
+            let build = ops::lookup(op).ok_or_else(|| Error::new("unsupported operation"))?;
+            if inputs.first().is_some_and(|t| self.masks.contains_key(t)) {
+                return Err(Error::new(
+                    "a mask (from Embedding's mask_zero) reaches this operation, and kerac cannot apply masks there",
+                ));
+            }
+            let shapes: Vec<Shape> = inputs
+                .iter()
+                .map(|&t| self.tensors[t].shape.clone())
+                .collect();
+            let lowered = build(&OpCtx::new(&layer.config, self.dialect, &shapes, &options))?;
+            let name = format!("{prefix}{}", layer.name);
+            return self.add_node(name, op.clone(), call, inputs, lowered, 0);
+        }
         let build = layers::lookup(&layer.class).ok_or_else(|| Error::new("unsupported layer"))?;
         // A mask travelling with the first input goes to the layers that apply it, as
         // one more input; layers that would need it otherwise are refused. Keras 3
         // writes the mask into the call (its last input here); Keras 2 leaves it
         // implicit, and it is followed from Embedding.
-        let options = layer.call_options.get(call).cloned().unwrap_or(Value::Null);
         let explicit = options
             .get("__mask")
             .and_then(Value::as_bool)
@@ -406,16 +438,9 @@ impl Builder<'_> {
         ctx.masked = mask.is_some() && consumes;
         let lowered = build(&mut ctx)?;
         let params = ctx.finish()?;
-        for shape in &lowered.outputs {
-            layers::elements(shape)?;
-        }
-        let node = self.nodes.len();
         let produced_mask = lowered.mask;
-        let outputs: Vec<usize> = lowered
-            .outputs
-            .into_iter()
-            .map(|s| self.push_tensor(s, Some(node)))
-            .collect();
+        let name = format!("{prefix}{}", layer.name);
+        let outputs = self.add_node(name, layer.class.clone(), call, inputs, lowered, params)?;
         match (produced_mask, mask) {
             (Some(i), _) => {
                 if let (Some(&out), Some(&m)) = (outputs.first(), outputs.get(i)) {
@@ -435,9 +460,31 @@ impl Builder<'_> {
             }
             (None, None) => {}
         }
+        Ok(outputs)
+    }
+
+    /// Adds a built layer or operation call as a node; returns its output tensors.
+    fn add_node(
+        &mut self,
+        name: String,
+        class: String,
+        call: usize,
+        inputs: &[usize],
+        lowered: Lowered,
+        params: usize,
+    ) -> Result<Vec<usize>> {
+        for shape in &lowered.outputs {
+            layers::elements(shape)?;
+        }
+        let node = self.nodes.len();
+        let outputs: Vec<usize> = lowered
+            .outputs
+            .into_iter()
+            .map(|s| self.push_tensor(s, Some(node)))
+            .collect();
         self.nodes.push(Node {
-            name: format!("{prefix}{}", layer.name),
-            class: layer.class.clone(),
+            name,
+            class,
             call,
             op: lowered.op,
             inputs: inputs.to_vec(),

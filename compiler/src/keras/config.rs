@@ -31,6 +31,18 @@ pub struct LayerEntry {
     pub call_options: Vec<Value>,
     /// For a nested model, its parsed config.
     pub model: Option<Box<ModelConfig>>,
+    /// For an operation node (a Keras 3 `keras.src.ops.*` node, a Keras 2
+    /// `TFOpLambda`), the operation's full name, e.g. `keras.src.ops.numpy.Add` or
+    /// `tf.math.multiply`: never looked up as a layer. Each call's options then hold
+    /// its arguments as `__args` and `__kwargs`, tensors written `{"__input__": i}`.
+    pub operation: Option<String>,
+}
+
+impl LayerEntry {
+    /// What the entry is, for messages: the operation's full name, or the class.
+    pub fn kind(&self) -> &str {
+        self.operation.as_deref().unwrap_or(&self.class)
+    }
 }
 
 /// A Sequential or Functional model in functional form.
@@ -104,7 +116,8 @@ fn parse_entry(raw: &Value, depth: usize, fallback_name: String) -> Result<Layer
         .and_then(Value::as_str)
         .map(str::to_string)
         .unwrap_or(fallback_name);
-    let model = if MODEL_CLASSES.contains(&class.as_str()) {
+    let operation = operation_name(raw, &class, &config);
+    let model = if operation.is_none() && MODEL_CLASSES.contains(&class.as_str()) {
         Some(Box::new(
             parse_model_at(raw, depth + 1).map_err(|e| e.in_layer(&name, &class))?,
         ))
@@ -118,7 +131,41 @@ fn parse_entry(raw: &Value, depth: usize, fallback_name: String) -> Result<Layer
         calls: Vec::new(),
         call_options: Vec::new(),
         model,
+        operation,
     })
+}
+
+/// Keras 2 classes that wrap a TensorFlow function named in their config.
+const KERAS2_OPERATIONS: [&str; 2] = ["TFOpLambda", "SlicingOpLambda"];
+
+/// The full name of an operation node, `None` for a layer.
+fn operation_name(raw: &Value, class: &str, config: &Value) -> Option<String> {
+    if KERAS2_OPERATIONS.contains(&class) {
+        let function = config
+            .get("function")
+            .and_then(Value::as_str)
+            .unwrap_or("?");
+        return Some(format!("tf.{function}"));
+    }
+    match raw.get("module").and_then(Value::as_str) {
+        Some(module) => {
+            let is_op = module.starts_with("keras.src.ops.") || module.starts_with("keras.ops.");
+            is_op.then(|| format!("{module}.{class}"))
+        }
+        // Keras 3's legacy `.h5` drops the module. An operation's config holds its
+        // name and options only; a layer's records `trainable` (but for InputLayer and
+        // the dropouts). So a class that names an operation, or no layer kerac knows,
+        // is an operation there when `trainable` is missing.
+        None => {
+            let full = format!("keras.ops.{class}");
+            let op_name =
+                crate::ops::canonical(&full).is_some() || crate::layers::lookup(class).is_none();
+            let layer_like = config.get("trainable").is_some()
+                || class == "InputLayer"
+                || MODEL_CLASSES.contains(&class);
+            (op_name && !layer_like && config.is_object()).then_some(full)
+        }
+    }
 }
 
 fn parse_sequential(
@@ -153,6 +200,7 @@ fn parse_sequential(
                 calls: Vec::new(),
                 call_options: Vec::new(),
                 model: None,
+                operation: None,
             },
         );
     }
@@ -199,6 +247,13 @@ fn parse_functional(
             .cloned()
             .unwrap_or_default();
         for node in &nodes {
+            if entry.operation.is_some() {
+                let (call, options) = parse_operation_node(node)
+                    .map_err(|e| e.in_layer(&entry.name, &entry.class))?;
+                entry.calls.push(call);
+                entry.call_options.push(options);
+                continue;
+            }
             let call = parse_node(node).map_err(|e| e.in_layer(&entry.name, &entry.class))?;
             entry.calls.push(call);
             // Keras 3 keeps keyword arguments beside the tensors; Keras 2 in each
@@ -279,6 +334,109 @@ fn parse_node(node: &Value) -> Result<Vec<TensorRef>> {
             short(node)
         ))),
     }
+}
+
+/// An operation's call: its tensors in the order they become inputs, and its
+/// arguments with each tensor replaced by `{"__input__": i}`, as options `__args`
+/// (positional) and `__kwargs`. Keras 3 writes `{"args": [...], "kwargs": {...}}`;
+/// Keras 2 writes its first argument as a reference (`["_CONSTANT_VALUE", -1, value]`
+/// for a constant) or a list of references, carrying the keyword arguments.
+fn parse_operation_node(node: &Value) -> Result<(Vec<TensorRef>, Value)> {
+    let mut inputs = Vec::new();
+    let (args, kwargs) = if node.get("args").is_some() {
+        let args = node.get("args").cloned().unwrap_or(Value::Null);
+        let kwargs = node.get("kwargs").cloned().unwrap_or(Value::Null);
+        let args = replace_keras_tensors(&args, &mut inputs, 0)?;
+        let kwargs = replace_keras_tensors(&kwargs, &mut inputs, 0)?;
+        (args, kwargs)
+    } else {
+        let items = node
+            .as_array()
+            .ok_or_else(|| Error::new(format!("unreadable inbound node: {}", short(node))))?;
+        let first_is_ref = items.first().is_some_and(Value::is_string);
+        let (first, kwargs) = if first_is_ref {
+            let kwargs = items.get(3).cloned().unwrap_or(Value::Null);
+            let first = if items.first().and_then(Value::as_str) == Some("_CONSTANT_VALUE") {
+                items.get(2).cloned().unwrap_or(Value::Null)
+            } else {
+                inputs.push(tensor_ref(node)?);
+                serde_json::json!({ "__input__": 0 })
+            };
+            (first, kwargs)
+        } else {
+            let mut list = Vec::new();
+            for item in items {
+                list.push(serde_json::json!({ "__input__": inputs.len() }));
+                inputs.push(tensor_ref(item)?);
+            }
+            let kwargs = items
+                .first()
+                .and_then(|r| r.get(3))
+                .cloned()
+                .unwrap_or(Value::Null);
+            (Value::Array(list), kwargs)
+        };
+        let kwargs = replace_keras2_refs(&kwargs, &mut inputs, 0)?;
+        (Value::Array(vec![first]), kwargs)
+    };
+    let options = serde_json::json!({ "__args": args, "__kwargs": kwargs });
+    Ok((inputs, options))
+}
+
+/// A copy of `v` with each Keras 3 tensor replaced by its input index.
+fn replace_keras_tensors(v: &Value, out: &mut Vec<TensorRef>, depth: usize) -> Result<Value> {
+    if depth > MAX_NESTING {
+        return Err(Error::new("call arguments nest too deeply"));
+    }
+    Ok(match v {
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|i| replace_keras_tensors(i, out, depth + 1))
+                .collect::<Result<_>>()?,
+        ),
+        Value::Object(map)
+            if map.get("class_name").and_then(Value::as_str) == Some("__keras_tensor__") =>
+        {
+            let mut one = Vec::new();
+            collect_keras_tensors(v, &mut one, depth)?;
+            let index = out.len();
+            out.extend(one);
+            serde_json::json!({ "__input__": index })
+        }
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, i)| Ok((k.clone(), replace_keras_tensors(i, out, depth + 1)?)))
+                .collect::<Result<_>>()?,
+        ),
+        other => other.clone(),
+    })
+}
+
+/// A copy of Keras 2 keyword arguments with each reference `[layer, node, index]`
+/// replaced by its input index.
+fn replace_keras2_refs(v: &Value, out: &mut Vec<TensorRef>, depth: usize) -> Result<Value> {
+    if depth > MAX_NESTING {
+        return Err(Error::new("call arguments nest too deeply"));
+    }
+    Ok(match v {
+        Value::Array(items) if items.first().is_some_and(Value::is_string) && items.len() >= 3 => {
+            out.push(tensor_ref(v)?);
+            serde_json::json!({ "__input__": out.len() - 1 })
+        }
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|i| replace_keras2_refs(i, out, depth + 1))
+                .collect::<Result<_>>()?,
+        ),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, i)| Ok((k.clone(), replace_keras2_refs(i, out, depth + 1)?)))
+                .collect::<Result<_>>()?,
+        ),
+        other => other.clone(),
+    })
 }
 
 /// Keyword arguments that carry tensors, in the order they become inputs.

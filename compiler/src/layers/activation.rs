@@ -66,6 +66,14 @@ pub enum Activation {
     LogSoftmax(Vec<i64>),
     /// `x * relu6(x + 3) / 6`.
     HardSwish,
+    /// `max(x, c)` (the `maximum` operation with a constant).
+    Max(f64),
+    /// `min(x, c)`.
+    Min(f64),
+    /// `min(max(x, lo), hi)` (the `clip` operation).
+    Clip(f64, f64),
+    /// `|x|`.
+    Abs,
 }
 
 const SELU_ALPHA: f64 = 1.673_263_242_354_377_3;
@@ -161,6 +169,13 @@ impl Activation {
             Activation::Exponential => x.exp(),
             Activation::Mish => x * softplus(x).tanh(),
             Activation::HardSwish => x * relu6(x + 3.0) / 6.0,
+            Activation::Max(c) if x.is_nan() => x,
+            Activation::Max(c) => x.max(*c),
+            Activation::Min(c) if x.is_nan() => x,
+            Activation::Min(c) => x.min(*c),
+            Activation::Clip(_, _) if x.is_nan() => x,
+            Activation::Clip(lo, hi) => x.max(*lo).min(*hi),
+            Activation::Abs => x.abs(),
         }
     }
 
@@ -185,7 +200,13 @@ impl Activation {
     pub fn flops_per_element(&self) -> u64 {
         match self {
             Activation::Linear => 0,
-            Activation::Relu | Activation::Relu6 | Activation::LeakyRelu(_) => 1,
+            Activation::Relu
+            | Activation::Relu6
+            | Activation::LeakyRelu(_)
+            | Activation::Max(_)
+            | Activation::Min(_)
+            | Activation::Abs => 1,
+            Activation::Clip(_, _) => 2,
             _ => 4,
         }
     }
@@ -211,6 +232,13 @@ impl Activation {
             Activation::Exponential => Act::Exponential,
             Activation::Mish => Act::Mish,
             Activation::HardSwish => Act::HardSwish,
+            Activation::Max(c) => Act::Max(c as f32),
+            Activation::Min(c) => Act::Min(c as f32),
+            Activation::Clip(lo, hi) => Act::Clip {
+                lo: lo as f32,
+                hi: hi as f32,
+            },
+            Activation::Abs => Act::Abs,
             Activation::Softmax(_) | Activation::LogSoftmax(_) => return None,
         })
     }

@@ -155,7 +155,7 @@ impl Op for IdentityOp {
     }
 }
 
-fn build_identity(ctx: &mut LayerCtx) -> Result<Lowered> {
+pub(crate) fn build_identity(ctx: &mut LayerCtx) -> Result<Lowered> {
     Ok(Lowered::one(IdentityOp, ctx.input()?.clone()))
 }
 
@@ -389,19 +389,41 @@ impl Op for AffineOp {
                 .map(|v| v.iter().copied().collect())
                 .ok_or_else(|| Error::new("scale and offset shapes do not broadcast"))
         };
-        let (scale, offset) = (expand(&self.scale)?, expand(&self.offset)?);
-        let axes: Vec<usize> = param
+        let (mut scale, mut offset) = (expand(&self.scale)?, expand(&self.offset)?);
+        let mut axes: Vec<usize> = param
             .iter()
             .enumerate()
             .filter(|(_, &d)| d != 1)
             .map(|(i, _)| i + 1)
             .collect();
+        let rank = l.input_shapes[0].len();
+        if axes.is_empty() && rank > 1 {
+            // A scalar spread over the last axis: a per-channel map folds into the
+            // Dense or Conv before it.
+            let channels = l.input_shapes[0][rank - 1];
+            scale = vec![scale[0]; channels];
+            offset = vec![offset[0]; channels];
+            axes.push(rank - 1);
+        }
         let p = l.input_shapes[0].strided(&axes)?;
         let scale = l.weight("scale", scale);
         let offset = l.weight("offset", offset);
         l.unary(Kernel::ScaleShift { p, scale, offset }, self.flops());
         Ok(())
     }
+}
+
+/// `x * scale + offset`, both shaped to broadcast against one sample of `shape`.
+pub(crate) fn affine(scale: ArrayD<f32>, offset: ArrayD<f32>, shape: Shape) -> Lowered {
+    let elements = shape.iter().product();
+    Lowered::one(
+        AffineOp {
+            scale,
+            offset,
+            elements,
+        },
+        shape,
+    )
 }
 
 fn scalar_or_list(v: Option<&Value>, default: f32) -> Result<Vec<f32>> {
@@ -441,15 +463,7 @@ fn build_rescaling(ctx: &mut LayerCtx) -> Result<Lowered> {
     let shape = ctx.input()?.clone();
     let scale = along_last(scalar_or_list(ctx.config.get("scale"), 1.0)?, &shape[1..])?;
     let offset = along_last(scalar_or_list(ctx.config.get("offset"), 0.0)?, &shape[1..])?;
-    let elements = shape.iter().product();
-    Ok(Lowered::one(
-        AffineOp {
-            scale,
-            offset,
-            elements,
-        },
-        shape,
-    ))
+    Ok(affine(scale, offset, shape))
 }
 
 fn build_normalization(ctx: &mut LayerCtx) -> Result<Lowered> {

@@ -9,12 +9,8 @@ use ndarray::ArrayD;
 use serde::Deserialize;
 
 /// The classes this family builds.
-pub const LAYERS: &[(&str, BuildFn)] = &[
-    ("Embedding", build_embedding),
-    ("NotEqual", build_not_equal),
-    ("Any", build_any),
-    ("Masking", build_masking),
-];
+pub const LAYERS: &[(&str, BuildFn)] =
+    &[("Embedding", build_embedding), ("Masking", build_masking)];
 
 /// 1 where `v` is nonzero, as the runtime's `Act::NonZero` (NaN gives 0).
 fn nonzero(v: f32) -> f32 {
@@ -85,7 +81,8 @@ fn shift(l: &mut Lower, x: ValueId, c: f32) -> ValueId {
     t
 }
 
-fn build_not_equal(ctx: &mut LayerCtx) -> Result<Lowered> {
+/// Keras 3's `NotEqual` operation against a constant, as a mask.
+pub(crate) fn build_not_equal(ctx: &mut LayerCtx) -> Result<Lowered> {
     let other = ctx.call.get("__args").and_then(|a| a.get(1));
     let Some(c) = other.and_then(serde_json::Value::as_f64) else {
         return Err(Error::new(format!(
@@ -154,7 +151,8 @@ fn last_axis(ctx: &LayerCtx) -> Result<(Shape, usize, usize)> {
     Ok((shape, rows, n))
 }
 
-fn build_any(ctx: &mut LayerCtx) -> Result<Lowered> {
+/// Keras 3's `Any` operation over the last axis, as a mask.
+pub(crate) fn build_any(ctx: &mut LayerCtx) -> Result<Lowered> {
     let axis = ctx.config.get("axis").and_then(serde_json::Value::as_i64);
     let keepdims = ctx
         .config

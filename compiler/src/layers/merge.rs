@@ -29,6 +29,30 @@ const MULTIPLY: u8 = 2;
 const AVERAGE: u8 = 3;
 const MAXIMUM: u8 = 4;
 const MINIMUM: u8 = 5;
+const DIVIDE: u8 = 6;
+
+/// The elementwise fold of tensors of `shapes` (broadcast together), as the merge
+/// layers compute it: for the arithmetic operations on two tensors.
+pub(crate) fn elementwise(fold: Fold, shapes: &[Shape]) -> Result<Lowered> {
+    let kind = match fold {
+        Fold::Add => ADD,
+        Fold::Subtract => SUBTRACT,
+        Fold::Multiply => MULTIPLY,
+        Fold::Average => AVERAGE,
+        Fold::Maximum => MAXIMUM,
+        Fold::Minimum => MINIMUM,
+        Fold::Divide => DIVIDE,
+    };
+    let out = broadcast(shapes)?;
+    Ok(Lowered::one(
+        ElementwiseOp {
+            kind,
+            out_shape: out.clone(),
+            inputs: shapes.len(),
+        },
+        out,
+    ))
+}
 
 /// Folds its inputs elementwise, broadcasting them to a common shape.
 #[derive(Debug)]
@@ -56,6 +80,7 @@ impl Op for ElementwiseOp {
                     MULTIPLY => *a * b,
                     MAXIMUM => a.max(b),
                     MINIMUM => a.min(b),
+                    DIVIDE => *a / b,
                     _ => *a + b,
                 }
             });
@@ -75,6 +100,7 @@ impl Op for ElementwiseOp {
             AVERAGE => Fold::Average,
             MAXIMUM => Fold::Maximum,
             MINIMUM => Fold::Minimum,
+            DIVIDE => Fold::Divide,
             _ => Fold::Add,
         };
         let shape = padded(&self.out_shape)?;
@@ -100,7 +126,7 @@ impl Op for ElementwiseOp {
 }
 
 /// The numpy broadcast of several shapes.
-fn broadcast(shapes: &[Shape]) -> Result<Shape> {
+pub(crate) fn broadcast(shapes: &[Shape]) -> Result<Shape> {
     let rank = shapes.iter().map(Vec::len).max().unwrap_or(0);
     let mut out = vec![1; rank];
     for s in shapes {

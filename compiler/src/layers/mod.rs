@@ -1,11 +1,12 @@
 //! What each Keras layer means. One file per layer family; each exports a table of
-//! `(class name, build function)` and nothing else needs to change to add a layer.
+//! `(class name, build function)`.
 //!
 //! A build function reads the layer's config into a typed struct, checks its input
 //! shapes and weights, and returns an [`Op`]: the layer with every shape fixed, which
 //! knows its reference semantics, its output shapes and its cost.
 
 pub mod activation;
+pub mod applications;
 pub mod attention;
 pub mod bidirectional;
 pub mod conv;
@@ -111,6 +112,7 @@ const FAMILIES: &[&[(&str, BuildFn)]] = &[
     wrappers::LAYERS,
     embedding::LAYERS,
     attention::LAYERS,
+    applications::LAYERS,
 ];
 
 /// The build function for a Keras class, if kerac supports it.

@@ -68,6 +68,19 @@ pub enum Act {
     Thresholded(f32),
     /// 1 where `x` is nonzero, else 0: a Keras mask (`x != 0`) as numbers.
     NonZero,
+    /// `max(x, c)`, NaN kept (Keras's `maximum` with a constant).
+    Max(f32),
+    /// `min(x, c)`, NaN kept.
+    Min(f32),
+    /// `min(max(x, lo), hi)`, NaN kept (Keras's `clip`).
+    Clip {
+        /// Lower bound.
+        lo: f32,
+        /// Upper bound.
+        hi: f32,
+    },
+    /// `|x|`.
+    Abs,
 }
 
 /// `a > b ? a : b`: the semantics of x86 `maxps`, so every backend agrees on NaN.
@@ -280,6 +293,11 @@ impl Act {
             Act::HardSwish => x * clamp(x + c(3.0), 0.0, 6.0) / c(6.0),
             Act::Thresholded(theta) => T::select(x.gt(c(theta)), x, zero),
             Act::NonZero => T::select(x.gt(zero), c(1.0), T::select(x.lt(zero), c(1.0), zero)),
+            // The constant first: `maxps` returns its second operand when either is NaN.
+            Act::Max(v) => vmax(c(v), x),
+            Act::Min(v) => vmin(c(v), x),
+            Act::Clip { lo, hi } => clamp(x, lo, hi),
+            Act::Abs => vmax(x, -x),
         }
     }
 

@@ -23,6 +23,24 @@ pub enum Fold {
     Maximum,
     /// Smallest.
     Minimum,
+    /// First divided by second.
+    Divide,
+}
+
+impl Fold {
+    /// The running value `acc` folded with the next input's `v` (the mean's final
+    /// scaling aside).
+    #[inline(always)]
+    pub fn apply(self, acc: f32, v: f32) -> f32 {
+        match self {
+            Fold::Add | Fold::Average => acc + v,
+            Fold::Subtract => acc - v,
+            Fold::Multiply => acc * v,
+            Fold::Maximum => fmax(v, acc),
+            Fold::Minimum => fmin(v, acc),
+            Fold::Divide => acc / v,
+        }
+    }
 }
 
 /// An elementwise merge: `shape` is the output (leading axes padded with 1), and
@@ -95,13 +113,7 @@ pub fn merge<const N: usize>(p: &Merge<N>, inputs: [&[f32]; N], y: &mut [f32]) {
         for x in inputs.iter().skip(1) {
             let Some(x) = x.get(..total) else { return };
             for (acc, &v) in y.iter_mut().zip(x) {
-                *acc = match p.fold {
-                    Fold::Add | Fold::Average => *acc + v,
-                    Fold::Subtract => *acc - v,
-                    Fold::Multiply => *acc * v,
-                    Fold::Maximum => fmax(v, *acc),
-                    Fold::Minimum => fmin(v, *acc),
-                };
+                *acc = p.fold.apply(*acc, v);
             }
         }
         if p.fold == Fold::Average {
@@ -117,13 +129,7 @@ pub fn merge<const N: usize>(p: &Merge<N>, inputs: [&[f32]; N], y: &mut [f32]) {
         let mut acc = unsafe { *inputs[0].get_unchecked(offset(&index, &p.strides[0])) };
         for (x, strides) in inputs.iter().zip(&p.strides).skip(1) {
             let v = unsafe { *x.get_unchecked(offset(&index, strides)) };
-            acc = match p.fold {
-                Fold::Add | Fold::Average => acc + v,
-                Fold::Subtract => acc - v,
-                Fold::Multiply => acc * v,
-                Fold::Maximum => fmax(v, acc),
-                Fold::Minimum => fmin(v, acc),
-            };
+            acc = p.fold.apply(acc, v);
         }
         if p.fold == Fold::Average {
             acc *= 1.0 / N as f32;

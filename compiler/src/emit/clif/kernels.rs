@@ -348,6 +348,7 @@ fn fold(fx: &mut Fx, f: Fold, acc: Value, v: Value) -> Value {
         Fold::Multiply => fx.b.ins().fmul(acc, v),
         Fold::Maximum => fx.max(v, acc),
         Fold::Minimum => fx.min(v, acc),
+        Fold::Divide => fx.b.ins().fdiv(acc, v),
     }
 }
 

@@ -1,0 +1,328 @@
+//! Arithmetic operations: the binary ones on tensors and constants (either side),
+//! the elementwise functions, and the activation functions called as operations.
+
+use super::{Arg, BuildFn, OpCtx};
+use crate::error::{Error, Result};
+use crate::graph::Shape;
+use crate::layers::activation::{Activation, ActivationOp};
+use crate::layers::core::affine;
+use crate::layers::merge::{broadcast, elementwise};
+use crate::layers::{Lowered, Op};
+use crate::plan::{Kernel, Lower};
+use kerac::merge::Fold;
+use ndarray::{ArrayD, IxDyn};
+use serde_json::json;
+
+/// Supported operations.
+pub const OPERATIONS: &[(&str, BuildFn)] = &[
+    ("Add", binary::<ADD>),
+    ("Subtract", binary::<SUBTRACT>),
+    ("Multiply", binary::<MULTIPLY>),
+    ("Divide", binary::<DIVIDE>),
+    ("TrueDivide", binary::<DIVIDE>),
+    ("Maximum", binary::<MAXIMUM>),
+    ("Minimum", binary::<MINIMUM>),
+    ("Negative", negative),
+    ("Square", square),
+    ("Power", power),
+    ("Absolute", absolute),
+    ("Abs", absolute),
+    ("Clip", clip),
+    ("Exp", named::<EXP>),
+    ("Relu", named::<RELU>),
+    ("Relu6", named::<RELU6>),
+    ("Sigmoid", named::<SIGMOID>),
+    ("HardSigmoid", named::<HARD_SIGMOID>),
+    ("Silu", named::<SILU>),
+    ("Swish", named::<SILU>),
+    ("HardSilu", named::<HARD_SILU>),
+    ("HardSwish", named::<HARD_SILU>),
+    ("Tanh", named::<TANH>),
+    ("Softplus", named::<SOFTPLUS>),
+    ("Softsign", named::<SOFTSIGN>),
+    ("Selu", named::<SELU>),
+    ("Mish", named::<MISH>),
+    ("Gelu", gelu),
+    ("Elu", elu),
+    ("LeakyRelu", leaky_relu),
+    ("Softmax", softmax::<false>),
+    ("LogSoftmax", softmax::<true>),
+];
+
+const ADD: u8 = 0;
+const SUBTRACT: u8 = 1;
+const MULTIPLY: u8 = 2;
+const DIVIDE: u8 = 3;
+const MAXIMUM: u8 = 4;
+const MINIMUM: u8 = 5;
+
+const FOLDS: [Fold; 6] = [
+    Fold::Add,
+    Fold::Subtract,
+    Fold::Multiply,
+    Fold::Divide,
+    Fold::Maximum,
+    Fold::Minimum,
+];
+
+/// `x ∘ y` with either side a tensor or a constant.
+fn binary<const KIND: u8>(ctx: &OpCtx) -> Result<Lowered> {
+    let fold = FOLDS[KIND as usize];
+    let x = ctx.arg(0, &["x", "x1"])?;
+    let y = ctx.arg(1, &["y", "x2"])?;
+    match (x, y) {
+        // Tensors become inputs in argument order, so `a` is input 0 and `b` input 1
+        // (the same tensor twice for `x * x`).
+        (Arg::Tensor(a), Arg::Tensor(b)) => {
+            elementwise(fold, &[ctx.shape(a)?.clone(), ctx.shape(b)?.clone()])
+        }
+        (Arg::Tensor(t), Arg::Const(c)) => with_constant(ctx.shape(t)?, fold, c, false),
+        (Arg::Const(c), Arg::Tensor(t)) => with_constant(ctx.shape(t)?, fold, c, true),
+        (Arg::Const(_), Arg::Const(_)) => Err(Error::new(
+            "both arguments are constants; expected at least one tensor",
+        )),
+    }
+}
+
+/// A tensor of `shape` folded with a constant; `constant_first` for `c - x` and the
+/// like.
+fn with_constant(
+    shape: &Shape,
+    fold: Fold,
+    c: ArrayD<f32>,
+    constant_first: bool,
+) -> Result<Lowered> {
+    let out = broadcast(&[shape.clone(), c.shape().to_vec()])?;
+    if &out != shape {
+        return Err(Error::new(format!(
+            "a constant of shape {:?} would broadcast the tensor {shape:?} to {out:?}; kerac supports constants that broadcast against the tensor",
+            c.shape()
+        )));
+    }
+    // The constant against one sample: leading axes dropped down to the sample's rank,
+    // which must be 1 (the same constant for every sample).
+    let rank = shape.len() - 1;
+    let mut dims: Vec<usize> = vec![1; shape.len().saturating_sub(c.ndim())];
+    dims.extend(c.shape());
+    if dims[0] != 1 {
+        return Err(Error::new(format!(
+            "a constant of shape {:?} differs along the batch axis; expected one value for every sample",
+            c.shape()
+        )));
+    }
+    let sample = c
+        .into_shape_with_order(IxDyn(&dims[1..]))
+        .map_err(|e| Error::new(e.to_string()))?;
+    let ones = || ArrayD::<f32>::ones(IxDyn(&vec![1; rank]));
+    let zeros = || ArrayD::<f32>::zeros(IxDyn(&vec![1; rank]));
+    let scalar = sample.len() == 1;
+    let (scale, offset) = match (fold, constant_first) {
+        (Fold::Add, _) => (ones(), sample),
+        (Fold::Subtract, false) => (ones(), sample.mapv(|v| -v)),
+        (Fold::Subtract, true) => (ones().mapv(|v| -v), sample),
+        (Fold::Multiply, _) => (sample, zeros()),
+        (Fold::Divide, false) => (sample.mapv(|v| 1.0 / v), zeros()),
+        (Fold::Maximum | Fold::Minimum, _) if scalar => {
+            let v = sample.iter().next().copied().unwrap_or(0.0) as f64;
+            let activation = if fold == Fold::Maximum {
+                Activation::Max(v)
+            } else {
+                Activation::Min(v)
+            };
+            return finite(v).and_then(|_| activation_op(shape, activation));
+        }
+        (Fold::Maximum | Fold::Minimum, _) => {
+            return Err(Error::new(
+                "maximum and minimum with a constant are supported for a scalar constant only",
+            ))
+        }
+        (Fold::Divide, true) => {
+            return Err(Error::new(
+                "dividing a constant by a tensor is not supported",
+            ))
+        }
+        (Fold::Average, _) => return Err(Error::new("internal: average is not an operation")),
+    };
+    Ok(affine(scale, offset, shape.clone()))
+}
+
+fn finite(v: f64) -> Result<()> {
+    if v.is_finite() {
+        Ok(())
+    } else {
+        Err(Error::new(format!("the constant {v} is not finite")))
+    }
+}
+
+fn activation_op(shape: &Shape, activation: Activation) -> Result<Lowered> {
+    activation.check_rank(shape.len())?;
+    Ok(Lowered::one(
+        ActivationOp {
+            activation,
+            elements: shape.iter().product(),
+        },
+        shape.clone(),
+    ))
+}
+
+/// An input folded with itself (`x * x`, `x + x`): one merge over the same buffer twice.
+#[derive(Debug)]
+struct SelfFoldOp {
+    fold: Fold,
+    elements: usize,
+}
+
+impl Op for SelfFoldOp {
+    fn eval(&self, inputs: &[&ArrayD<f32>]) -> Vec<ArrayD<f32>> {
+        vec![inputs[0].mapv(|v| self.fold.apply(v, v))]
+    }
+    fn flops(&self) -> u64 {
+        self.elements as u64
+    }
+    fn lower(&self, l: &mut Lower) -> Result<()> {
+        let shape = crate::plan::lower::padded(&l.input_shapes[0])?;
+        let strides = crate::plan::lower::broadcast_strides(&l.input_shapes[0], &shape)?;
+        let out = l.output(0);
+        let input = l.inputs[0];
+        l.step(
+            Kernel::Merge {
+                fold: self.fold,
+                shape,
+                strides: vec![strides, strides],
+            },
+            vec![input, input],
+            out,
+            self.flops(),
+        );
+        Ok(())
+    }
+}
+
+fn unary_input<'a>(ctx: &OpCtx<'a>) -> Result<&'a Shape> {
+    let t = ctx.tensor(0, &["x"])?;
+    ctx.shape(t)
+}
+
+fn negative(ctx: &OpCtx) -> Result<Lowered> {
+    let shape = unary_input(ctx)?;
+    let rank = shape.len() - 1;
+    Ok(affine(
+        ArrayD::from_elem(IxDyn(&vec![1; rank]), -1.0),
+        ArrayD::zeros(IxDyn(&vec![1; rank])),
+        shape.clone(),
+    ))
+}
+
+fn square(ctx: &OpCtx) -> Result<Lowered> {
+    let shape = unary_input(ctx)?;
+    Ok(Lowered::one(
+        SelfFoldOp {
+            fold: Fold::Multiply,
+            elements: shape.iter().product(),
+        },
+        shape.clone(),
+    ))
+}
+
+fn power(ctx: &OpCtx) -> Result<Lowered> {
+    let exponent = match ctx.arg(1, &["y", "x2"])? {
+        Arg::Const(c) if c.len() == 1 => c.iter().next().copied().unwrap_or(f32::NAN),
+        _ => {
+            return Err(Error::new(
+                "power is supported with a constant scalar exponent only",
+            ))
+        }
+    };
+    match exponent {
+        1.0 => ctx.via_layer("Identity", json!({})),
+        2.0 => square(ctx),
+        other => Err(Error::new(format!(
+            "power with exponent {other} is not supported; exponents 1 and 2 are"
+        ))),
+    }
+}
+
+fn absolute(ctx: &OpCtx) -> Result<Lowered> {
+    activation_op(unary_input(ctx)?, Activation::Abs)
+}
+
+fn clip(ctx: &OpCtx) -> Result<Lowered> {
+    let shape = unary_input(ctx)?;
+    let lo = ctx
+        .number(Some(1), &["x_min", "clip_value_min"])?
+        .filter(|v| v.is_finite());
+    let hi = ctx
+        .number(Some(2), &["x_max", "clip_value_max"])?
+        .filter(|v| v.is_finite());
+    let activation = match (lo, hi) {
+        (Some(lo), Some(hi)) => Activation::Clip(lo, hi),
+        (Some(lo), None) => Activation::Max(lo),
+        (None, Some(hi)) => Activation::Min(hi),
+        (None, None) => return ctx.via_layer("Identity", json!({})),
+    };
+    activation_op(shape, activation)
+}
+
+const EXP: u8 = 0;
+const RELU: u8 = 1;
+const RELU6: u8 = 2;
+const SIGMOID: u8 = 3;
+const HARD_SIGMOID: u8 = 4;
+const SILU: u8 = 5;
+const HARD_SILU: u8 = 6;
+const TANH: u8 = 7;
+const SOFTPLUS: u8 = 8;
+const SOFTSIGN: u8 = 9;
+const SELU: u8 = 10;
+const MISH: u8 = 11;
+
+/// Keras's activation names, indexed by the constants above.
+const NAMES: [&str; 12] = [
+    "exponential",
+    "relu",
+    "relu6",
+    "sigmoid",
+    "hard_sigmoid",
+    "silu",
+    "hard_silu",
+    "tanh",
+    "softplus",
+    "softsign",
+    "selu",
+    "mish",
+];
+
+/// An activation function with no options, as the activation of the same name.
+fn named<const WHICH: u8>(ctx: &OpCtx) -> Result<Lowered> {
+    let activation = Activation::from_name(NAMES[WHICH as usize], ctx.dialect)?;
+    activation_op(unary_input(ctx)?, activation)
+}
+
+fn gelu(ctx: &OpCtx) -> Result<Lowered> {
+    // `ops.gelu` defaults to the tanh approximation; `tf.nn.gelu` to the exact form.
+    let default = ctx.dialect == crate::keras::Dialect::Keras3;
+    let approximate = ctx.flag(Some(1), &["approximate"], default);
+    activation_op(unary_input(ctx)?, Activation::Gelu(approximate))
+}
+
+fn elu(ctx: &OpCtx) -> Result<Lowered> {
+    let alpha = ctx.number(Some(1), &["alpha"])?.unwrap_or(1.0);
+    activation_op(unary_input(ctx)?, Activation::Elu(alpha))
+}
+
+fn leaky_relu(ctx: &OpCtx) -> Result<Lowered> {
+    let slope = ctx
+        .number(Some(1), &["negative_slope", "alpha"])?
+        .unwrap_or(0.2);
+    activation_op(unary_input(ctx)?, Activation::LeakyRelu(slope))
+}
+
+fn softmax<const LOG: bool>(ctx: &OpCtx) -> Result<Lowered> {
+    let axes = ctx.axes(Some(1), &["axis"])?.unwrap_or(vec![-1]);
+    let activation = if LOG {
+        Activation::LogSoftmax(axes)
+    } else {
+        Activation::Softmax(axes)
+    };
+    activation_op(unary_input(ctx)?, activation)
+}
