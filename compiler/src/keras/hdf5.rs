@@ -138,8 +138,10 @@ pub struct Tensor {
 
 /// Reads a dataset as float32, refusing it before allocation if it would pass `budget`.
 pub fn read_f32(group: &Group, name: &str, budget: &mut Budget) -> Result<Tensor> {
+    // Messages name the dataset's full path, which holds the layer's name or key.
+    let path = format!("{}/{name}", group.name().trim_end_matches('/'));
     let ds =
-        guard(|| group.dataset(name)).map_err(|e| Error::new(format!("weight `{name}`: {e}")))?;
+        guard(|| group.dataset(name)).map_err(|e| Error::new(format!("weight `{path}`: {e}")))?;
     let shape: Vec<usize> = ds.shape().iter().map(|&d| d as usize).collect();
     let count = shape
         .iter()
@@ -147,7 +149,7 @@ pub fn read_f32(group: &Group, name: &str, budget: &mut Budget) -> Result<Tensor
         .filter(|&n| n.checked_mul(4).is_some_and(|b| b <= budget.left))
         .ok_or_else(|| {
             Error::new(format!(
-                "weight `{name}` claims shape {shape:?}, more data than the file holds"
+                "weight `{path}` claims shape {shape:?}, more data than the file holds"
             ))
         })?;
     budget.left -= count * 4;
@@ -163,12 +165,12 @@ pub fn read_f32(group: &Group, name: &str, budget: &mut Budget) -> Result<Tensor
     }
     .map_err(|e| {
         Error::new(format!(
-            "weight `{name}` is not readable as a number array: {e}"
+            "weight `{path}` is not readable as a number array: {e}"
         ))
     })?;
     if data.len() != count {
         return Err(Error::new(format!(
-            "weight `{name}` holds {} values, its shape {shape:?} says {count}",
+            "weight `{path}` holds {} values, its shape {shape:?} says {count}",
             data.len()
         )));
     }

@@ -6,7 +6,9 @@
 //! depthwise convolution followed by a 1x1 one, so one loop nest serves them all.
 
 use super::activation::Activation;
-use super::geometry::{check_channels_last, lift3, per_axis, spatial_input, window, Window};
+use super::geometry::{
+    check_channels_last, check_work, lift3, per_axis, spatial_input, window, Window,
+};
 use super::{elements, int_or_list, BuildFn, LayerCtx, Lowered, Op};
 use crate::error::{Error, Result};
 use crate::graph::Shape;
@@ -104,6 +106,11 @@ fn windows(g: &Geometry, padding: &str, rank: usize) -> Result<[Window; 3]> {
             padding,
         )?);
     }
+    let factors: Vec<usize> = std::iter::once(g.batch)
+        .chain(w.iter().map(|w| w.kernel))
+        .chain(w.iter().map(|w| w.output))
+        .collect();
+    check_work(&factors, "`kernel_size` and the output shape")?;
     Ok(lift3(&w, Window::UNIT))
 }
 

@@ -58,6 +58,26 @@ pub fn window(
     })
 }
 
+/// The most multiply-adds (or window taps) one layer call may take: far beyond any
+/// model that runs in real time, and low enough that every count derived from it
+/// (FLOPs, bytes, trip counts) fits in 64 bits.
+pub const MAX_WORK: u64 = 1 << 50;
+
+/// Checks that the product of `factors` (window taps, output positions, channels, ...)
+/// stays within [`MAX_WORK`], so the counts derived from them cannot overflow.
+pub fn check_work(factors: &[usize], what: &str) -> Result<()> {
+    let work = factors
+        .iter()
+        .try_fold(1u64, |acc, &f| acc.checked_mul(f as u64))
+        .filter(|&w| w <= MAX_WORK);
+    if work.is_none() {
+        return Err(Error::new(format!(
+            "{what} {factors:?} multiply to more than {MAX_WORK} operations per call"
+        )));
+    }
+    Ok(())
+}
+
 /// Lifts per-axis values of a 1-, 2- or 3-D layer to 3-D, filling leading axes with `fill`.
 pub fn lift3<T: Copy>(values: &[T], fill: T) -> [T; 3] {
     let mut out = [fill; 3];

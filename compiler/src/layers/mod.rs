@@ -177,8 +177,16 @@ impl<'a> LayerCtx<'a> {
     }
 
     /// The config as a typed struct; unknown keys are ignored, missing ones use defaults.
+    /// Errors name the key at fault, in Keras's terms.
     pub fn parse<T: DeserializeOwned>(&self) -> Result<T> {
-        T::deserialize(self.config).map_err(|e| Error::new(format!("config: {e}")))
+        T::deserialize(self.config).map_err(|e| {
+            let message = e.to_string();
+            let said = keras_terms(&message);
+            match culprit::<T>(self.config, &message) {
+                Some(key) => Error::new(format!("config `{key}`: {said}")),
+                None => Error::new(format!("config: {said}")),
+            }
+        })
     }
 
     /// The only input's shape; an error if the layer got several.
@@ -301,34 +309,74 @@ impl<'a> LayerCtx<'a> {
     }
 }
 
+/// The key whose removal changes how the config fails to parse: the one at fault.
+/// Only on the error path, over a config's few dozen keys.
+fn culprit<T: DeserializeOwned>(config: &Value, message: &str) -> Option<String> {
+    let map = config.as_object()?;
+    map.keys()
+        .find(|key| {
+            let mut without = map.clone();
+            without.remove(key.as_str());
+            T::deserialize(&Value::Object(without))
+                .map_or_else(|e| e.to_string() != message, |_| true)
+        })
+        .cloned()
+}
+
+/// serde's `invalid type: floating point `10.5`, expected usize` in Keras's terms:
+/// `must be a non-negative integer, found floating point `10.5``.
+fn keras_terms(message: &str) -> String {
+    let Some(rest) = message
+        .strip_prefix("invalid type: ")
+        .or_else(|| message.strip_prefix("invalid value: "))
+    else {
+        return message.to_string();
+    };
+    let Some((found, expected)) = rest.rsplit_once(", expected ") else {
+        return message.to_string();
+    };
+    let expected = match expected {
+        "usize" | "u64" | "u32" => "a non-negative integer",
+        "i64" | "i32" | "isize" => "an integer",
+        "f64" | "f32" => "a number",
+        "a boolean" => "true or false",
+        other => other,
+    };
+    format!("must be {expected}, found {found}")
+}
+
+/// One or several values of an `int or list` field, read by `one`.
+fn one_or_many<T>(
+    v: Value,
+    what: &str,
+    one: impl Fn(&Value) -> Option<T>,
+) -> std::result::Result<Vec<T>, String> {
+    let found = || {
+        format!(
+            "must be {what} or a list of them, found {}",
+            crate::keras::config::short(&v)
+        )
+    };
+    match &v {
+        Value::Array(items) => items.iter().map(|i| one(i).ok_or_else(found)).collect(),
+        single => one(single).map(|n| vec![n]).ok_or_else(found),
+    }
+}
+
 /// Deserializes Keras's `int or list of ints` fields (kernel_size, strides, ...).
 pub fn int_or_list<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> std::result::Result<Vec<usize>, D::Error> {
-    #[derive(serde::Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany {
-        One(usize),
-        Many(Vec<usize>),
-    }
-    Ok(match OneOrMany::deserialize(d)? {
-        OneOrMany::One(n) => vec![n],
-        OneOrMany::Many(v) => v,
+    one_or_many(Value::deserialize(d)?, "a non-negative integer", |v| {
+        v.as_u64().and_then(|n| usize::try_from(n).ok())
     })
+    .map_err(serde::de::Error::custom)
 }
 
 /// Deserializes Keras's `int or list of ints` axis fields, negative values allowed.
 pub fn axes<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<i64>, D::Error> {
-    #[derive(serde::Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany {
-        One(i64),
-        Many(Vec<i64>),
-    }
-    Ok(match OneOrMany::deserialize(d)? {
-        OneOrMany::One(n) => vec![n],
-        OneOrMany::Many(v) => v,
-    })
+    one_or_many(Value::deserialize(d)?, "an integer", Value::as_i64)
+        .map_err(serde::de::Error::custom)
 }
 
 /// Resolves a Keras axis (negative counts from the end) against a rank.

@@ -1,7 +1,9 @@
 //! Pooling: MaxPooling and AveragePooling 1D/2D/3D (valid and same; averages count
 //! only the values inside the input, like Keras), and the global poolings (keepdims).
 
-use super::geometry::{check_channels_last, lift3, per_axis, spatial_input, window, Window};
+use super::geometry::{
+    check_channels_last, check_work, lift3, per_axis, spatial_input, window, Window,
+};
 use super::{int_or_list, BuildFn, LayerCtx, Lowered, Op};
 use crate::error::Result;
 use crate::graph::Shape;
@@ -133,6 +135,13 @@ fn build_pool<const R: usize, const MAX: bool>(ctx: &mut LayerCtx) -> Result<Low
     let mut out = vec![batch];
     out.extend(w.iter().map(|w| w.output));
     out.push(channels);
+    // A `same` window may be far larger than its input; its taps still run.
+    let factors: Vec<usize> = w
+        .iter()
+        .map(|w| w.kernel)
+        .chain(out.iter().copied())
+        .collect();
+    check_work(&factors, "`pool_size` and the output shape")?;
     let op = PoolOp {
         windows: lift3(&w, Window::UNIT),
         channels,
