@@ -477,7 +477,13 @@ impl Op for ReduceOp {
         vec![layers::tensor(&self.out_shape, out)]
     }
     fn flops(&self) -> u64 {
-        (self.outer * self.n * self.inner) as u64
+        let (len_in, len_out) = (self.outer * self.n * self.inner, self.outer * self.inner);
+        // A sum scales the mean; a minimum negates before and after the maximum.
+        match self.kind {
+            SUM => (len_in + len_out) as u64,
+            MIN => (2 * len_in + len_out) as u64,
+            _ => len_in as u64,
+        }
     }
     fn lower(&self, l: &mut Lower) -> Result<()> {
         let pool = |max| {
@@ -501,10 +507,10 @@ impl Op for ReduceOp {
         let (input, out) = (l.inputs[0], l.output(0));
         let (len_in, len_out) = (self.outer * self.n * self.inner, self.outer * self.inner);
         match self.kind {
-            MAX => l.step(pool(true), vec![input], out, self.flops()),
+            MAX => l.step(pool(true), vec![input], out, len_in as u64),
             SUM => {
                 let mean = l.temp(len_out);
-                l.step(pool(false), vec![input], mean, self.flops());
+                l.step(pool(false), vec![input], mean, len_in as u64);
                 let k = scaled(l, self.n as f32, len_out);
                 l.step(k, vec![mean], out, len_out as u64);
             }
@@ -514,11 +520,11 @@ impl Op for ReduceOp {
                 let k = scaled(l, -1.0, len_in);
                 l.step(k, vec![input], negated, len_in as u64);
                 let max = l.temp(len_out);
-                l.step(pool(true), vec![negated], max, self.flops());
+                l.step(pool(true), vec![negated], max, len_in as u64);
                 let k = scaled(l, -1.0, len_out);
                 l.step(k, vec![max], out, len_out as u64);
             }
-            _ => l.step(pool(false), vec![input], out, self.flops()),
+            _ => l.step(pool(false), vec![input], out, len_in as u64),
         }
         Ok(())
     }
