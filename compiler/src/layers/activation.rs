@@ -7,6 +7,7 @@
 use super::geometry::for_each_group;
 use super::{axes, resolve_axis, BuildFn, LayerCtx, Lowered, Op, Weight};
 use crate::error::{Error, Result};
+use crate::graph::Shape;
 use crate::keras::Dialect;
 use crate::plan::{Kernel, Lower, StridedAxes};
 use kerac::Act;
@@ -313,7 +314,11 @@ impl Op for ActivationOp {
 }
 
 fn elementwise(ctx: &LayerCtx, activation: Activation) -> Result<Lowered> {
-    let shape = ctx.input()?.clone();
+    over(ctx.input()?, activation)
+}
+
+/// `activation` applied to a tensor of `shape` (an Activation layer, or an operation).
+pub(crate) fn over(shape: &Shape, activation: Activation) -> Result<Lowered> {
     activation.check_rank(shape.len())?;
     let elements = shape.iter().product();
     Ok(Lowered::one(
@@ -321,7 +326,7 @@ fn elementwise(ctx: &LayerCtx, activation: Activation) -> Result<Lowered> {
             activation,
             elements,
         },
-        shape,
+        shape.clone(),
     ))
 }
 

@@ -168,13 +168,31 @@ fn build_elementwise<const KIND: u8>(ctx: &mut LayerCtx) -> Result<Lowered> {
 #[derive(Debug)]
 struct ConcatOp {
     axis: usize,
+    /// Joined along a new axis (`stack`): each input is still one part of every
+    /// output row, so the kernel call is the same.
+    new_axis: bool,
+}
+
+/// Tensors of one shape stacked along a new `axis`; `out` is the stacked shape.
+pub(crate) fn stack(axis: usize, out: Shape) -> Lowered {
+    Lowered::one(
+        ConcatOp {
+            axis,
+            new_axis: true,
+        },
+        out,
+    )
 }
 
 impl Op for ConcatOp {
     fn eval(&self, inputs: &[&ArrayD<f32>]) -> Vec<ArrayD<f32>> {
         let views: Vec<_> = inputs.iter().map(|a| a.view()).collect();
-        let joined = ndarray::concatenate(Axis(self.axis), &views)
-            .unwrap_or_else(|_| ArrayD::zeros(IxDyn(&[0])));
+        let joined = if self.new_axis {
+            ndarray::stack(Axis(self.axis), &views)
+        } else {
+            ndarray::concatenate(Axis(self.axis), &views)
+        }
+        .unwrap_or_else(|_| ArrayD::zeros(IxDyn(&[0])));
         vec![joined.as_standard_layout().into_owned()]
     }
     fn flops(&self) -> u64 {
@@ -230,7 +248,13 @@ fn build_concatenate(ctx: &mut LayerCtx) -> Result<Lowered> {
         }
         out[axis] += s[axis];
     }
-    Ok(Lowered::one(ConcatOp { axis }, out))
+    Ok(Lowered::one(
+        ConcatOp {
+            axis,
+            new_axis: false,
+        },
+        out,
+    ))
 }
 
 /// `batch_dot` along one axis of each input, optionally of L2-normalized inputs.

@@ -4,7 +4,7 @@
 use super::{Arg, BuildFn, OpCtx};
 use crate::error::{Error, Result};
 use crate::graph::Shape;
-use crate::layers::activation::{Activation, ActivationOp};
+use crate::layers::activation::{self, Activation};
 use crate::layers::core::affine;
 use crate::layers::merge::{broadcast, elementwise};
 use crate::layers::{Lowered, Op};
@@ -129,7 +129,7 @@ fn with_constant(
             } else {
                 Activation::Min(v)
             };
-            return finite(v).and_then(|_| activation_op(shape, activation));
+            return finite(v).and_then(|_| activation::over(shape, activation));
         }
         (Fold::Maximum | Fold::Minimum, _) => {
             return Err(Error::new(
@@ -152,17 +152,6 @@ fn finite(v: f64) -> Result<()> {
     } else {
         Err(Error::new(format!("the constant {v} is not finite")))
     }
-}
-
-fn activation_op(shape: &Shape, activation: Activation) -> Result<Lowered> {
-    activation.check_rank(shape.len())?;
-    Ok(Lowered::one(
-        ActivationOp {
-            activation,
-            elements: shape.iter().product(),
-        },
-        shape.clone(),
-    ))
 }
 
 /// An input folded with itself (`x * x`, `x + x`): one merge over the same buffer twice.
@@ -243,7 +232,7 @@ fn power(ctx: &OpCtx) -> Result<Lowered> {
 }
 
 fn absolute(ctx: &OpCtx) -> Result<Lowered> {
-    activation_op(unary_input(ctx)?, Activation::Abs)
+    activation::over(unary_input(ctx)?, Activation::Abs)
 }
 
 fn clip(ctx: &OpCtx) -> Result<Lowered> {
@@ -260,7 +249,7 @@ fn clip(ctx: &OpCtx) -> Result<Lowered> {
         (None, Some(hi)) => Activation::Min(hi),
         (None, None) => return ctx.via_layer("Identity", json!({})),
     };
-    activation_op(shape, activation)
+    activation::over(shape, activation)
 }
 
 const EXP: u8 = 0;
@@ -295,26 +284,26 @@ const NAMES: [&str; 12] = [
 /// An activation function with no options, as the activation of the same name.
 fn named<const WHICH: u8>(ctx: &OpCtx) -> Result<Lowered> {
     let activation = Activation::from_name(NAMES[WHICH as usize], ctx.dialect)?;
-    activation_op(unary_input(ctx)?, activation)
+    activation::over(unary_input(ctx)?, activation)
 }
 
 fn gelu(ctx: &OpCtx) -> Result<Lowered> {
     // `ops.gelu` defaults to the tanh approximation; `tf.nn.gelu` to the exact form.
     let default = ctx.dialect == crate::keras::Dialect::Keras3;
     let approximate = ctx.flag(Some(1), &["approximate"], default);
-    activation_op(unary_input(ctx)?, Activation::Gelu(approximate))
+    activation::over(unary_input(ctx)?, Activation::Gelu(approximate))
 }
 
 fn elu(ctx: &OpCtx) -> Result<Lowered> {
     let alpha = ctx.number(Some(1), &["alpha"])?.unwrap_or(1.0);
-    activation_op(unary_input(ctx)?, Activation::Elu(alpha))
+    activation::over(unary_input(ctx)?, Activation::Elu(alpha))
 }
 
 fn leaky_relu(ctx: &OpCtx) -> Result<Lowered> {
     let slope = ctx
         .number(Some(1), &["negative_slope", "alpha"])?
         .unwrap_or(0.2);
-    activation_op(unary_input(ctx)?, Activation::LeakyRelu(slope))
+    activation::over(unary_input(ctx)?, Activation::LeakyRelu(slope))
 }
 
 fn softmax<const LOG: bool>(ctx: &OpCtx) -> Result<Lowered> {
@@ -324,5 +313,5 @@ fn softmax<const LOG: bool>(ctx: &OpCtx) -> Result<Lowered> {
     } else {
         Activation::Softmax(axes)
     };
-    activation_op(unary_input(ctx)?, activation)
+    activation::over(unary_input(ctx)?, activation)
 }

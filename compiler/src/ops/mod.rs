@@ -100,30 +100,23 @@ pub fn canonical(full: &str) -> Option<&'static str> {
             .map(|(_, name)| *name);
     }
     let class = full.rsplit('.').next()?;
-    OPERATIONS
-        .iter()
-        .flat_map(|t| t.iter())
-        .map(|(name, _)| *name)
-        .find(|name| *name == class)
+    entries().map(|(name, _)| *name).find(|name| *name == class)
+}
+
+/// Every `(canonical name, build function)`.
+fn entries() -> impl Iterator<Item = &'static (&'static str, BuildFn)> {
+    OPERATIONS.iter().flat_map(|t| t.iter())
 }
 
 /// The build function of an operation, by its full name.
 pub fn lookup(full: &str) -> Option<BuildFn> {
     let name = canonical(full)?;
-    OPERATIONS
-        .iter()
-        .flat_map(|t| t.iter())
-        .find(|(n, _)| *n == name)
-        .map(|(_, f)| *f)
+    entries().find(|(n, _)| *n == name).map(|(_, f)| *f)
 }
 
 /// Canonical names of all supported operations, sorted.
 pub fn supported() -> Vec<&'static str> {
-    let mut names: Vec<&str> = OPERATIONS
-        .iter()
-        .flat_map(|t| t.iter())
-        .map(|(n, _)| *n)
-        .collect();
+    let mut names: Vec<&str> = entries().map(|(n, _)| *n).collect();
     names.sort_unstable();
     names
 }

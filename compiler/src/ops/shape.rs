@@ -6,11 +6,11 @@ use super::{resolve_axes, Arg, BuildFn, OpCtx};
 use crate::error::{Error, Result};
 use crate::graph::Shape;
 use crate::layers::core::ReshapeOp;
-use crate::layers::{self, Lowered, Op};
+use crate::layers::{self, merge, Lowered, Op};
 use crate::plan::lower::padded;
 use crate::plan::{Kernel, Lower};
 use kerac::merge::RANK;
-use ndarray::{ArrayD, Axis, IxDyn};
+use ndarray::ArrayD;
 use serde_json::{json, Value};
 
 /// Supported operations.
@@ -188,38 +188,7 @@ fn stack(ctx: &OpCtx) -> Result<Lowered> {
     }
     let mut out = first.clone();
     out.insert(axis, ctx.inputs.len());
-    Ok(Lowered::one(StackOp { axis }, out))
-}
-
-/// Tensors of one shape joined along a new axis.
-#[derive(Debug)]
-struct StackOp {
-    axis: usize,
-}
-
-impl Op for StackOp {
-    fn eval(&self, inputs: &[&ArrayD<f32>]) -> Vec<ArrayD<f32>> {
-        let views: Vec<_> = inputs.iter().map(|a| a.view()).collect();
-        let joined =
-            ndarray::stack(Axis(self.axis), &views).unwrap_or_else(|_| ArrayD::zeros(IxDyn(&[0])));
-        vec![joined.as_standard_layout().into_owned()]
-    }
-    fn flops(&self) -> u64 {
-        0
-    }
-    fn lower(&self, l: &mut Lower) -> Result<()> {
-        // Each input is one part of every output row: a concatenation.
-        let outer = l.output_shapes[0][..self.axis].iter().product();
-        let parts = l
-            .input_shapes
-            .iter()
-            .map(|s| s[self.axis..].iter().product())
-            .collect();
-        let out = l.output(0);
-        let inputs = l.inputs.clone();
-        l.step(Kernel::Concat { outer, parts }, inputs, out, 0);
-        Ok(())
-    }
+    Ok(merge::stack(axis, out))
 }
 
 /// `x[...]`: basic indexing (slices with positive steps, integers, `None`, `...`).
