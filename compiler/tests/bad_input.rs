@@ -390,6 +390,15 @@ fn cli_reports_errors_with_exit_code_1_never_101() {
     }
 }
 
+/// Zeros for every input of a graph, in the shapes it inferred.
+fn zeros(graph: &kerac_compiler::Graph) -> Vec<ndarray::ArrayD<f32>> {
+    graph
+        .inputs
+        .iter()
+        .map(|p| ndarray::ArrayD::<f32>::zeros(graph.shape(p.tensor).clone()))
+        .collect()
+}
+
 /// Replaces random numeric and string leaves of a config with hostile values.
 fn mutate(v: &mut Value, rng: &mut Rng, rate: usize) {
     match v {
@@ -480,11 +489,7 @@ fn mutated_configs_never_panic_and_loaded_models_run() {
                     .map(|t| t.shape.iter().product::<usize>())
                     .sum();
                 if elements < 1 << 22 {
-                    let inputs: Vec<_> = graph
-                        .inputs
-                        .iter()
-                        .map(|p| ndarray::ArrayD::<f32>::zeros(graph.shape(p.tensor).clone()))
-                        .collect();
+                    let inputs = zeros(&graph);
                     kerac_compiler::interp::run(&graph, &inputs)?;
                     // And the compiled plan on the runtime's kernels: lowering may refuse
                     // a layout, but must not panic, and the kernels must run.
@@ -512,4 +517,62 @@ fn mutated_configs_never_panic_and_loaded_models_run() {
         loaded > 0 && refused > 0,
         "mutations should both load and fail: {loaded} loaded, {refused} refused"
     );
+}
+
+/// Every case the fuzzer found (and the earlier campaign's), one folder each: the model
+/// file, its weights beside a config JSON, and the recorded inputs where the model has
+/// open dimensions. Each must load and run, or be refused naming the file; never panic.
+#[test]
+fn fuzzer_findings_stay_fixed() {
+    let _guard = lock();
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus");
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(&corpus)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    cases.sort();
+    assert!(!cases.is_empty(), "the corpus is empty");
+    for case in cases {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&case)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        let model = files
+            .iter()
+            .find(|p| {
+                let name = p.file_name().unwrap().to_string_lossy();
+                !name.contains("weights") && !name.ends_with(".io.json") && !name.ends_with(".txt")
+            })
+            .unwrap_or_else(|| panic!("{}: no model file", case.display()));
+        let options = BuildOptions {
+            input_shapes: kerac_compiler::io::IoFile::read(&case.join("reference.io.json"))
+                .map(|f| kerac_compiler::io::input_shapes(&f.inputs))
+                .unwrap_or_default(),
+            ..Default::default()
+        };
+        let size: usize = files.iter().map(|p| file_len(p)).sum();
+        let base = LIVE.load(Ordering::Relaxed);
+        PEAK.store(base, Ordering::Relaxed);
+        let result = std::panic::catch_unwind(|| {
+            let graph = kerac_compiler::load(model, None, &options)?;
+            let plan = kerac_compiler::plan::Plan::new(&graph)?;
+            let inputs = zeros(&graph);
+            kerac_compiler::interp::run(&graph, &inputs)?;
+            kerac_compiler::plan::exec::run(&plan, &inputs)?;
+            Ok::<_, Error>(())
+        });
+        let peak = PEAK.load(Ordering::Relaxed).saturating_sub(base);
+        match result {
+            Err(_) => panic!("{}: kerac panicked", model.display()),
+            Ok(Err(e)) => assert!(e.file.is_some(), "{}: {e}", model.display()),
+            Ok(Ok(())) => {}
+        }
+        assert!(
+            peak <= allowance(size) + (64 << 20),
+            "{}: {peak} bytes allocated",
+            model.display()
+        );
+    }
 }

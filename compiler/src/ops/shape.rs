@@ -241,7 +241,11 @@ fn get_item(ctx: &OpCtx) -> Result<Lowered> {
         }
         let (len, stride) = (input[axis], in_strides[axis]);
         if let Some(i) = item.as_i64() {
-            let at = if i < 0 { i + len as i64 } else { i };
+            let at = if i < 0 {
+                i.saturating_add(len as i64)
+            } else {
+                i
+            };
             if !(0..len as i64).contains(&at) || axis == 0 {
                 return Err(Error::new(format!(
                     "index {i} is out of range for axis {axis} of {input:?}, or indexes the batch axis"
@@ -301,11 +305,20 @@ fn slice_bounds(bounds: &Value, len: usize) -> Result<(usize, usize, usize)> {
         )));
     }
     let n = len as i64;
-    let clamp = |v: i64| if v < 0 { (v + n).max(0) } else { v.min(n) };
+    // A step past the axis selects one value at most; capping it keeps the strides
+    // derived from it small.
+    let step = step.min(n.max(1));
+    let clamp = |v: i64| {
+        if v < 0 {
+            v.saturating_add(n).max(0)
+        } else {
+            v.min(n)
+        }
+    };
     let start = get("start")?.map_or(0, clamp);
     let stop = get("stop")?.map_or(n, clamp);
     let count = if stop > start {
-        (stop - start + step - 1) / step
+        (stop - start - 1) / step + 1
     } else {
         0
     };

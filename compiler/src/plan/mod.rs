@@ -322,7 +322,7 @@ pub const ALIGN_FLOATS: usize = 8;
 impl Plan {
     /// Lowers, optimizes and lays out a graph.
     pub fn new(graph: &Graph) -> Result<Plan> {
-        let mut plan = lower::lower(graph)?;
+        let mut plan = lower::lower(graph).map_err(|e| e.in_file(&graph.source))?;
         fuse::fold_batch_norm(&mut plan);
         fuse::fuse_activations(&mut plan);
         arena::place(&mut plan);
