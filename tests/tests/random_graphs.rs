@@ -74,10 +74,7 @@ impl Builder {
         let name = format!("layer_{}", self.count);
         self.count += 1;
         config["name"] = json!(name);
-        let args: Vec<Value> = inputs
-            .iter()
-            .map(|i| json!({"class_name": "__keras_tensor__", "config": {"keras_history": [i, 0, 0]}}))
-            .collect();
+        let args: Vec<Value> = inputs.iter().map(|i| tref(i)).collect();
         let args = if inputs.len() == 1 {
             json!([args[0]])
         } else {
@@ -96,6 +93,20 @@ impl Builder {
         name
     }
 
+    /// Adds a Keras 3 operation node (`x + 3.0`, `ops.mean(x, 1)`): `args` mixes tensor
+    /// references ([`tref`]) and constants, options go in its config; returns its name.
+    fn add_op(&mut self, module: &str, class: &str, mut config: Value, args: Vec<Value>) -> String {
+        let name = format!("op_{}", self.count);
+        self.count += 1;
+        config["name"] = json!(name);
+        self.layers.push(
+            json!({"module": format!("keras.src.ops.{module}"), "class_name": class,
+            "registered_name": class, "name": name, "config": config,
+            "inbound_nodes": [{"args": args, "kwargs": {}}]}),
+        );
+        name
+    }
+
     fn undo(&mut self) {
         if let Some(l) = self.layers.pop() {
             if let Some(layers) = self.weights.children.get_mut("layers") {
@@ -103,6 +114,120 @@ impl Builder {
                     .children
                     .remove(l["name"].as_str().unwrap_or_default());
             }
+        }
+    }
+}
+
+/// A reference to a tensor, as operation arguments hold them.
+fn tref(name: &str) -> Value {
+    json!({"class_name": "__keras_tensor__", "config": {"keras_history": [name, 0, 0]}})
+}
+
+/// Draws one Keras operation for an input of `shape` (batch first): arithmetic with
+/// constants on either side or with another tensor of the same shape, elementwise
+/// functions, reductions, transposes, slices and matmul with a constant.
+fn draw_op(
+    b: &mut Builder,
+    rng: &mut Rng,
+    input: &str,
+    shape: &[usize],
+    others: &[(String, Vec<usize>)],
+) -> String {
+    let x = tref(input);
+    let k = rng.unit() * 2.0;
+    let rank = shape.len();
+    match rng.below(9) {
+        0 => {
+            let class = rng.pick(&["Add", "Subtract", "Multiply", "Maximum", "Minimum"]);
+            if rng.below(2) == 0 {
+                b.add_op("numpy", class, json!({}), vec![x, json!(k)])
+            } else {
+                b.add_op("numpy", class, json!({}), vec![json!(k), x])
+            }
+        }
+        1 => {
+            // A per-channel constant (NumPy array) or a divisor away from zero.
+            let c = *shape.last().unwrap_or(&1);
+            if rng.below(2) == 0 {
+                let values: Vec<f32> = (0..c).map(|_| rng.unit()).collect();
+                let array = json!({"class_name": "__numpy__", "config": {"value": values, "dtype": "float32"}});
+                let class = rng.pick(&["Add", "Multiply", "Subtract"]);
+                b.add_op("numpy", class, json!({}), vec![x, array])
+            } else {
+                b.add_op("numpy", "Divide", json!({}), vec![x, json!(k.abs() + 0.5)])
+            }
+        }
+        2 => {
+            let same: Vec<&(String, Vec<usize>)> =
+                others.iter().filter(|(_, s)| s == shape).collect();
+            // The input itself is among them.
+            let (other, _) = same[rng.below(same.len())];
+            let class = rng.pick(&["Add", "Subtract", "Multiply", "Maximum", "Minimum"]);
+            b.add_op("numpy", class, json!({}), vec![x, tref(other)])
+        }
+        3 => {
+            let class = rng.pick(&[
+                "Absolute", "Negative", "Square", "Tanh", "Sigmoid", "Relu", "Silu",
+            ]);
+            let module = if ["Absolute", "Negative", "Square", "Tanh"].contains(&class) {
+                "numpy"
+            } else {
+                "nn"
+            };
+            b.add_op(module, class, json!({}), vec![x])
+        }
+        4 => {
+            // Functions defined on part of the line, on a positive argument.
+            let abs = b.add_op("numpy", "Absolute", json!({}), vec![x]);
+            let shifted = b.add_op("numpy", "Add", json!({}), vec![tref(&abs), json!(0.25)]);
+            let (module, class, extra) = rng.pick(&[
+                ("numpy", "Sqrt", None),
+                ("math", "Rsqrt", None),
+                ("numpy", "Log", None),
+                ("numpy", "Reciprocal", None),
+                ("numpy", "Power", Some(1.5f32)),
+                ("numpy", "Power", Some(-0.75)),
+            ]);
+            let mut args = vec![tref(&shifted)];
+            args.extend(extra.map(|p| json!(p)));
+            b.add_op(module, class, json!({}), args)
+        }
+        5 => {
+            let class = rng.pick(&["Mean", "Sum", "Max", "Min"]);
+            let axis = 1 + rng.below(rank.saturating_sub(1).max(1));
+            b.add_op(
+                "numpy",
+                class,
+                json!({"axis": axis, "keepdims": rng.below(2) == 0}),
+                vec![x],
+            )
+        }
+        6 if rank >= 3 => {
+            let mut axes: Vec<usize> = (0..rank).collect();
+            axes.swap(rank - 1, rank - 2);
+            b.add_op("numpy", "Transpose", json!({"axes": axes}), vec![x])
+        }
+        7 => {
+            let last = *shape.last().unwrap_or(&1) as i64;
+            let start =
+                rng.below(last.max(1) as usize) as i64 - if rng.below(2) == 0 { last } else { 0 };
+            let step = 1 + rng.below(2);
+            let mut index = vec![
+                json!({"class_name": "__slice__", "config": {"start": null, "stop": null, "step": null}}),
+            ];
+            index.extend((2..rank).map(|_| json!({"class_name": "__slice__", "config": {"start": null, "stop": null, "step": null}})));
+            index.push(json!({"class_name": "__slice__", "config": {"start": start, "stop": null, "step": step}}));
+            b.add_op("numpy", "GetItem", json!({}), vec![x, json!(index)])
+        }
+        _ => {
+            let c = *shape.last().unwrap_or(&1);
+            let n = 1 + rng.below(6);
+            let matrix: Vec<Vec<f32>> = (0..c)
+                .map(|_| (0..n).map(|_| rng.unit()).collect())
+                .collect();
+            let array =
+                json!({"class_name": "__numpy__", "config": {"value": matrix, "dtype": "float32"}});
+            b.add_op("numpy", "Matmul", json!({}), vec![x, array])
         }
     }
 }
@@ -394,7 +519,11 @@ fn compiled_plan_and_jit_match_the_interpreter_on_random_graphs() {
                 } else {
                     tensors[tensors.len() - 1].clone()
                 };
-                let name = draw(&mut b, &mut rng, &input, &shape, &tensors);
+                let name = if rng.below(4) == 0 {
+                    draw_op(&mut b, &mut rng, &input, &shape, &tensors)
+                } else {
+                    draw(&mut b, &mut rng, &input, &shape, &tensors)
+                };
                 match build(&b, &name) {
                     Some(g) if g.shape(g.outputs[0].tensor).iter().product::<usize>() <= 20_000 => {
                         tensors.push((name, g.shape(g.outputs[0].tensor).clone()));

@@ -75,6 +75,18 @@ pub enum Activation {
     Clip(f64, f64),
     /// `|x|`.
     Abs,
+    /// `sqrt(x)`.
+    Sqrt,
+    /// `1 / sqrt(x)`.
+    Rsqrt,
+    /// `log(x)`.
+    Log,
+    /// `c / x`.
+    DivInto(f64),
+    /// `x^p` for a constant `p`.
+    Pow(f64),
+    /// The constant `c` everywhere (`zeros_like` and the like).
+    Fill(f64),
 }
 
 const SELU_ALPHA: f64 = 1.673_263_242_354_377_3;
@@ -177,6 +189,12 @@ impl Activation {
             Activation::Clip(_, _) if x.is_nan() => x,
             Activation::Clip(lo, hi) => x.max(*lo).min(*hi),
             Activation::Abs => x.abs(),
+            Activation::Sqrt => x.sqrt(),
+            Activation::Rsqrt => 1.0 / x.sqrt(),
+            Activation::Log => x.ln(),
+            Activation::DivInto(c) => c / x,
+            Activation::Pow(p) => x.powf(*p),
+            Activation::Fill(c) => *c,
         }
     }
 
@@ -206,7 +224,10 @@ impl Activation {
             | Activation::LeakyRelu(_)
             | Activation::Max(_)
             | Activation::Min(_)
-            | Activation::Abs => 1,
+            | Activation::Abs
+            | Activation::Sqrt
+            | Activation::DivInto(_) => 1,
+            Activation::Fill(_) => 0,
             Activation::Clip(_, _) => 2,
             _ => 4,
         }
@@ -240,6 +261,12 @@ impl Activation {
                 hi: hi as f32,
             },
             Activation::Abs => Act::Abs,
+            Activation::Sqrt => Act::Sqrt,
+            Activation::Rsqrt => Act::Rsqrt,
+            Activation::Log => Act::Log,
+            Activation::DivInto(c) => Act::DivInto(c as f32),
+            Activation::Pow(p) => Act::Pow(p as f32),
+            Activation::Fill(c) => Act::Fill(c as f32),
             Activation::Softmax(_) | Activation::LogSoftmax(_) => return None,
         })
     }

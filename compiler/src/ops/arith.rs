@@ -28,6 +28,14 @@ pub const OPERATIONS: &[(&str, BuildFn)] = &[
     ("Absolute", absolute),
     ("Abs", absolute),
     ("Clip", clip),
+    ("Sqrt", elementwise_fn::<SQRT>),
+    ("Rsqrt", elementwise_fn::<RSQRT>),
+    ("Log", elementwise_fn::<LOG>),
+    ("Reciprocal", elementwise_fn::<RECIPROCAL>),
+    ("ZerosLike", elementwise_fn::<ZEROS_LIKE>),
+    ("OnesLike", elementwise_fn::<ONES_LIKE>),
+    ("FullLike", full_like),
+    ("Matmul", matmul),
     ("Exp", named::<EXP>),
     ("Relu", named::<RELU>),
     ("Relu6", named::<RELU6>),
@@ -136,9 +144,13 @@ fn with_constant(
                 "maximum and minimum with a constant are supported for a scalar constant only",
             ))
         }
+        (Fold::Divide, true) if scalar => {
+            let v = sample.iter().next().copied().unwrap_or(0.0) as f64;
+            return finite(v).and_then(|_| activation::over(shape, Activation::DivInto(v)));
+        }
         (Fold::Divide, true) => {
             return Err(Error::new(
-                "dividing a constant by a tensor is not supported",
+                "dividing a constant by a tensor is supported for a scalar constant only",
             ))
         }
         (Fold::Average, _) => return Err(Error::new("internal: average is not an operation")),
@@ -222,13 +234,47 @@ fn power(ctx: &OpCtx) -> Result<Lowered> {
             ))
         }
     };
-    match exponent {
-        1.0 => ctx.via_layer("Identity", json!({})),
-        2.0 => square(ctx),
-        other => Err(Error::new(format!(
-            "power with exponent {other} is not supported; exponents 1 and 2 are"
-        ))),
-    }
+    let shape = unary_input(ctx)?;
+    // The exponents with an exact form of their own take it.
+    let activation = match exponent {
+        1.0 => return ctx.via_layer("Identity", json!({})),
+        2.0 => return square(ctx),
+        0.0 => Activation::Fill(1.0),
+        0.5 => Activation::Sqrt,
+        -0.5 => Activation::Rsqrt,
+        -1.0 => Activation::DivInto(1.0),
+        p if p.is_finite() => Activation::Pow(p as f64),
+        p => return Err(Error::new(format!("the exponent {p} is not finite"))),
+    };
+    activation::over(shape, activation)
+}
+
+const SQRT: u8 = 0;
+const RSQRT: u8 = 1;
+const LOG: u8 = 2;
+const RECIPROCAL: u8 = 3;
+const ZEROS_LIKE: u8 = 4;
+const ONES_LIKE: u8 = 5;
+
+/// An elementwise function with no options, by the constants above.
+fn elementwise_fn<const WHICH: u8>(ctx: &OpCtx) -> Result<Lowered> {
+    let activation = match WHICH {
+        SQRT => Activation::Sqrt,
+        RSQRT => Activation::Rsqrt,
+        LOG => Activation::Log,
+        RECIPROCAL => Activation::DivInto(1.0),
+        ZEROS_LIKE => Activation::Fill(0.0),
+        _ => Activation::Fill(1.0),
+    };
+    activation::over(unary_input(ctx)?, activation)
+}
+
+fn full_like(ctx: &OpCtx) -> Result<Lowered> {
+    let value = ctx
+        .number(Some(1), &["fill_value"])?
+        .ok_or_else(|| Error::new("full_like needs a constant `fill_value`"))?;
+    finite(value)?;
+    activation::over(unary_input(ctx)?, Activation::Fill(value))
 }
 
 fn absolute(ctx: &OpCtx) -> Result<Lowered> {
@@ -314,4 +360,49 @@ fn softmax<const LOG: bool>(ctx: &OpCtx) -> Result<Lowered> {
         Activation::Softmax(axes)
     };
     activation::over(unary_input(ctx)?, activation)
+}
+
+/// `x @ c` with a constant matrix is a Dense layer without bias (and folds like one);
+/// `a @ b` between two rank-3 tensors is the Dot layer's batched product.
+fn matmul(ctx: &OpCtx) -> Result<Lowered> {
+    let x = ctx.arg(0, &["x1", "a"])?;
+    let y = ctx.arg(1, &["x2", "b"])?;
+    match (x, y) {
+        (Arg::Tensor(t), Arg::Const(c)) => {
+            let shape = ctx.shape(t)?;
+            let k = shape.last().copied().unwrap_or(0);
+            if c.ndim() != 2 || c.shape()[0] != k || shape.len() < 2 {
+                return Err(Error::new(format!(
+                    "matmul of a tensor {shape:?} with a constant {:?}: expected a constant matrix with {k} rows",
+                    c.shape()
+                )));
+            }
+            let n = c.shape()[1];
+            let rows = shape[..shape.len() - 1].iter().product();
+            let mut out = shape.clone();
+            *out.last_mut().unwrap_or(&mut 0) = n;
+            let kernel = c.as_standard_layout().into_owned();
+            Ok(Lowered::one(
+                crate::layers::core::DenseOp {
+                    kernel,
+                    bias: None,
+                    activation: Activation::Linear,
+                    rows,
+                },
+                out,
+            ))
+        }
+        (Arg::Tensor(a), Arg::Tensor(b)) => {
+            let (ra, rb) = (ctx.shape(a)?.len(), ctx.shape(b)?.len());
+            if ra != 3 || rb != 3 {
+                return Err(Error::new(format!(
+                    "matmul of two tensors is supported for rank 3 (a batch of matrices) only, found ranks {ra} and {rb}"
+                )));
+            }
+            ctx.via_layer("Dot", json!({"axes": [2, 1]}))
+        }
+        _ => Err(Error::new(
+            "matmul is supported as tensor @ constant matrix or tensor @ tensor",
+        )),
+    }
 }

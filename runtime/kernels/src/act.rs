@@ -81,6 +81,19 @@ pub enum Act {
     },
     /// `|x|`.
     Abs,
+    /// `sqrt(x)`, correctly rounded; NaN below zero.
+    Sqrt,
+    /// `1 / sqrt(x)`.
+    Rsqrt,
+    /// Natural logarithm: `-inf` at zero, NaN below.
+    Log,
+    /// `c / x`: a constant divided by the tensor.
+    DivInto(f32),
+    /// `x^p` for a constant `p`, as `exp(p log|x|)` with `pow`'s signs, zeros and
+    /// infinities.
+    Pow(f32),
+    /// Every value `c`, whatever the input (`zeros_like`, `ones_like`, `full_like`).
+    Fill(f32),
 }
 
 /// `a > b ? a : b`: the semantics of x86 `maxps`, so every backend agrees on NaN.
@@ -200,6 +213,44 @@ pub fn log_l<T: Lanes>(x: T) -> T {
     m + y + c::<T>(0.693_359_4) * e
 }
 
+/// `log` over every float: subnormals scaled into the normal range first, `-inf` at
+/// zero, `inf` at `inf`, NaN for negatives and NaN.
+#[inline(always)]
+fn log_full<T: Lanes>(x: T) -> T {
+    let tiny = x.lt(c(f32::MIN_POSITIVE));
+    let scaled = T::select(tiny, x * c(16_777_216.0), x);
+    let y = log_l(scaled) - T::select(tiny, c(16.635_532), c(0.0));
+    let y = T::select(x.lt(c(f32::INFINITY)), y, x);
+    T::select(
+        x.gt(c(0.0)),
+        y,
+        T::select(x.ge(c(0.0)), c(f32::NEG_INFINITY), c(f32::NAN)),
+    )
+}
+
+/// `x^p` for a constant `p`.
+#[inline(always)]
+fn pow_l<T: Lanes>(x: T, p: f32) -> T {
+    let a = vmax(x, -x);
+    let y = exp_l(c::<T>(p) * log_full(a));
+    // `exp` saturates short of 0 and infinity; `pow` reaches them.
+    let (at_zero, at_inf) = if p > 0.0 {
+        (0.0, f32::INFINITY)
+    } else {
+        (f32::INFINITY, 0.0)
+    };
+    let y = T::select(a.lt(c(f32::from_bits(1))), c(at_zero), y);
+    let y = T::select(a.ge(c(f32::INFINITY)), c(at_inf), y);
+    let integral = p.abs() < 16_777_216.0 && (p as i32) as f32 == p;
+    if !integral {
+        T::select(x.lt(c(0.0)), c(f32::NAN), y)
+    } else if (p as i32) & 1 == 1 {
+        T::select(x.lt(c(0.0)), -y, y)
+    } else {
+        y
+    }
+}
+
 #[inline(always)]
 fn tanh_l<T: Lanes>(x: T) -> T {
     let z = vmax(x, -x);
@@ -298,6 +349,12 @@ impl Act {
             Act::Min(v) => vmin(c(v), x),
             Act::Clip { lo, hi } => clamp(x, lo, hi),
             Act::Abs => vmax(x, -x),
+            Act::Sqrt => x.sqrt(),
+            Act::Rsqrt => c::<T>(1.0) / x.sqrt(),
+            Act::Log => log_full(x),
+            Act::DivInto(v) => c::<T>(v) / x,
+            Act::Pow(p) => pow_l(x, p),
+            Act::Fill(v) => c(v),
         }
     }
 
@@ -364,6 +421,13 @@ mod tests {
             Act::Mish,
             Act::HardSwish,
             Act::Exponential,
+            Act::Sqrt,
+            Act::Rsqrt,
+            Act::Log,
+            Act::DivInto(2.0),
+            Act::Pow(2.5),
+            Act::Pow(3.0),
+            Act::Pow(-2.0),
         ];
         for act in acts {
             let xs: std::vec::Vec<f32> = (0..4001)
@@ -383,6 +447,75 @@ mod tests {
             for (x, y) in xs.iter().zip(&many) {
                 assert_eq!(act.eval(*x).to_bits(), y.to_bits(), "{act:?} at {x}");
             }
+        }
+    }
+
+    #[test]
+    fn log_sqrt_and_pow_over_every_range() {
+        // Relative error over twelve decades, subnormals included.
+        let mut worst_log = 0f64;
+        for i in 0..=100_000 {
+            let x = 10f64.powf(-40.0 + 80.0 * i as f64 / 100_000.0) as f32;
+            let e = (x as f64).ln();
+            let err = (Act::Log.eval(x) as f64 - e).abs() / e.abs().max(1.0);
+            worst_log = worst_log.max(err);
+        }
+        assert!(worst_log < 3e-7, "log {worst_log}");
+        assert_eq!(Act::Log.eval(0.0), f32::NEG_INFINITY);
+        assert_eq!(Act::Log.eval(f32::INFINITY), f32::INFINITY);
+        assert!(Act::Log.eval(-1.0).is_nan() && Act::Log.eval(f32::NAN).is_nan());
+        for (p, x) in [
+            (2.5f32, 3.7f32),
+            (3.0, -1.5),
+            (-2.0, -0.3),
+            (0.3, 1e-30),
+            (1.5, 1e4),
+        ] {
+            let e = (x as f64).powf(p as f64);
+            let got = Act::Pow(p).eval(x) as f64;
+            assert!((got - e).abs() <= 3e-6 * e.abs(), "{x}^{p}: {got} vs {e}");
+        }
+        assert_eq!(Act::Pow(2.5).eval(0.0), 0.0);
+        assert_eq!(Act::Pow(-1.5).eval(0.0), f32::INFINITY);
+        assert_eq!(Act::Pow(3.0).eval(-f32::INFINITY), -f32::INFINITY);
+        assert!(Act::Pow(0.5).eval(-4.0).is_nan());
+        assert_eq!(Act::Sqrt.eval(2.0), core::f32::consts::SQRT_2);
+    }
+
+    /// The integer square root the targets without one use: the same bits as the
+    /// hardware's, over every exponent and special value.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn soft_sqrt_is_correctly_rounded() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let specials = [
+            0u32,
+            0x8000_0000,
+            1,
+            0x007f_ffff,
+            0x0080_0000,
+            0x7f7f_ffff,
+            0x7f80_0000,
+            0xff80_0000,
+            0x7fc0_0000,
+            0xbf80_0000,
+            0x3f80_0000,
+            0x4000_0000,
+        ];
+        let randoms = (0..2_000_000).map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 32) as u32 & 0x7fff_ffff
+        });
+        for bits in specials.into_iter().chain(randoms) {
+            let x = f32::from_bits(bits);
+            let hard = crate::lanes::S(x).sqrt().0;
+            let soft = crate::lanes::soft_sqrt(x);
+            assert!(
+                hard.to_bits() == soft.to_bits() || (hard.is_nan() && soft.is_nan()),
+                "{x:e} ({bits:#x}): {hard:e} vs {soft:e}"
+            );
         }
     }
 

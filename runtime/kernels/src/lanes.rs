@@ -35,6 +35,8 @@ pub trait Lanes:
     fn exponent(self) -> Self;
     /// The mantissa scaled into `[0.5, 1)` (for `log`).
     fn mantissa(self) -> Self;
+    /// The correctly rounded square root (NaN below zero).
+    fn sqrt(self) -> Self;
 }
 
 /// One float; SSE registers on x86-64 so selects stay branch-free.
@@ -138,6 +140,57 @@ impl Lanes for S {
             (self.0.to_bits() & 0x007f_ffff) | 0x3f00_0000,
         ))
     }
+    #[inline(always)]
+    fn sqrt(self) -> S {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use core::arch::x86_64::*;
+            // SAFETY: SSE is part of the x86-64 baseline.
+            S(unsafe { _mm_cvtss_f32(_mm_sqrt_ss(_mm_set_ss(self.0))) })
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            S(soft_sqrt(self.0))
+        }
+    }
+}
+
+/// The correctly rounded square root in integer arithmetic, for targets whose core
+/// library has none: a fixed trip count and masks instead of branches, so every input
+/// takes the same path. Gives the same bits as IEEE `sqrt` (NaN's payload aside).
+#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
+pub(crate) fn soft_sqrt(x: f32) -> f32 {
+    let bits = x.to_bits();
+    let e = (bits >> 23) & 0xff;
+    let m = bits & 0x007f_ffff;
+    // Zero and subnormals (all ones) are normalised so the leading one is bit 23.
+    let sub = ((e == 0) as u32).wrapping_neg();
+    let lz = (m | 1).leading_zeros() - 8;
+    let mant = ((m << lz) & sub) | ((m | 0x0080_0000) & !sub);
+    let exp = ((-126 - lz as i32) & sub as i32) | ((e as i32 - 127) & !(sub as i32));
+    // x = mant * 2^(exp - 23). Shifting by 25 or 26 makes the power even and puts the
+    // integer root in [2^24, 2^25): 24 bits and one for rounding (sqrt has no ties).
+    let shift = 25 + (exp & 1) as u32;
+    let n = (mant as u64) << shift;
+    let (mut rem, mut root, mut bit) = (n, 0u64, 1u64 << 48);
+    for _ in 0..25 {
+        let t = root + bit;
+        let take = ((rem >= t) as u64).wrapping_neg();
+        rem -= t & take;
+        root = (root >> 1) + (bit & take);
+        bit >>= 2;
+    }
+    let rounded = ((root + 1) >> 1) as u32;
+    let half = (exp - 23 - shift as i32) >> 1;
+    // The carry of a mantissa rounded up to 2^24 moves into the exponent.
+    let value = (((half + 24 + 127) as u32) << 23).wrapping_add(rounded.wrapping_sub(0x0080_0000));
+    let abs = bits & 0x7fff_ffff;
+    let zero = ((abs == 0) as u32).wrapping_neg();
+    let negative = (((bits >> 31) == 1 && abs != 0) as u32).wrapping_neg();
+    let special = ((e == 0xff) as u32).wrapping_neg();
+    let finite = (value & !special) | ((bits | (0x0040_0000 * (m != 0) as u32)) & special);
+    let signed = (0x7fc0_0000 & negative) | (finite & !negative);
+    f32::from_bits((bits & zero) | (signed & !zero))
 }
 
 impl S {
@@ -240,6 +293,10 @@ mod avx2 {
                     _mm256_set1_epi32(126),
                 )))
             }
+        }
+        #[inline(always)]
+        fn sqrt(self) -> V8 {
+            V8(unsafe { _mm256_sqrt_ps(self.0) })
         }
         #[inline(always)]
         fn mantissa(self) -> V8 {

@@ -29,6 +29,7 @@ enum Op {
     Pow2Minus1(u32),
     Exponent(u32),
     Mantissa(u32),
+    Sqrt(u32),
 }
 
 /// A recorded computation from inputs to one result.
@@ -113,6 +114,9 @@ impl Lanes for Traced {
     fn mantissa(self) -> Traced {
         push(Op::Mantissa(self.0))
     }
+    fn sqrt(self) -> Traced {
+        push(Op::Sqrt(self.0))
+    }
 }
 
 impl Tape {
@@ -155,6 +159,7 @@ impl Tape {
                 Op::Lt(a, b) => fx.mask(FloatCC::LessThan, g(a), g(b)),
                 Op::Ge(a, b) => fx.mask(FloatCC::GreaterThanOrEqual, g(a), g(b)),
                 Op::Select(m, a, b) => fx.select(g(m), g(a), g(b)),
+                Op::Sqrt(a) => fx.b.ins().sqrt(g(a)),
                 Op::Trunc(a) => {
                     let n = to_int_sat(fx, int, g(a));
                     fx.b.ins().fcvt_from_sint(ty, n)
