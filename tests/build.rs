@@ -14,48 +14,24 @@ pub const STREAMED: [&str; 6] = [
     "stateful_lstm",
 ];
 
-fn main() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let fixtures = root.join("fixtures");
-    println!("cargo:rerun-if-changed=fixtures");
-    let mut dirs: Vec<_> = std::fs::read_dir(&fixtures)
-        .unwrap()
+fn fixture_dirs(root: &Path) -> Vec<std::path::PathBuf> {
+    let mut dirs: Vec<_> = std::fs::read_dir(root)
+        .unwrap_or_else(|e| panic!("{}: {e}", root.display()))
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_dir())
         .collect();
     dirs.sort();
+    dirs
+}
+
+fn main() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let fixtures = root.join("fixtures");
+    println!("cargo:rerun-if-changed=fixtures");
+    let dirs = fixture_dirs(&fixtures);
     let mut modules = String::new();
     let mut table = String::from("/// Label, reference file and constructor of a compiled fixture.\npub type Compiled = (&'static str, &'static str, fn() -> Box<dyn kerac::Model>);\n/// Every fixture file compiled by `model!`.\npub fn compiled() -> Vec<Compiled> {\n    vec![\n");
-    for dir in dirs {
-        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
-        for file in ["k3.keras", "k3.h5", "k3.json", "k2.h5", "k2.json"] {
-            if !dir.join(file).exists() {
-                continue;
-            }
-            let tag = &file[..2];
-            let reference = format!("fixtures/{name}/{tag}.io.json");
-            let io: serde_json::Value =
-                serde_json::from_str(&std::fs::read_to_string(root.join(&reference)).unwrap())
-                    .unwrap();
-            let mut options = String::new();
-            for input in io["inputs"].as_array().unwrap() {
-                let dims: Vec<String> = input["shape"].as_array().unwrap()[1..]
-                    .iter()
-                    .map(|d| d.to_string())
-                    .collect();
-                write!(
-                    options,
-                    ", input_shape({}) = [{}]",
-                    input["name"],
-                    dims.join(", ")
-                )
-                .unwrap();
-            }
-            let module = format!("m_{}_{}", name, file.replace('.', "_"));
-            writeln!(modules, "pub mod {module} {{ kerac::model!(pub Model = \"fixtures/{name}/{file}\"{options}); }}").unwrap();
-            writeln!(table, "        (\"{name}/{file}\", \"{reference}\", || Box::new({module}::Model::new())),").unwrap();
-        }
-    }
+    expand(root, &dirs, &ALL_FILES, &mut modules, &mut table);
     table.push_str("    ]\n}\n");
     // The fixtures whose recurrent layers can run one step per call, compiled so.
     writeln!(
@@ -75,4 +51,85 @@ fn main() {
     table.push_str("    ]\n}\n");
     let out = Path::new(&std::env::var("OUT_DIR").unwrap()).join("compiled_fixtures.rs");
     std::fs::write(out, modules + &table).unwrap();
+
+    // The large keras.applications fixtures CI makes (kerac_conformance::extra_fixtures_dir),
+    // in a file of their own that only rust_vs_keras includes.
+    println!("cargo:rerun-if-env-changed=KERAC_EXTRA_FIXTURES");
+    let mut modules = String::new();
+    let mut table = String::from("/// The extra fixtures (`KERAC_EXTRA_FIXTURES`) compiled by `model!`.\npub fn compiled_extra() -> Vec<Compiled> {\n    vec![\n");
+    if let Some(extra) = std::env::var_os("KERAC_EXTRA_FIXTURES").filter(|v| !v.is_empty()) {
+        let extra = Path::new(&extra);
+        println!("cargo:rerun-if-changed={}", extra.display());
+        // The native archive only: the three dialects differ in what the reader does,
+        // which the interpreter, plan, JIT and object tests cover for each, while the
+        // weights of all three would pass the 2 GiB a test binary's data can span.
+        expand(
+            root,
+            &fixture_dirs(extra),
+            &["k3.keras"],
+            &mut modules,
+            &mut table,
+        );
+    }
+    table.push_str("    ]\n}\n");
+    let out = Path::new(&std::env::var("OUT_DIR").unwrap()).join("compiled_extra.rs");
+    std::fs::write(out, modules + &table).unwrap();
+}
+
+/// Every model file a fixture may have.
+const ALL_FILES: [&str; 5] = ["k3.keras", "k3.h5", "k3.json", "k2.h5", "k2.json"];
+
+/// One `model!` module per model file (of `files`) in `dirs`, and its row in the table.
+fn expand(
+    root: &Path,
+    dirs: &[std::path::PathBuf],
+    files: &[&str],
+    modules: &mut String,
+    table: &mut String,
+) {
+    for dir in dirs {
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        // Committed fixtures by a path relative to the crate (as a user would write
+        // it); extra ones by their absolute path.
+        let folder = match dir.strip_prefix(root) {
+            Ok(relative) => relative.display().to_string(),
+            Err(_) => dir.display().to_string(),
+        };
+        for &file in files {
+            if !dir.join(file).exists() {
+                continue;
+            }
+            let tag = &file[..2];
+            let reference = format!("{folder}/{tag}.io.json");
+            let io: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(root.join(&reference)).unwrap())
+                    .unwrap();
+            let mut options = String::new();
+            for input in io["inputs"].as_array().unwrap() {
+                let dims: Vec<String> = input["shape"].as_array().unwrap()[1..]
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect();
+                write!(
+                    options,
+                    ", input_shape({}) = [{}]",
+                    input["name"],
+                    dims.join(", ")
+                )
+                .unwrap();
+            }
+            let module = format!("m_{}_{}", name, file.replace('.', "_"));
+            writeln!(
+                modules,
+                "pub mod {module} {{ kerac::model!(pub Model = {:?}{options}); }}",
+                format!("{folder}/{file}")
+            )
+            .unwrap();
+            writeln!(
+                table,
+                "        (\"{name}/{file}\", {reference:?}, || Box::new({module}::Model::new())),"
+            )
+            .unwrap();
+        }
+    }
 }

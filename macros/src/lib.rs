@@ -119,7 +119,41 @@ fn expand(args: &Args) -> Result<proc_macro2::TokenStream, String> {
             .map(|p| p.display().to_string())
             .collect(),
         source: args.path.value(),
-        weights: WeightsAt::Inline,
+        weights: weights_at(&plan)?,
     };
     emit(&plan, &rust).map_err(|e| e.to_string())
+}
+
+/// Weights above this size go to a file that `include_bytes!` reads: rustc takes a
+/// 100 MB file in stride, but a byte-string literal of that size costs it gigabytes.
+const INLINE_LIMIT: usize = 1 << 20;
+
+/// Where the expansion keeps the weights: inline when small, else in a file named by
+/// its content's hash, under the crate's `OUT_DIR` when it has one, else the system's
+/// temporary folder. rustc tracks the file, so a deleted one is written again.
+fn weights_at(plan: &Plan) -> Result<WeightsAt, String> {
+    let blob = kerac_compiler::emit::weight_blob(plan);
+    if blob.len() <= INLINE_LIMIT {
+        return Ok(WeightsAt::Inline);
+    }
+    // FNV-1a: stable across runs and machines, unlike std's hasher.
+    let hash = blob.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    });
+    let dir = std::env::var_os("OUT_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+        .join("kerac-weights");
+    let file = dir.join(format!("{hash:016x}-{}.bin", blob.len()));
+    let unwritten = std::fs::metadata(&file).map_or(true, |m| m.len() != blob.len() as u64);
+    if unwritten {
+        let failed =
+            |e: std::io::Error| format!("cannot write the weights to {}: {e}", file.display());
+        std::fs::create_dir_all(&dir).map_err(failed)?;
+        // Written aside and renamed, so a parallel expansion never reads half a file.
+        let part = dir.join(format!("{hash:016x}.{}.part", std::process::id()));
+        std::fs::write(&part, &blob).map_err(failed)?;
+        std::fs::rename(&part, &file).map_err(failed)?;
+    }
+    Ok(WeightsAt::File(file.display().to_string()))
 }

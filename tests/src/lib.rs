@@ -28,15 +28,33 @@ pub fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
 }
 
-/// Every model file of every fixture, in every dialect present.
-pub fn fixtures() -> Vec<Fixture> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(fixtures_dir())
-        .expect("tests/fixtures exists")
+/// A second folder of fixtures in the same layout, from `KERAC_EXTRA_FIXTURES`: the
+/// keras.applications models too large to commit, which CI makes with
+/// `make_fixtures.py --out DIR` (build.rs compiles them with `model!` too).
+pub fn extra_fixtures_dir() -> Option<PathBuf> {
+    std::env::var_os("KERAC_EXTRA_FIXTURES")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+/// The fixture folders under `root`, sorted.
+pub fn fixture_dirs(root: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
+        .unwrap_or_else(|e| panic!("{}: {e}", root.display()))
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_dir())
         .collect();
     dirs.sort();
+    dirs
+}
+
+/// Every model file of every fixture, in every dialect present.
+pub fn fixtures() -> Vec<Fixture> {
     let mut out = Vec::new();
+    let mut dirs = fixture_dirs(&fixtures_dir());
+    if let Some(extra) = extra_fixtures_dir() {
+        dirs.extend(fixture_dirs(&extra));
+    }
     for dir in dirs {
         let name = dir.file_name().unwrap().to_string_lossy().into_owned();
         for file in ["k3.keras", "k3.h5", "k3.json", "k2.h5", "k2.json"] {

@@ -4,6 +4,7 @@
 #[allow(dead_code)]
 mod compiled {
     include!(concat!(env!("OUT_DIR"), "/compiled_fixtures.rs"));
+    include!(concat!(env!("OUT_DIR"), "/compiled_extra.rs"));
 }
 
 use kerac_compiler::io::{self, IoFile};
@@ -12,7 +13,8 @@ use std::path::Path;
 #[test]
 fn model_macro_matches_keras_on_every_fixture_and_dialect() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let all = compiled::compiled();
+    let mut all = compiled::compiled();
+    all.extend(compiled::compiled_extra());
     assert!(
         all.len() >= 50,
         "expected every fixture file, found {}",

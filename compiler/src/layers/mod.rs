@@ -213,7 +213,13 @@ impl<'a> LayerCtx<'a> {
         let stored = t.name.rsplit('/').next().unwrap_or(&t.name);
         let stored = stored.strip_suffix(":0").unwrap_or(stored);
         let positional = stored.bytes().all(|b| b.is_ascii_digit());
-        if !positional && !name.split('|').any(|n| n == stored) {
+        // Keras 3 makes names unique with a counter (`variable`, `variable_1`, ...), as
+        // ConvNeXt's LayerScale shows in a legacy `.h5`.
+        let uncounted = match stored.rsplit_once('_') {
+            Some((base, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => base,
+            _ => stored,
+        };
+        if !positional && !name.split('|').any(|n| n == stored || n == uncounted) {
             return Err(Error::new(format!(
                 "weight {} should be `{name}`, the file has `{}`",
                 self.taken, t.name
