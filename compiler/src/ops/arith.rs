@@ -11,7 +11,7 @@ use crate::layers::{Lowered, Op};
 use crate::plan::{Kernel, Lower};
 use kerac::merge::Fold;
 use ndarray::{ArrayD, IxDyn};
-use serde_json::json;
+use serde_json::{json, Value};
 
 /// Supported operations.
 pub const OPERATIONS: &[(&str, BuildFn)] = &[
@@ -36,6 +36,7 @@ pub const OPERATIONS: &[(&str, BuildFn)] = &[
     ("OnesLike", elementwise_fn::<ONES_LIKE>),
     ("FullLike", full_like),
     ("Matmul", matmul),
+    ("Einsum", einsum),
     ("Exp", named::<EXP>),
     ("Relu", named::<RELU>),
     ("Relu6", named::<RELU6>),
@@ -367,6 +368,78 @@ fn softmax<const LOG: bool>(ctx: &OpCtx) -> Result<Lowered> {
 fn matmul(ctx: &OpCtx) -> Result<Lowered> {
     let x = ctx.arg(0, &["x1", "a"])?;
     let y = ctx.arg(1, &["x2", "b"])?;
+    product(ctx, x, y, [2, 1])
+}
+
+/// The einsum forms the existing kernels compute: `...j,jk->...k` with a constant
+/// matrix (a Dense layer) and the batched products `bij,bjk->bik` and `bij,bkj->bik`
+/// of two rank-3 tensors (the Dot layer).
+fn einsum(ctx: &OpCtx) -> Result<Lowered> {
+    let subscripts = ctx
+        .raw(None, &["subscripts", "equation"])
+        .and_then(Value::as_str)
+        .ok_or_else(|| Error::new("einsum needs its `subscripts`"))?;
+    let compact: String = subscripts.chars().filter(|c| !c.is_whitespace()).collect();
+    let unsupported = || {
+        Error::new(format!(
+            "einsum `{subscripts}` is not supported; kerac computes `...j,jk->...k` with a constant matrix and `bij,bjk->bik` or `bij,bkj->bik` between tensors"
+        ))
+    };
+    let (inputs, output) = compact.split_once("->").ok_or_else(unsupported)?;
+    let (a, b) = inputs.split_once(',').ok_or_else(unsupported)?;
+    let x = ctx.arg(0, &["x"])?;
+    let y = ctx.arg(1, &["y"])?;
+    let letters = |s: &str| s.chars().collect::<Vec<char>>();
+    let (la, lb, lo) = (letters(a), letters(b), letters(output));
+    match (&x, &y) {
+        // `<prefix>j,jk-><prefix>k`: the prefix passes through, j contracts.
+        (Arg::Tensor(_), Arg::Const(_))
+            if lb.len() == 2
+                && la.last() == Some(&lb[0])
+                && lo.last() == Some(&lb[1])
+                && lb[0] != lb[1]
+                && la[..la.len() - 1] == lo[..lo.len() - 1]
+                && !la[..la.len() - 1].contains(&lb[0])
+                && !la[..la.len() - 1].contains(&lb[1]) =>
+        {
+            product(ctx, x, y, [2, 1])
+        }
+        (Arg::Tensor(_), Arg::Tensor(_)) if la.len() == 3 && lb.len() == 3 && lo.len() == 3 => {
+            let (bt, i, j) = (la[0], la[1], la[2]);
+            let distinct = bt != i && bt != j && i != j;
+            match (lb.as_slice(), lo.as_slice()) {
+                ([b0, b1, k], [o0, o1, o2])
+                    if distinct
+                        && *b0 == bt
+                        && *b1 == j
+                        && *k != bt
+                        && *k != i
+                        && *k != j
+                        && [*o0, *o1, *o2] == [bt, i, *k] =>
+                {
+                    product(ctx, x, y, [2, 1])
+                }
+                ([b0, k, b2], [o0, o1, o2])
+                    if distinct
+                        && *b0 == bt
+                        && *b2 == j
+                        && *k != bt
+                        && *k != i
+                        && *k != j
+                        && [*o0, *o1, *o2] == [bt, i, *k] =>
+                {
+                    product(ctx, x, y, [2, 2])
+                }
+                _ => Err(unsupported()),
+            }
+        }
+        _ => Err(unsupported()),
+    }
+}
+
+/// `x · y` contracting `axes` (the Dot layer's, for two tensors; `[2, 1]` for a
+/// tensor times a constant matrix, which is a Dense layer).
+fn product(ctx: &OpCtx, x: Arg, y: Arg, axes: [usize; 2]) -> Result<Lowered> {
     match (x, y) {
         (Arg::Tensor(t), Arg::Const(c)) => {
             let shape = ctx.shape(t)?;
@@ -399,7 +472,7 @@ fn matmul(ctx: &OpCtx) -> Result<Lowered> {
                     "matmul of two tensors is supported for rank 3 (a batch of matrices) only, found ranks {ra} and {rb}"
                 )));
             }
-            ctx.via_layer("Dot", json!({"axes": [2, 1]}))
+            ctx.via_layer("Dot", json!({ "axes": axes }))
         }
         _ => Err(Error::new(
             "matmul is supported as tensor @ constant matrix or tensor @ tensor",
