@@ -15,42 +15,42 @@ use serde_json::{json, Value};
 
 /// Supported operations.
 pub const OPERATIONS: &[(&str, BuildFn)] = &[
-    ("Add", binary::<ADD>),
-    ("Subtract", binary::<SUBTRACT>),
-    ("Multiply", binary::<MULTIPLY>),
-    ("Divide", binary::<DIVIDE>),
-    ("TrueDivide", binary::<DIVIDE>),
-    ("Maximum", binary::<MAXIMUM>),
-    ("Minimum", binary::<MINIMUM>),
+    ("Add", |ctx| binary(ctx, Fold::Add)),
+    ("Subtract", |ctx| binary(ctx, Fold::Subtract)),
+    ("Multiply", |ctx| binary(ctx, Fold::Multiply)),
+    ("Divide", |ctx| binary(ctx, Fold::Divide)),
+    ("TrueDivide", |ctx| binary(ctx, Fold::Divide)),
+    ("Maximum", |ctx| binary(ctx, Fold::Maximum)),
+    ("Minimum", |ctx| binary(ctx, Fold::Minimum)),
     ("Negative", negative),
     ("Square", square),
     ("Power", power),
-    ("Absolute", absolute),
-    ("Abs", absolute),
+    ("Absolute", |ctx| unary(ctx, Activation::Abs)),
+    ("Abs", |ctx| unary(ctx, Activation::Abs)),
     ("Clip", clip),
-    ("Sqrt", elementwise_fn::<SQRT>),
-    ("Rsqrt", elementwise_fn::<RSQRT>),
-    ("Log", elementwise_fn::<LOG>),
-    ("Reciprocal", elementwise_fn::<RECIPROCAL>),
-    ("ZerosLike", elementwise_fn::<ZEROS_LIKE>),
-    ("OnesLike", elementwise_fn::<ONES_LIKE>),
+    ("Sqrt", |ctx| unary(ctx, Activation::Sqrt)),
+    ("Rsqrt", |ctx| unary(ctx, Activation::Rsqrt)),
+    ("Log", |ctx| unary(ctx, Activation::Log)),
+    ("Reciprocal", |ctx| unary(ctx, Activation::DivInto(1.0))),
+    ("ZerosLike", |ctx| unary(ctx, Activation::Fill(0.0))),
+    ("OnesLike", |ctx| unary(ctx, Activation::Fill(1.0))),
     ("FullLike", full_like),
     ("Matmul", matmul),
     ("Einsum", einsum),
-    ("Exp", named::<EXP>),
-    ("Relu", named::<RELU>),
-    ("Relu6", named::<RELU6>),
-    ("Sigmoid", named::<SIGMOID>),
-    ("HardSigmoid", named::<HARD_SIGMOID>),
-    ("Silu", named::<SILU>),
-    ("Swish", named::<SILU>),
-    ("HardSilu", named::<HARD_SILU>),
-    ("HardSwish", named::<HARD_SILU>),
-    ("Tanh", named::<TANH>),
-    ("Softplus", named::<SOFTPLUS>),
-    ("Softsign", named::<SOFTSIGN>),
-    ("Selu", named::<SELU>),
-    ("Mish", named::<MISH>),
+    ("Exp", |ctx| named(ctx, "exponential")),
+    ("Relu", |ctx| named(ctx, "relu")),
+    ("Relu6", |ctx| named(ctx, "relu6")),
+    ("Sigmoid", |ctx| named(ctx, "sigmoid")),
+    ("HardSigmoid", |ctx| named(ctx, "hard_sigmoid")),
+    ("Silu", |ctx| named(ctx, "silu")),
+    ("Swish", |ctx| named(ctx, "silu")),
+    ("HardSilu", |ctx| named(ctx, "hard_silu")),
+    ("HardSwish", |ctx| named(ctx, "hard_silu")),
+    ("Tanh", |ctx| named(ctx, "tanh")),
+    ("Softplus", |ctx| named(ctx, "softplus")),
+    ("Softsign", |ctx| named(ctx, "softsign")),
+    ("Selu", |ctx| named(ctx, "selu")),
+    ("Mish", |ctx| named(ctx, "mish")),
     ("Gelu", gelu),
     ("Elu", elu),
     ("LeakyRelu", leaky_relu),
@@ -58,25 +58,8 @@ pub const OPERATIONS: &[(&str, BuildFn)] = &[
     ("LogSoftmax", softmax::<true>),
 ];
 
-const ADD: u8 = 0;
-const SUBTRACT: u8 = 1;
-const MULTIPLY: u8 = 2;
-const DIVIDE: u8 = 3;
-const MAXIMUM: u8 = 4;
-const MINIMUM: u8 = 5;
-
-const FOLDS: [Fold; 6] = [
-    Fold::Add,
-    Fold::Subtract,
-    Fold::Multiply,
-    Fold::Divide,
-    Fold::Maximum,
-    Fold::Minimum,
-];
-
 /// `x ∘ y` with either side a tensor or a constant.
-fn binary<const KIND: u8>(ctx: &OpCtx) -> Result<Lowered> {
-    let fold = FOLDS[KIND as usize];
+fn binary(ctx: &OpCtx, fold: Fold) -> Result<Lowered> {
     let x = ctx.arg(0, &["x", "x1"])?;
     let y = ctx.arg(1, &["y", "x2"])?;
     match (x, y) {
@@ -250,23 +233,8 @@ fn power(ctx: &OpCtx) -> Result<Lowered> {
     activation::over(shape, activation)
 }
 
-const SQRT: u8 = 0;
-const RSQRT: u8 = 1;
-const LOG: u8 = 2;
-const RECIPROCAL: u8 = 3;
-const ZEROS_LIKE: u8 = 4;
-const ONES_LIKE: u8 = 5;
-
-/// An elementwise function with no options, by the constants above.
-fn elementwise_fn<const WHICH: u8>(ctx: &OpCtx) -> Result<Lowered> {
-    let activation = match WHICH {
-        SQRT => Activation::Sqrt,
-        RSQRT => Activation::Rsqrt,
-        LOG => Activation::Log,
-        RECIPROCAL => Activation::DivInto(1.0),
-        ZEROS_LIKE => Activation::Fill(0.0),
-        _ => Activation::Fill(1.0),
-    };
+/// An elementwise function with no options.
+fn unary(ctx: &OpCtx, activation: Activation) -> Result<Lowered> {
     activation::over(unary_input(ctx)?, activation)
 }
 
@@ -275,11 +243,7 @@ fn full_like(ctx: &OpCtx) -> Result<Lowered> {
         .number(Some(1), &["fill_value"])?
         .ok_or_else(|| Error::new("full_like needs a constant `fill_value`"))?;
     finite(value)?;
-    activation::over(unary_input(ctx)?, Activation::Fill(value))
-}
-
-fn absolute(ctx: &OpCtx) -> Result<Lowered> {
-    activation::over(unary_input(ctx)?, Activation::Abs)
+    unary(ctx, Activation::Fill(value))
 }
 
 fn clip(ctx: &OpCtx) -> Result<Lowered> {
@@ -299,58 +263,28 @@ fn clip(ctx: &OpCtx) -> Result<Lowered> {
     activation::over(shape, activation)
 }
 
-const EXP: u8 = 0;
-const RELU: u8 = 1;
-const RELU6: u8 = 2;
-const SIGMOID: u8 = 3;
-const HARD_SIGMOID: u8 = 4;
-const SILU: u8 = 5;
-const HARD_SILU: u8 = 6;
-const TANH: u8 = 7;
-const SOFTPLUS: u8 = 8;
-const SOFTSIGN: u8 = 9;
-const SELU: u8 = 10;
-const MISH: u8 = 11;
-
-/// Keras's activation names, indexed by the constants above.
-const NAMES: [&str; 12] = [
-    "exponential",
-    "relu",
-    "relu6",
-    "sigmoid",
-    "hard_sigmoid",
-    "silu",
-    "hard_silu",
-    "tanh",
-    "softplus",
-    "softsign",
-    "selu",
-    "mish",
-];
-
 /// An activation function with no options, as the activation of the same name.
-fn named<const WHICH: u8>(ctx: &OpCtx) -> Result<Lowered> {
-    let activation = Activation::from_name(NAMES[WHICH as usize], ctx.dialect)?;
-    activation::over(unary_input(ctx)?, activation)
+fn named(ctx: &OpCtx, name: &str) -> Result<Lowered> {
+    unary(ctx, Activation::from_name(name, ctx.dialect)?)
 }
 
 fn gelu(ctx: &OpCtx) -> Result<Lowered> {
     // `ops.gelu` defaults to the tanh approximation; `tf.nn.gelu` to the exact form.
     let default = ctx.dialect == crate::keras::Dialect::Keras3;
     let approximate = ctx.flag(Some(1), &["approximate"], default);
-    activation::over(unary_input(ctx)?, Activation::Gelu(approximate))
+    unary(ctx, Activation::Gelu(approximate))
 }
 
 fn elu(ctx: &OpCtx) -> Result<Lowered> {
     let alpha = ctx.number(Some(1), &["alpha"])?.unwrap_or(1.0);
-    activation::over(unary_input(ctx)?, Activation::Elu(alpha))
+    unary(ctx, Activation::Elu(alpha))
 }
 
 fn leaky_relu(ctx: &OpCtx) -> Result<Lowered> {
     let slope = ctx
         .number(Some(1), &["negative_slope", "alpha"])?
         .unwrap_or(0.2);
-    activation::over(unary_input(ctx)?, Activation::LeakyRelu(slope))
+    unary(ctx, Activation::LeakyRelu(slope))
 }
 
 fn softmax<const LOG: bool>(ctx: &OpCtx) -> Result<Lowered> {
@@ -360,7 +294,7 @@ fn softmax<const LOG: bool>(ctx: &OpCtx) -> Result<Lowered> {
     } else {
         Activation::Softmax(axes)
     };
-    activation::over(unary_input(ctx)?, activation)
+    unary(ctx, activation)
 }
 
 /// `x @ c` with a constant matrix is a Dense layer without bias (and folds like one);
