@@ -11,7 +11,7 @@ fi
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
-.venv/bin/pip install -q -r tests/fixtures/requirements.txt
+.venv/bin/pip install -q --no-cache-dir -r tests/fixtures/requirements.txt
 out=target/applications
 stamp=$(cat tests/fixtures/make_fixtures.py tests/fixtures/requirements.txt | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$out/.stamp" 2>/dev/null)" != "$stamp" ]; then
