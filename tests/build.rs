@@ -31,8 +31,18 @@ fn main() {
     let dirs = fixture_dirs(&fixtures);
     let mut modules = String::new();
     let mut table = String::from("/// Label, reference file and constructor of a compiled fixture.\npub type Compiled = (&'static str, &'static str, fn() -> Box<dyn kerac::Model>);\n/// Every fixture file compiled by `model!`.\npub fn compiled() -> Vec<Compiled> {\n    vec![\n");
-    expand(root, &dirs, &ALL_FILES, &mut modules, &mut table);
+    let mut sizes = String::from("/// Label and `WEIGHT_BYTES` of every fixture file compiled by `model!`.\npub fn weight_bytes() -> Vec<(&'static str, usize)> {\n    vec![\n");
+    expand(
+        root,
+        &dirs,
+        &ALL_FILES,
+        &mut modules,
+        &mut table,
+        &mut sizes,
+    );
     table.push_str("    ]\n}\n");
+    sizes.push_str("    ]\n}\n");
+    table.push_str(&sizes);
     // The fixtures whose recurrent layers can run one step per call, compiled so.
     writeln!(
         table,
@@ -69,6 +79,7 @@ fn main() {
             &["k3.keras"],
             &mut modules,
             &mut table,
+            &mut String::new(),
         );
     }
     table.push_str("    ]\n}\n");
@@ -79,13 +90,15 @@ fn main() {
 /// Every model file a fixture may have.
 const ALL_FILES: [&str; 5] = ["k3.keras", "k3.h5", "k3.json", "k2.h5", "k2.json"];
 
-/// One `model!` module per model file (of `files`) in `dirs`, and its row in the table.
+/// One `model!` module per model file (of `files`) in `dirs`, its row in the table and
+/// its weight size.
 fn expand(
     root: &Path,
     dirs: &[std::path::PathBuf],
     files: &[&str],
     modules: &mut String,
     table: &mut String,
+    sizes: &mut String,
 ) {
     for dir in dirs {
         let name = dir.file_name().unwrap().to_string_lossy().into_owned();
@@ -128,6 +141,11 @@ fn expand(
             writeln!(
                 table,
                 "        (\"{name}/{file}\", {reference:?}, || Box::new({module}::Model::new())),"
+            )
+            .unwrap();
+            writeln!(
+                sizes,
+                "        (\"{name}/{file}\", {module}::Model::WEIGHT_BYTES),"
             )
             .unwrap();
         }

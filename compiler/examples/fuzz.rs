@@ -156,7 +156,7 @@ fn run_case(model: &Path, options: &BuildOptions, jit: bool) -> kerac_compiler::
             weights: WeightsAt::File("fuzzed.weights.bin".into()),
         },
     )?;
-    std::hint::black_box((source, kerac_compiler::emit::weight_blob(&plan)));
+    std::hint::black_box((source, plan.weight_blob()));
     // A model that compiles must also run on the shapes it inferred; only small ones,
     // since a tiny file may rightly declare a huge input.
     let elements = graph

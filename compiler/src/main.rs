@@ -425,7 +425,7 @@ fn execute(command: Command) -> Result<ExitCode, Error> {
             match (output, weights_file) {
                 (Some(path), Some(weights)) => {
                     write(&path, source.as_bytes())?;
-                    write(&weights, &kerac_compiler::emit::weight_blob(&plan))?;
+                    write(&weights, &plan.weight_blob())?;
                 }
                 _ => print!("{source}"),
             }

@@ -89,7 +89,7 @@ impl PlanReport {
                 .collect(),
             arena_bytes: 4 * plan.arena_floats,
             arena_lower_bound_bytes: 4 * plan.lower_bound_floats,
-            weight_bytes: crate::emit::weight_blob(plan).len(),
+            weight_bytes: plan.weight_bytes(),
         }
     }
 

@@ -132,7 +132,7 @@ const INLINE_LIMIT: usize = 1 << 20;
 /// its content's hash, under the crate's `OUT_DIR` when it has one, else the system's
 /// temporary folder. rustc tracks the file, so a deleted one is written again.
 fn weights_at(plan: &Plan) -> Result<WeightsAt, String> {
-    let blob = kerac_compiler::emit::weight_blob(plan);
+    let blob = plan.weight_blob();
     if blob.len() <= INLINE_LIMIT {
         return Ok(WeightsAt::Inline);
     }

@@ -114,10 +114,7 @@ fn predict_takes_and_returns_arrays_shaped_like_the_model() {
     .unwrap();
     assert_eq!(Graph::FLOPS, plan.flops());
     assert_eq!(Graph::ARENA_BYTES, plan.arena_floats * 4);
-    assert_eq!(
-        Graph::WEIGHT_BYTES,
-        kerac_compiler::emit::weight_blob(&plan).len()
-    );
+    assert_eq!(Graph::WEIGHT_BYTES, plan.weight_blob().len());
     use compiled::m_conv2d_k3_keras::Model as Conv;
     let mut conv = Conv::new();
     let image = [[[0.1f32; 4]; 8]; 9];
@@ -127,4 +124,47 @@ fn predict_takes_and_returns_arrays_shaped_like_the_model() {
         first.iter().flatten().flatten().all(|v| *v >= 0.0),
         "relu output"
     );
+}
+
+/// One weight size per model: the Rust type's `WEIGHT_BYTES`, the C header's
+/// `<PREFIX>_WEIGHT_BYTES`, the object's weight data and the plan agree on every fixture,
+/// as all embed the plan's one weight layout.
+#[test]
+fn every_backend_reports_the_same_weight_bytes() {
+    use kerac_compiler::emit::clif::{self, Target};
+    use kerac_compiler::emit::header::{header, HeaderInfo};
+    let sizes: std::collections::HashMap<_, _> = compiled::weight_bytes().into_iter().collect();
+    let mut checked = 0;
+    for f in kerac_conformance::fixtures() {
+        let Some(&rust) = sizes.get(f.label().as_str()) else {
+            continue;
+        };
+        let reference = IoFile::read(&f.reference).unwrap();
+        let graph = kerac_conformance::load(&f, &reference).unwrap();
+        let plan = kerac_compiler::plan::Plan::new(&graph).unwrap();
+        let info = HeaderInfo {
+            prefix: "net",
+            source: "model",
+            target: "x86_64",
+            params: graph.params(),
+        };
+        let text = header(&plan, &info);
+        let in_header: usize = text
+            .lines()
+            .find_map(|l| l.strip_prefix("#define NET_WEIGHT_BYTES "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{}: no NET_WEIGHT_BYTES in the header", f.label()));
+        let object = clif::object(&plan, Target::X86_64, "net").unwrap();
+        let in_object = clif::data_sizes(&object)
+            .unwrap()
+            .into_iter()
+            .find(|(name, _)| name == "net_weights")
+            .map_or(0, |(_, size)| size as usize);
+        let label = f.label();
+        assert_eq!(rust, plan.weight_bytes(), "{label}: Rust type vs plan");
+        assert_eq!(in_header, rust, "{label}: header vs Rust type");
+        assert_eq!(in_object, rust, "{label}: object vs Rust type");
+        checked += 1;
+    }
+    assert!(checked >= 50, "only {checked} fixtures checked");
 }

@@ -10,7 +10,6 @@ use crate::error::{Error, Result};
 use crate::plan::{Kernel, Plan, Port, Step};
 use proc_macro2::{Literal, TokenStream};
 use quote::{format_ident, quote};
-use std::collections::BTreeMap;
 
 /// Choices for the generated code.
 #[derive(Debug, Clone)]
@@ -36,9 +35,6 @@ pub enum WeightsAt {
     File(String),
 }
 
-/// Floats between weight offsets: 64 bytes, a cache line.
-const WEIGHT_ALIGN: usize = 16;
-
 /// The generated code as tokens.
 pub fn emit(plan: &Plan, options: &RustOptions) -> Result<TokenStream> {
     let name = syn::parse_str::<syn::Ident>(&options.type_name)
@@ -51,7 +47,7 @@ pub fn emit(plan: &Plan, options: &RustOptions) -> Result<TokenStream> {
     })?;
     let module = format_ident!("__kerac_{}", options.type_name.to_lowercase());
 
-    let (used, blob) = layout(plan);
+    let blob = plan.weight_blob();
     let weight_bytes = blob.len();
     let blob = match &options.weights {
         WeightsAt::Inline => {
@@ -67,20 +63,14 @@ pub fn emit(plan: &Plan, options: &RustOptions) -> Result<TokenStream> {
     let mut consts = Vec::new();
     let mut calls = Vec::new();
     for (i, step) in plan.steps.iter().enumerate() {
-        let (c, call) = emit_step(plan, i, step, &used)?;
+        let (c, call) = emit_step(plan, i, step)?;
         consts.push(c);
         calls.push(call);
     }
 
     let arena_floats = plan.arena_floats;
     let flops = plan.flops();
-    let params: usize = plan
-        .weights
-        .iter()
-        .enumerate()
-        .filter(|(id, _)| used.contains_key(id))
-        .map(|(_, w)| w.data.len())
-        .sum();
+    let params: usize = plan.weights.iter().map(|w| w.data.len()).sum();
     let input_types: Vec<TokenStream> = plan.inputs.iter().map(|p| array_type(plan, p)).collect();
     let output_types: Vec<TokenStream> = plan.outputs.iter().map(|p| array_type(plan, p)).collect();
     let output_zeros: Vec<TokenStream> = plan.outputs.iter().map(|p| array_zero(plan, p)).collect();
@@ -297,26 +287,6 @@ pub fn emit_source(plan: &Plan, options: &RustOptions) -> Result<String> {
     Ok(prettyplease::unparse(&file))
 }
 
-/// Where each used weight sits in the blob (float offset and length), and the blob:
-/// only the weights the steps use (folding leaves the originals unused), each aligned.
-pub fn layout(plan: &Plan) -> (BTreeMap<usize, (usize, usize)>, Vec<u8>) {
-    let mut used: BTreeMap<usize, (usize, usize)> = BTreeMap::new();
-    let mut blob: Vec<u8> = Vec::new();
-    for step in &plan.steps {
-        for id in step.kernel.weights() {
-            if used.contains_key(&id) {
-                continue;
-            }
-            let data = &plan.weights[id].data;
-            let offset = blob.len() / 4;
-            used.insert(id, (offset, data.len()));
-            blob.extend(data.iter().flat_map(|v| v.to_le_bytes()));
-            blob.resize(blob.len().div_ceil(WEIGHT_ALIGN * 4) * WEIGHT_ALIGN * 4, 0);
-        }
-    }
-    (used, blob)
-}
-
 /// A runtime parameter struct as a Rust expression: its `Debug` form, which spells
 /// struct and variant names the generated module imports.
 fn params(value: &impl std::fmt::Debug, path: &str) -> Result<TokenStream> {
@@ -335,15 +305,10 @@ fn params(value: &impl std::fmt::Debug, path: &str) -> Result<TokenStream> {
         .map_err(|e| Error::new(format!("kernel parameters `{text}` do not parse: {e}")))
 }
 
-fn emit_step(
-    plan: &Plan,
-    i: usize,
-    step: &Step,
-    used: &BTreeMap<usize, (usize, usize)>,
-) -> Result<(TokenStream, TokenStream)> {
+fn emit_step(plan: &Plan, i: usize, step: &Step) -> Result<(TokenStream, TokenStream)> {
     let name = format_ident!("STEP_{}", i);
     let weight = |id: usize| {
-        let (offset, len) = used.get(&id).copied().unwrap_or((0, 0));
+        let (offset, len) = (plan.weights[id].offset, plan.weights[id].data.len());
         quote!(WEIGHTS.floats(#offset, #len))
     };
     let opt_weight = |id: Option<usize>| match id {

@@ -505,9 +505,20 @@ impl Op for TransposeOp {
         (2 * taps * self.cin * self.cout * inputs) as u64
     }
     fn lower(&self, l: &mut Lower) -> Result<()> {
-        let w = l.weight("kernel", self.kernel.clone());
+        // Keras stores each tap `[cout, cin]`; the kernels read `[cin, cout]`, so that an
+        // input channel scales one contiguous row of outputs, as in a convolution.
+        let (cin, cout) = (self.cin, self.cout);
+        let mut kernel = Vec::with_capacity(self.kernel.len());
+        if cin * cout > 0 {
+            for tap in self.kernel.chunks_exact(cin * cout) {
+                for ci in 0..cin {
+                    kernel.extend((0..cout).map(|co| tap[co * cin + ci]));
+                }
+            }
+        }
+        let w = l.weight("kernel", kernel);
         let b = self.bias.as_ref().map(|b| l.weight("bias", b.clone()));
-        let (batch, windows, cin, cout) = (self.batch, self.windows, self.cin, self.cout);
+        let (batch, windows) = (self.batch, self.windows);
         super::lower_with_activation(l, &self.activation, self.flops(), |act| {
             Kernel::ConvTranspose {
                 p: kerac::conv::ConvTranspose {

@@ -58,6 +58,7 @@ pub(super) fn fold_batch_norm(plan: &mut Plan) {
         plan.weights.push(WeightData {
             name: format!("{} (folded bias)", plan.steps[fold.step].layers),
             data: bias,
+            offset: 0,
         });
         let new_b = Some(plan.weights.len() - 1);
         if let Kernel::Dense { w, b, .. } | Kernel::Conv { w, b, .. } = &mut plan.steps[i].kernel {

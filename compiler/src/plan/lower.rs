@@ -28,6 +28,7 @@ impl Lower<'_> {
         self.plan.weights.push(WeightData {
             name: format!("{}/{name}", self.layer),
             data,
+            offset: 0,
         });
         self.plan.weights.len() - 1
     }

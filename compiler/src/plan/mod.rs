@@ -4,13 +4,16 @@
 //!
 //! Lowering (`lower`) asks each layer's op for its kernel calls; the passes (`fuse`)
 //! fold BatchNormalization into the Dense or Conv before it and fuse activations into
-//! their producer; identities and reshapes become aliases, not copies; `arena` places
-//! every value. `exec` runs a plan on the runtime's kernels, as generated code does.
+//! their producer; identities and reshapes become aliases, not copies; `pack` keeps the
+//! weights the steps read and places them in one blob; `arena` places every value. `exec` runs a plan on the runtime's kernels, as generated code does.
 
 mod arena;
 pub mod exec;
 mod fuse;
 pub mod lower;
+mod pack;
+
+pub use pack::WEIGHT_ALIGN_FLOATS;
 
 pub use lower::{Lower, StridedAxes};
 
@@ -138,19 +141,42 @@ impl Kernel {
 }
 
 impl Kernel {
-    /// The weights the call reads. Exhaustive on purpose: a new kernel must say.
+    /// The weights the call reads, in the order it names them.
     pub fn weights(&self) -> Vec<WeightId> {
+        let mut ids = Vec::new();
+        self.clone().map_weights(|id| {
+            ids.push(id);
+            id
+        });
+        ids
+    }
+
+    /// Replaces each weight the call reads by `f` of it. Exhaustive on purpose: a new
+    /// kernel must say which weights it reads.
+    pub fn map_weights(&mut self, mut f: impl FnMut(WeightId) -> WeightId) {
+        let mut one = |id: &mut WeightId| *id = f(*id);
         match self {
             Kernel::Dense { w, b, .. }
             | Kernel::Conv { w, b, .. }
-            | Kernel::ConvTranspose { w, b, .. } => std::iter::once(*w).chain(*b).collect(),
-            Kernel::Recurrent { u, rb, .. } => std::iter::once(*u).chain(*rb).collect(),
-            Kernel::Gather { table, .. } => vec![*table],
-            Kernel::ScaleShift { scale, offset, .. } => vec![*scale, *offset],
-            Kernel::Prelu { alpha, .. } => vec![*alpha],
-            Kernel::LayerNorm { gamma, beta, .. } | Kernel::GroupNorm { gamma, beta, .. } => {
-                gamma.iter().chain(beta).copied().collect()
+            | Kernel::ConvTranspose { w, b, .. } => {
+                one(w);
+                b.iter_mut().for_each(one);
             }
+            Kernel::Recurrent { u, rb, .. } => {
+                one(u);
+                rb.iter_mut().for_each(one);
+            }
+            Kernel::Gather { table, .. } => one(table),
+            Kernel::ScaleShift { scale, offset, .. } => {
+                one(scale);
+                one(offset);
+            }
+            Kernel::Prelu { alpha, .. } => one(alpha),
+            Kernel::LayerNorm { gamma, beta, .. } | Kernel::GroupNorm { gamma, beta, .. } => {
+                gamma.iter_mut().for_each(&mut one);
+                beta.iter_mut().for_each(one);
+            }
+            Kernel::Attention { w, .. } => w.iter_mut().for_each(one),
             Kernel::Pool(_)
             | Kernel::GlobalPool(_)
             | Kernel::Activation(_)
@@ -160,8 +186,7 @@ impl Kernel {
             | Kernel::Concat { .. }
             | Kernel::BatchDot(_)
             | Kernel::StridedCopy(_)
-            | Kernel::Resample(_) => Vec::new(),
-            Kernel::Attention { w, .. } => w.iter().copied().collect(),
+            | Kernel::Resample(_) => {}
         }
     }
 
@@ -270,13 +295,15 @@ pub struct Step {
     pub flops: u64,
 }
 
-/// A named weight array.
+/// A named weight array, in the layout its kernel reads.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WeightData {
     /// The layer and weight it came from, e.g. `conv2d_1/kernel (folded)`.
     pub name: String,
     /// Values, row-major.
     pub data: Vec<f32>,
+    /// Offset in the weight blob, in floats (set by the packing pass).
+    pub offset: usize,
 }
 
 /// A model input or output.
@@ -325,6 +352,7 @@ impl Plan {
         let mut plan = lower::lower(graph).map_err(|e| e.in_file(&graph.source))?;
         fuse::fold_batch_norm(&mut plan);
         fuse::fuse_activations(&mut plan);
+        pack::pack(&mut plan);
         arena::place(&mut plan);
         Ok(plan)
     }
@@ -334,8 +362,18 @@ impl Plan {
         self.steps.iter().map(|s| s.flops).sum()
     }
 
-    /// Bytes of weights.
+    /// Bytes of the weight blob every backend embeds: [`Plan::weight_blob`]'s length.
     pub fn weight_bytes(&self) -> usize {
-        self.weights.iter().map(|w| w.data.len() * 4).sum()
+        pack::blob_floats(self) * 4
+    }
+
+    /// The weights as every backend embeds them: each array at its offset, little-endian
+    /// float32, padding zeroed.
+    pub fn weight_blob(&self) -> Vec<u8> {
+        let mut floats = vec![0f32; pack::blob_floats(self)];
+        for w in &self.weights {
+            floats[w.offset..w.offset + w.data.len()].copy_from_slice(&w.data);
+        }
+        floats.iter().flat_map(|f| f.to_le_bytes()).collect()
     }
 }

@@ -4,7 +4,7 @@
 
 use crate::act::Act;
 use crate::dense::{dense, Dense};
-use crate::simd::{axpy, dot, mul_acc, part, part_mut};
+use crate::simd::{axpy, mul_acc, part, part_mut};
 use crate::window::Window;
 
 /// A (grouped) convolution with fixed geometry.
@@ -404,7 +404,8 @@ pub struct ConvTranspose {
     pub act: Act,
 }
 
-/// `y = act(conv_transpose(x, w) + b)`; `w` is `[kd, kh, kw, cout, cin]`.
+/// `y = act(conv_transpose(x, w) + b)`; `w` is `[kd, kh, kw, cin, cout]` (Keras's
+/// `[.., cout, cin]` transposed per tap, so that each input channel scales a row).
 #[inline]
 pub fn conv_transpose(
     p: &ConvTranspose,
@@ -451,10 +452,10 @@ pub fn conv_transpose(
                                 let ow = ww.at(iw, kw);
                                 let oi =
                                     (((b * wd.input + od) * wh.input + oh) * ww.input + ow) * cout;
-                                let ki = ((kd * wh.kernel + kh) * ww.kernel + kw) * cout * cin;
+                                let ki = ((kd * wh.kernel + kh) * ww.kernel + kw) * cin * cout;
                                 let out = unsafe { part_mut(y, oi, cout) };
-                                for (co, o) in out.iter_mut().enumerate() {
-                                    *o += dot(xs, unsafe { part(w, ki + co * cin, cin) });
+                                for (ci, &xv) in xs.iter().enumerate() {
+                                    axpy(out, xv, unsafe { part(w, ki + ci * cout, cout) });
                                 }
                             }
                         }

@@ -6,7 +6,6 @@
 
 use super::act::Tape;
 use super::fx::{Addr, Fx};
-use super::WeightLayout;
 use crate::plan::{Kernel, Plan, Step};
 use cranelift_codegen::ir::{types, InstBuilder, Type, Value};
 use cranelift_frontend::Variable;
@@ -150,7 +149,7 @@ pub(super) fn store(
 }
 
 /// Emits one plan step.
-pub(super) fn step(fx: &mut Fx, plan: &Plan, wl: &WeightLayout, step: &Step) {
+pub(super) fn step(fx: &mut Fx, plan: &Plan, step: &Step) {
     let arena = fx.arena;
     let value = |id: usize| Addr {
         base: arena,
@@ -159,7 +158,7 @@ pub(super) fn step(fx: &mut Fx, plan: &Plan, wl: &WeightLayout, step: &Step) {
     let weights = fx.weights;
     let weight = |id: usize| Addr {
         base: weights,
-        off: wl.offsets[id] as i64,
+        off: plan.weights[id].offset as i64,
     };
     let x = step.inputs.first().map(|&v| value(v));
     let xs: Vec<Addr> = step.inputs.iter().map(|&v| value(v)).collect();

@@ -16,7 +16,7 @@ mod kernels_recurrent;
 mod kernels_window;
 
 use crate::error::{Error, Result};
-use crate::plan::{Kernel, Plan};
+use crate::plan::Plan;
 use cranelift_codegen::ir::{types, AbiParam, InstBuilder, Signature, UserFuncName};
 use cranelift_codegen::isa::{CallConv, OwnedTargetIsa};
 use cranelift_codegen::settings::{self, Configurable};
@@ -126,47 +126,6 @@ fn isa_for(target: Target) -> Result<OwnedTargetIsa> {
         .map_err(|e| Error::new(format!("target {}: {e}", target.triple())))
 }
 
-/// The weights as the native code reads them, each array 16-byte aligned, with
-/// transposed convolutions' kernels stored `[taps, cin, cout]` so that they stream
-/// like a convolution's.
-pub(crate) struct WeightLayout {
-    /// Offset of each plan weight, in floats.
-    pub offsets: Vec<usize>,
-    /// The bytes, little-endian floats.
-    pub bytes: Vec<u8>,
-}
-
-fn layout_weights(plan: &Plan) -> WeightLayout {
-    let mut transposed = vec![None; plan.weights.len()];
-    for step in &plan.steps {
-        if let Kernel::ConvTranspose { p, w, .. } = &step.kernel {
-            transposed[*w] = Some((p.cin, p.cout));
-        }
-    }
-    let mut floats: Vec<f32> = Vec::new();
-    let mut offsets = Vec::with_capacity(plan.weights.len());
-    for (w, t) in plan.weights.iter().zip(transposed) {
-        while !floats.len().is_multiple_of(4) {
-            floats.push(0.0);
-        }
-        offsets.push(floats.len());
-        match t {
-            Some((cin, cout)) if cin * cout > 0 => {
-                for tap in w.data.chunks_exact(cin * cout) {
-                    for ci in 0..cin {
-                        floats.extend((0..cout).map(|co| tap[co * cin + ci]));
-                    }
-                }
-            }
-            _ => floats.extend_from_slice(&w.data),
-        }
-    }
-    // A zero-length data object would not be emitted; keep one vector.
-    floats.resize(floats.len().max(4), 0.0);
-    let bytes = floats.iter().flat_map(|f| f.to_le_bytes()).collect();
-    WeightLayout { offsets, bytes }
-}
-
 /// Bytes of scratch the compiled function needs.
 pub fn scratch_bytes(plan: &Plan) -> usize {
     plan.arena_floats.max(1) * 4
@@ -198,14 +157,21 @@ fn define<M: Module>(
     counting: bool,
 ) -> Result<Defined> {
     let backend = |e: cranelift_module::ModuleError| Error::new(format!("Cranelift: {e}"));
-    let weights = layout_weights(plan);
-    let data = module
-        .declare_data(&format!("{prefix}_weights"), Linkage::Local, false, false)
-        .map_err(backend)?;
-    let mut desc = DataDescription::new();
-    desc.define(weights.bytes.clone().into_boxed_slice());
-    desc.set_align(16);
-    module.define_data(data, &desc).map_err(backend)?;
+    // A model without weights gets no data object (a zero-length one would not be
+    // emitted); its steps never read the base they are given.
+    let blob = plan.weight_blob();
+    let data = if blob.is_empty() {
+        None
+    } else {
+        let data = module
+            .declare_data(&format!("{prefix}_weights"), Linkage::Local, false, false)
+            .map_err(backend)?;
+        let mut desc = DataDescription::new();
+        desc.define(blob.into_boxed_slice());
+        desc.set_align((crate::plan::WEIGHT_ALIGN_FLOATS * 4) as u64);
+        module.define_data(data, &desc).map_err(backend)?;
+        Some(data)
+    };
 
     let ptr = module.target_config().pointer_type();
     let call_conv = CallConv::triple_default(module.isa().triple());
@@ -224,14 +190,17 @@ fn define<M: Module>(
         let mut ctx = Context::new();
         ctx.func.signature = sig;
         ctx.func.name = UserFuncName::user(0, func.as_u32());
-        let gv = module.declare_data_in_func(data, &mut ctx.func);
+        let gv = data.map(|data| module.declare_data_in_func(data, &mut ctx.func));
         let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
         let entry = b.create_block();
         b.append_block_params_for_function_params(entry);
         b.switch_to_block(entry);
         b.seal_block(entry);
         let scratch = b.block_params(entry)[0];
-        let wbase = b.ins().symbol_value(ptr, gv);
+        let wbase = match gv {
+            Some(gv) => b.ins().symbol_value(ptr, gv),
+            None => b.ins().iconst(ptr, 0),
+        };
         let mut fx = Fx {
             b,
             lanes,
@@ -249,7 +218,7 @@ fn define<M: Module>(
                 counted,
             )),
         };
-        kernels::step(&mut fx, plan, &weights, step);
+        kernels::step(&mut fx, plan, step);
         fx.b.ins().return_(&[]);
         fx.b.finalize(module.target_config());
         tapes = fx.tapes;
@@ -367,6 +336,19 @@ pub fn undefined_symbols(object: &[u8]) -> Result<Vec<String>> {
         .symbols()
         .filter(|s| s.is_undefined() && !s.name().unwrap_or("").is_empty())
         .map(|s| s.name().unwrap_or("?").to_string())
+        .collect())
+}
+
+/// The size in bytes of each data symbol `object` defines, by name: for `<prefix>_weights`
+/// this is the weight blob, [`Plan::weight_bytes`].
+pub fn data_sizes(object: &[u8]) -> Result<Vec<(String, u64)>> {
+    use cranelift_object::object::{Object, ObjectSymbol, SymbolKind};
+    let file = cranelift_object::object::File::parse(object)
+        .map_err(|e| Error::new(format!("reading the object: {e}")))?;
+    Ok(file
+        .symbols()
+        .filter(|s| s.kind() == SymbolKind::Data && s.is_definition())
+        .map(|s| (s.name().unwrap_or("?").to_string(), s.size()))
         .collect())
 }
 
