@@ -8,12 +8,22 @@
 //! copies the outputs out. Weights sit in read-only data inside the object, and the
 //! object calls nothing outside itself: no libm, no runtime library.
 
+// Laid out like the runtime's kernels: one file per kernel family, `dispatch` the one
+// match on `Kernel`, and leaves (`tape`, `fx`, `simd`, `window`) that import no family.
 mod act;
+mod attention;
+mod conv;
+mod dense;
+mod dispatch;
 mod fx;
-mod kernels;
-mod kernels_norm;
-mod kernels_recurrent;
-mod kernels_window;
+mod merge;
+mod norm;
+mod pool;
+mod recurrent;
+mod shape;
+mod simd;
+mod tape;
+mod window;
 
 use crate::error::{Error, Result};
 use crate::plan::Plan;
@@ -218,7 +228,7 @@ fn define<M: Module>(
                 counted,
             )),
         };
-        kernels::step(&mut fx, plan, step);
+        dispatch::step(&mut fx, plan, step);
         fx.b.ins().return_(&[]);
         fx.b.finalize(module.target_config());
         tapes = fx.tapes;
@@ -268,7 +278,7 @@ fn define<M: Module>(
         for (i, port) in plan.inputs.iter().enumerate() {
             let v = &plan.values[port.value];
             let p = fx.b.ins().load(ptr, fx::trusted(), inputs, (i * 8) as i32);
-            kernels::copy(&mut fx, Addr { base: p, off: 0 }, arena(v.offset), v.len);
+            simd::copy(&mut fx, Addr { base: p, off: 0 }, arena(v.offset), v.len);
         }
         for &call in &calls {
             fx.b.ins().call(call, &[scratch]);
@@ -276,7 +286,7 @@ fn define<M: Module>(
         for (i, port) in plan.outputs.iter().enumerate() {
             let v = &plan.values[port.value];
             let p = fx.b.ins().load(ptr, fx::trusted(), outputs, (i * 8) as i32);
-            kernels::copy(&mut fx, arena(v.offset), Addr { base: p, off: 0 }, v.len);
+            simd::copy(&mut fx, arena(v.offset), Addr { base: p, off: 0 }, v.len);
         }
         let ok = fx.b.ins().iconst(types::I32, 0);
         fx.b.ins().return_(&[ok]);

@@ -1,11 +1,7 @@
-//! The recurrence of SimpleRNN, LSTM and GRU cells, as the runtime's
-//! `kerac::recurrent::recurrent` computes it: `h U` by register-blocked passes over the
-//! recurrent matrix, then the gates, and a blend that keeps the state at masked steps,
-//! for every step. The first step reads the initial state (given, or zeros) and is
-//! emitted apart, so the loop over the others has no branch.
+//! `kerac::recurrent`: the cell over every step, gates in register-blocked passes.
 
 use super::fx::{Addr, Fx};
-use super::kernels::{axpy, copy, init, passes, store};
+use super::simd::{axpy, copy, init, passes, store};
 use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Type, Value};
 use kerac::recurrent::{Cell, Recurrent};
