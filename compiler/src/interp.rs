@@ -1,6 +1,7 @@
 //! The reference interpreter: runs a [`Graph`] with each op's reference semantics.
 //! It is checked against Keras, and every backend is checked against it.
 
+use crate::bail;
 use crate::error::{Error, Result};
 use crate::graph::Graph;
 use ndarray::ArrayD;
@@ -8,21 +9,21 @@ use ndarray::ArrayD;
 /// Runs the model once at its compiled batch size. `inputs` are in Keras's order.
 pub fn run(graph: &Graph, inputs: &[ArrayD<f32>]) -> Result<Vec<ArrayD<f32>>> {
     if inputs.len() != graph.inputs.len() {
-        return Err(Error::new(format!(
+        bail!(
             "the model has {} inputs, {} were given",
             graph.inputs.len(),
             inputs.len()
-        )));
+        );
     }
     let mut values: Vec<Option<ArrayD<f32>>> = vec![None; graph.tensors.len()];
     for (port, x) in graph.inputs.iter().zip(inputs) {
         let expected = graph.shape(port.tensor);
         if x.shape() != expected.as_slice() {
-            return Err(Error::new(format!(
+            bail!(
                 "input `{}` has shape {:?}, the model expects {expected:?}",
                 port.name,
                 x.shape()
-            )));
+            );
         }
         values[port.tensor] = Some(x.as_standard_layout().into_owned());
     }

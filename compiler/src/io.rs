@@ -1,6 +1,7 @@
 //! Recorded inputs and outputs in the kerac-io/1 JSON format (see IO_FORMAT.md), running
 //! every recorded sample through a model, and comparing with Keras's values.
 
+use crate::bail;
 use crate::error::{Error, Result};
 use crate::graph::Graph;
 use ndarray::{ArrayD, IxDyn};
@@ -96,11 +97,11 @@ pub fn run_samples(
     mut run: impl FnMut(&[ArrayD<f32>]) -> Result<Vec<ArrayD<f32>>>,
 ) -> Result<Vec<IoTensor>> {
     if inputs.len() != graph.inputs.len() {
-        return Err(Error::new(format!(
+        bail!(
             "the model has {} inputs, the file gives {}",
             graph.inputs.len(),
             inputs.len()
-        )));
+        );
     }
     let samples = inputs
         .first()
@@ -110,7 +111,7 @@ pub fn run_samples(
     for (t, port) in inputs.iter().zip(&graph.inputs) {
         let expected = &graph.shape(port.tensor)[1..];
         if t.shape.first() != Some(&samples) || &t.shape[1..] != expected {
-            return Err(Error::new(format!(
+            bail!(
                 "input `{}` has shape {:?}; the model takes (samples, {})",
                 t.name,
                 t.shape,
@@ -119,14 +120,14 @@ pub fn run_samples(
                     .map(ToString::to_string)
                     .collect::<Vec<_>>()
                     .join(", ")
-            )));
+            );
         }
     }
     if samples % graph.batch != 0 {
-        return Err(Error::new(format!(
+        bail!(
             "{samples} samples do not divide into batches of {}",
             graph.batch
-        )));
+        );
     }
     let mut outputs: Vec<IoTensor> = graph
         .outputs
@@ -177,11 +178,11 @@ pub struct Comparison {
 /// Compares outputs with the reference values under the file's tolerance.
 pub fn compare(actual: &[IoTensor], reference: &IoFile) -> Result<Vec<Comparison>> {
     if actual.len() != reference.outputs.len() {
-        return Err(Error::new(format!(
+        bail!(
             "the model has {} outputs, the reference {}",
             actual.len(),
             reference.outputs.len()
-        )));
+        );
     }
     let (atol, rtol) = (
         reference.atol.unwrap_or(ATOL),
@@ -192,10 +193,12 @@ pub fn compare(actual: &[IoTensor], reference: &IoFile) -> Result<Vec<Comparison
         .zip(&reference.outputs)
         .map(|(a, k)| {
             if a.shape != k.shape {
-                return Err(Error::new(format!(
+                bail!(
                     "output `{}` has shape {:?}, the reference {:?}",
-                    k.name, a.shape, k.shape
-                )));
+                    k.name,
+                    a.shape,
+                    k.shape
+                );
             }
             let mut c = Comparison {
                 name: k.name.clone(),

@@ -2,6 +2,7 @@
 //! models), fixes shapes, binds weights and lowers each layer through its build function.
 
 use super::{Graph, Node, Port, Shape, TensorInfo};
+use crate::bail;
 use crate::error::{Error, Result};
 use crate::keras::config::{self, LayerEntry, ModelConfig, TensorRef};
 use crate::keras::weights::{snake_case, Scope};
@@ -62,12 +63,12 @@ fn build_inner(file: &ModelFile, options: &BuildOptions) -> Result<Graph> {
                 )
             })
             .collect();
-        return Err(Error::new(format!(
+        bail!(
             "unsupported layers and operations: {}.\nkerac supports the layers {}; and the operations {}",
             list.join("; "),
             layers::supported().join(", "),
             ops::supported().join(", ")
-        )));
+        );
     }
     let scope = match &file.weights {
         Some(WeightStore::Tree(root)) => Scope::Tree(root),
@@ -207,10 +208,11 @@ impl Builder<'_> {
 
         for (position, input) in model.inputs.iter().enumerate() {
             let Some(i) = lookup_input(input) else {
-                return Err(Error::new(format!(
+                bail!(
                     "model `{}` names input `{}`, which is not one of its layers",
-                    model.name, input.layer
-                )));
+                    model.name,
+                    input.layer
+                );
             };
             let layer = &model.layers[i];
             let tensor = match bound {
@@ -421,9 +423,9 @@ impl Builder<'_> {
         let consumes = MASK_CONSUMERS.contains(&class);
         let passes = MASK_PASSING.contains(&class);
         if mask.is_some() && !consumes && !passes {
-            return Err(Error::new(format!(
+            bail!(
                 "a mask (from Embedding's mask_zero) reaches this layer, and kerac cannot apply masks in {class}"
-            )));
+            );
         }
         if let (Some(m), true) = (mask, consumes) {
             inputs.push(m);

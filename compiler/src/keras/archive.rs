@@ -1,5 +1,6 @@
 //! The `.keras` zip archive: `config.json`, `metadata.json` and `model.weights.h5`.
 
+use crate::bail;
 use crate::error::{Error, Result};
 use std::io::{Cursor, Read};
 
@@ -30,13 +31,13 @@ pub fn read(bytes: &[u8]) -> Result<Archive> {
         let mut entry = match zip.by_name(name) {
             Ok(e) => e,
             Err(zip::result::ZipError::FileNotFound) => return Ok(None),
-            Err(e) => return Err(Error::new(format!("archive member `{name}`: {e}"))),
+            Err(e) => bail!("archive member `{name}`: {e}"),
         };
         if entry.size() > budget as u64 {
-            return Err(Error::new(format!(
+            bail!(
                 "archive member `{name}` claims {} bytes, more than {MAX_INFLATION}x the archive; refusing a likely zip bomb",
                 entry.size()
-            )));
+            );
         }
         let mut out = Vec::with_capacity(entry.size() as usize);
         (&mut entry)
@@ -44,9 +45,9 @@ pub fn read(bytes: &[u8]) -> Result<Archive> {
             .read_to_end(&mut out)
             .map_err(|e| Error::new(format!("archive member `{name}` is corrupt: {e}")))?;
         if out.len() > budget {
-            return Err(Error::new(format!(
+            bail!(
                 "archive member `{name}` inflates past {MAX_INFLATION}x the archive; refusing a likely zip bomb"
-            )));
+            );
         }
         budget -= out.len();
         Ok(Some(out))

@@ -2,6 +2,7 @@
 //! the tensors each call receives. Sequential models become a chain here, so nothing
 //! downstream distinguishes the two.
 
+use crate::bail;
 use crate::error::{Error, Result};
 use serde_json::Value;
 
@@ -74,9 +75,7 @@ pub fn parse_model(json: &Value) -> Result<ModelConfig> {
 
 fn parse_model_at(json: &Value, depth: usize) -> Result<ModelConfig> {
     if depth > MAX_NESTING {
-        return Err(Error::new(format!(
-            "models nest deeper than {MAX_NESTING} levels"
-        )));
+        bail!("models nest deeper than {MAX_NESTING} levels");
     }
     let class = json.get("class_name").and_then(Value::as_str).unwrap_or("");
     let config = json
@@ -510,10 +509,11 @@ fn check_names(model: &ModelConfig) -> Result<()> {
     let mut seen = std::collections::HashSet::new();
     for layer in &model.layers {
         if !seen.insert(layer.name.as_str()) {
-            return Err(Error::new(format!(
+            bail!(
                 "model `{}` has two layers named `{}`",
-                model.name, layer.name
-            )));
+                model.name,
+                layer.name
+            );
         }
     }
     Ok(())

@@ -2,6 +2,7 @@
 //! them, and float32 datasets read under a byte budget so a hostile file cannot make us
 //! allocate without bound.
 
+use crate::bail;
 use crate::error::{Error, Result};
 use hdf5_reader::group::Group;
 use hdf5_reader::Hdf5File;
@@ -21,9 +22,7 @@ pub fn open(bytes: Vec<u8>) -> Result<Hdf5File> {
     let sb = file.superblock();
     let expected = sb.base_address.saturating_add(sb.eof_address);
     if expected > len {
-        return Err(Error::new(format!(
-            "the HDF5 data is truncated: it records {expected} bytes, {len} are present"
-        )));
+        bail!("the HDF5 data is truncated: it records {expected} bytes, {len} are present");
     }
     Ok(file)
 }
@@ -169,10 +168,10 @@ pub fn read_f32(group: &Group, name: &str, budget: &mut Budget) -> Result<Tensor
         ))
     })?;
     if data.len() != count {
-        return Err(Error::new(format!(
+        bail!(
             "weight `{path}` holds {} values, its shape {shape:?} says {count}",
             data.len()
-        )));
+        );
     }
     Ok(Tensor {
         name: name.to_string(),

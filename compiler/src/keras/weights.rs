@@ -7,6 +7,7 @@
 //! trainable first, so sublayers are matched by the names in the list, not by position.
 
 use super::hdf5::{self, Budget, Tensor};
+use crate::bail;
 use crate::error::{Error, Result};
 use hdf5_reader::group::Group;
 use std::collections::{BTreeMap, HashMap};
@@ -40,10 +41,10 @@ pub fn read_tree(root: &Group, budget: &mut Budget) -> Result<Node> {
 
 fn read_node(group: &Group, budget: &mut Budget, depth: usize) -> Result<Node> {
     if depth > MAX_DEPTH {
-        return Err(Error::new(format!(
+        bail!(
             "weights nest deeper than {MAX_DEPTH} groups at `{}`",
             group.name()
-        )));
+        );
     }
     let mut node = Node::default();
     let (groups, _) = hdf5::members(group)?;
@@ -64,11 +65,11 @@ fn read_node(group: &Group, budget: &mut Budget, depth: usize) -> Result<Node> {
             }
             indexed.sort_by_key(|(i, _)| *i);
             if indexed.iter().enumerate().any(|(pos, (i, _))| pos != *i) {
-                return Err(Error::new(format!(
+                bail!(
                     "weights under `{}/vars` are not numbered 0..{}",
                     group.name(),
                     indexed.len()
-                )));
+                );
             }
             node.vars = indexed.into_iter().map(|(_, t)| t).collect();
         } else {

@@ -6,6 +6,7 @@
 
 use super::geometry::for_each_group;
 use super::{axes, resolve_axis, BuildFn, LayerCtx, Lowered, Op, Weight};
+use crate::bail;
 use crate::error::{Error, Result};
 use crate::graph::Shape;
 use crate::keras::Dialect;
@@ -102,13 +103,10 @@ impl Activation {
                 (Some(Value::String(s)), _) => s.clone(),
                 (_, Some(Value::String(s))) => s.clone(),
                 _ => {
-                    return Err(Error::new(format!(
-                        "unreadable activation {}",
-                        Value::Object(o.clone())
-                    )))
+                    bail!("unreadable activation {}", Value::Object(o.clone()))
                 }
             },
-            Some(other) => return Err(Error::new(format!("unreadable activation {other}"))),
+            Some(other) => bail!("unreadable activation {other}"),
         };
         Activation::from_name(&name, dialect)
     }
@@ -136,9 +134,9 @@ impl Activation {
             "log_softmax" => Activation::LogSoftmax(vec![-1]),
             "hard_swish" | "hard_silu" => Activation::HardSwish,
             other => {
-                return Err(Error::new(format!(
+                bail!(
                     "activation `{other}` is not supported; supported: linear, relu, relu6, leaky_relu, elu, selu, gelu, sigmoid, hard_sigmoid, tanh, softmax, softplus, softsign, swish, silu, exponential, mish, log_softmax, hard_swish, hard_silu"
-                )))
+                )
             }
         })
     }
@@ -546,9 +544,7 @@ fn build_prelu(ctx: &mut LayerCtx) -> Result<Lowered> {
     let mut alpha_shape: Vec<usize> = shape[1..].to_vec();
     for &ax in c.shared_axes.iter().flatten() {
         if ax == 0 || ax > alpha_shape.len() {
-            return Err(Error::new(format!(
-                "shared axis {ax} is out of range for input {shape:?}"
-            )));
+            bail!("shared axis {ax} is out of range for input {shape:?}");
         }
         alpha_shape[ax - 1] = 1;
     }

@@ -3,6 +3,7 @@
 
 use super::core::affine;
 use super::{BuildFn, LayerCtx, Lowered};
+use crate::bail;
 use crate::error::{Error, Result};
 use ndarray::{ArrayD, IxDyn};
 use serde::Deserialize;
@@ -22,10 +23,10 @@ fn build_layer_scale(ctx: &mut LayerCtx) -> Result<Lowered> {
     let c: Config = ctx.parse()?;
     let shape = ctx.input()?.clone();
     if shape.last() != Some(&c.projection_dim) {
-        return Err(Error::new(format!(
+        bail!(
             "projection_dim {} does not match the input's last axis in {shape:?}",
             c.projection_dim
-        )));
+        );
     }
     // Keras 2 names the weight `gamma`; Keras 3 leaves it unnamed (`variable`).
     let gamma = ctx.weight("gamma|variable", &[c.projection_dim])?;

@@ -5,6 +5,7 @@
 
 use super::core::DenseOp;
 use super::{tensor, BuildFn, LayerCtx, Lowered, Op, Weight};
+use crate::bail;
 use crate::error::{Error, Result};
 use crate::graph::Shape;
 use crate::plan::{Kernel, Lower, ValueId};
@@ -141,9 +142,7 @@ fn build_attention(ctx: &mut LayerCtx) -> Result<Lowered> {
         "dot" => false,
         "concat" => true,
         other => {
-            return Err(Error::new(format!(
-                "score_mode `{other}` is not supported; expected dot or concat"
-            )))
+            bail!("score_mode `{other}` is not supported; expected dot or concat")
         }
     };
     attention_layer(ctx, c.use_scale, additive, false)
@@ -180,10 +179,11 @@ fn attention_layer(
         .transpose()?
         .unwrap_or([bv, tk, dv]);
     if bv != b || key[0] != b || key[1] != tk || key[2] != d {
-        return Err(Error::new(format!(
+        bail!(
             "query {:?}, value {:?} and key {key:?} do not fit together",
-            ctx.inputs[0], ctx.inputs[1]
-        )));
+            ctx.inputs[0],
+            ctx.inputs[1]
+        );
     }
     let scalar = |ctx: &mut LayerCtx, name: &str| -> Result<f32> {
         Ok(ctx.weight(name, &[])?.iter().copied().next().unwrap_or(1.0))
@@ -378,10 +378,10 @@ fn build_multi_head(ctx: &mut LayerCtx) -> Result<Lowered> {
         v => v.as_i64().is_some_and(|a| a == 1 || a == -2),
     };
     if !axes_ok {
-        return Err(Error::new(format!(
+        bail!(
             "attention_axes {} is not supported; expected the time axis (1)",
             c.attention_axes
-        )));
+        );
     }
     if !(2..=3).contains(&ctx.inputs.len()) {
         return Err(Error::new("expected query, value and optionally key"));
@@ -393,12 +393,12 @@ fn build_multi_head(ctx: &mut LayerCtx) -> Result<Lowered> {
         None => [bv, tk, dvin],
     };
     if bv != b || bk != b || tkk != tk {
-        return Err(Error::new(format!(
+        bail!(
             "query {:?}, value {:?} and key {:?} do not fit together",
             ctx.inputs[0],
             ctx.inputs[1],
             ctx.inputs.get(2)
-        )));
+        );
     }
     let (h, dk) = (c.num_heads, c.key_dim);
     let dv = c.value_dim.unwrap_or(dk);
@@ -408,10 +408,10 @@ fn build_multi_head(ctx: &mut LayerCtx) -> Result<Lowered> {
         v => v.as_u64().map_or(0, |n| n as usize),
     };
     if h == 0 || dk == 0 || dv == 0 || out_dim == 0 {
-        return Err(Error::new(format!(
+        bail!(
             "num_heads, key_dim, value_dim and output_shape must be positive single sizes (output_shape {})",
             c.output_shape
-        )));
+        );
     }
     for shape in [[b * tq, h, dk], [b * tk, h, dv], [b * tq, h, dv]] {
         super::elements(&shape)?;
@@ -532,9 +532,9 @@ fn build_einsum_dense(ctx: &mut LayerCtx) -> Result<Lowered> {
         .unwrap_or_default()
         .to_string();
     if !bias_axes.is_empty() && !kept.ends_with(&bias_axes) {
-        return Err(Error::new(format!(
+        bail!(
             "bias_axes `{bias_axes}` is not supported; expected trailing output axes of the kernel"
-        )));
+        );
     }
     let activation =
         super::activation::Activation::from_config(ctx.config.get("activation"), ctx.dialect)?;

@@ -4,6 +4,7 @@
 
 use super::recurrent::Direction;
 use super::{tensor, BuildFn, LayerCtx, Lowered, Op};
+use crate::bail;
 use crate::error::{Error, Result};
 use crate::graph::Shape;
 use crate::plan::{Kernel, Lower};
@@ -244,9 +245,7 @@ fn build_bidirectional(ctx: &mut LayerCtx) -> Result<Lowered> {
             Some("mul") => MergeMode::Fold(Fold::Multiply),
             Some("ave") => MergeMode::Fold(Fold::Average),
             _ => {
-                return Err(Error::new(format!(
-                    "merge_mode {v} is not one of concat, sum, mul, ave, None"
-                )))
+                bail!("merge_mode {v} is not one of concat, sum, mul, ave, None")
             }
         },
     };

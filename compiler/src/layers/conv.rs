@@ -10,6 +10,7 @@ use super::geometry::{
     check_channels_last, check_work, lift3, per_axis, spatial_input, window, Window,
 };
 use super::{elements, int_or_list, BuildFn, LayerCtx, Lowered, Op};
+use crate::bail;
 use crate::error::{Error, Result};
 use crate::graph::Shape;
 use crate::plan::{Kernel, Lower};
@@ -245,10 +246,11 @@ fn build_conv<const R: usize>(ctx: &mut LayerCtx) -> Result<Lowered> {
         .filters
         .ok_or_else(|| Error::new("config has no `filters`"))?;
     if c.groups == 0 || g.channels % c.groups != 0 || filters % c.groups != 0 {
-        return Err(Error::new(format!(
+        bail!(
             "groups {} must divide the input channels {} and filters {filters}",
-            c.groups, g.channels
-        )));
+            c.groups,
+            g.channels
+        );
     }
     let w = windows(&g, &c.padding, R)?;
     let mut kshape = g.kernel.clone();
@@ -578,9 +580,7 @@ fn build_transpose<const R: usize>(ctx: &mut LayerCtx) -> Result<Lowered> {
                 .ok_or_else(overflow)?
                 .saturating_sub(2 * (span / 2)),
             (other, _) => {
-                return Err(Error::new(format!(
-                    "padding `{other}` is not one of valid, same"
-                )))
+                bail!("padding `{other}` is not one of valid, same")
             }
         };
         elements(&[out_len])?;

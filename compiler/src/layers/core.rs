@@ -3,6 +3,7 @@
 
 use super::activation::Activation;
 use super::{axes, elements, resolve_axis, BuildFn, LayerCtx, Lowered, Op, Weight};
+use crate::bail;
 use crate::error::{Error, Result};
 use crate::graph::Shape;
 use crate::plan::{lower::padded, Kernel, Lower, StridedAxes};
@@ -107,9 +108,7 @@ fn build_dense(ctx: &mut LayerCtx) -> Result<Lowered> {
     let activation = Activation::from_config(ctx.config.get("activation"), ctx.dialect)?;
     let shape = ctx.input()?.clone();
     if shape.len() < 2 {
-        return Err(Error::new(format!(
-            "expected an input of rank 2 or more, found {shape:?}"
-        )));
+        bail!("expected an input of rank 2 or more, found {shape:?}");
     }
     let k = shape[shape.len() - 1];
     let kernel = ctx.weight("kernel", &[k, c.units])?;
@@ -294,11 +293,11 @@ fn build_permute(ctx: &mut LayerCtx) -> Result<Lowered> {
     let mut sorted = c.dims.clone();
     sorted.sort_unstable();
     if sorted != (1..shape.len()).collect::<Vec<_>>() {
-        return Err(Error::new(format!(
+        bail!(
             "dims {:?} is not a permutation of 1..={} for input {shape:?}",
             c.dims,
             shape.len() - 1
-        )));
+        );
     }
     let mut order = vec![0];
     order.extend(&c.dims);
@@ -342,9 +341,7 @@ fn build_repeat_vector(ctx: &mut LayerCtx) -> Result<Lowered> {
     let c: Config = ctx.parse()?;
     let shape = ctx.input()?;
     if shape.len() != 2 {
-        return Err(Error::new(format!(
-            "expected a rank-2 input, found {shape:?}"
-        )));
+        bail!("expected a rank-2 input, found {shape:?}");
     }
     let out = vec![shape[0], c.n, shape[1]];
     elements(&out)?;
@@ -449,10 +446,10 @@ fn along_last(values: Vec<f32>, sample: &[usize]) -> Result<ArrayD<f32>> {
     let mut shape = vec![1; sample.len()];
     if values.len() != 1 {
         if sample.last() != Some(&values.len()) {
-            return Err(Error::new(format!(
+            bail!(
                 "{} values do not fit the last axis of {sample:?}",
                 values.len()
-            )));
+            );
         }
         *shape.last_mut().unwrap_or(&mut 0) = values.len();
     }
@@ -510,11 +507,11 @@ fn build_normalization(ctx: &mut LayerCtx) -> Result<Lowered> {
             let var = scalar_or_list(ctx.config.get("variance"), 1.0)?;
             let scalar = mean.len() == 1 && var.len() == 1;
             if !scalar && (mean.len() != count || var.len() != count) {
-                return Err(Error::new(format!(
+                bail!(
                     "{} mean and {} variance values do not fit shape {stat_shape:?}",
                     mean.len(),
                     var.len()
-                )));
+                );
             }
             let held = if scalar {
                 vec![1; keep.len()]

@@ -2,6 +2,7 @@
 //! index 0 (`mask_zero`); NotEqual, the operation Keras 3 writes that mask with.
 
 use super::{BuildFn, LayerCtx, Lowered, Op, Weight};
+use crate::bail;
 use crate::error::{Error, Result};
 use crate::graph::Shape;
 use crate::plan::{Kernel, Lower, ValueId};
@@ -85,10 +86,10 @@ fn shift(l: &mut Lower, x: ValueId, c: f32) -> ValueId {
 pub(crate) fn build_not_equal(ctx: &mut LayerCtx) -> Result<Lowered> {
     let other = ctx.call.get("__args").and_then(|a| a.get(1));
     let Some(c) = other.and_then(serde_json::Value::as_f64) else {
-        return Err(Error::new(format!(
+        bail!(
             "NotEqual is supported against a constant (a mask), found {}",
             other.map_or("a tensor".to_string(), |v| v.to_string())
-        )));
+        );
     };
     let shape = ctx.input()?.clone();
     let len = shape.iter().product();

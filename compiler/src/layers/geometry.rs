@@ -4,6 +4,7 @@
 //! Spatial layers of every rank are handled as 3-D: a 1-D length `L` is `[1, 1, L]` and a
 //! 2-D image `[1, H, W]`, so one loop nest serves Conv1D, Conv2D and Conv3D alike.
 
+use crate::bail;
 use crate::error::{Error, Result};
 use ndarray::{ArrayD, IxDyn};
 
@@ -19,9 +20,9 @@ pub fn window(
     padding: &str,
 ) -> Result<Window> {
     if kernel == 0 || stride == 0 || dilation == 0 {
-        return Err(Error::new(format!(
+        bail!(
             "kernel size, strides and dilation must be positive (found {kernel}, {stride}, {dilation})"
-        )));
+        );
     }
     let span = dilation
         .checked_mul(kernel - 1)
@@ -30,9 +31,9 @@ pub fn window(
     let (output, pad_before) = match padding {
         "valid" => {
             if input < span {
-                return Err(Error::new(format!(
+                bail!(
                     "input length {input} is shorter than the kernel span {span} with padding valid"
-                )));
+                );
             }
             ((input - span) / stride + 1, 0)
         }
@@ -43,9 +44,7 @@ pub fn window(
         }
         "causal" => ((input - 1) / stride + 1, span - 1),
         other => {
-            return Err(Error::new(format!(
-                "padding `{other}` is not one of valid, same, causal"
-            )))
+            bail!("padding `{other}` is not one of valid, same, causal")
         }
     };
     Ok(Window {
@@ -71,9 +70,7 @@ pub fn check_work(factors: &[usize], what: &str) -> Result<()> {
         .try_fold(1u64, |acc, &f| acc.checked_mul(f as u64))
         .filter(|&w| w <= MAX_WORK);
     if work.is_none() {
-        return Err(Error::new(format!(
-            "{what} {factors:?} multiply to more than {MAX_WORK} operations per call"
-        )));
+        bail!("{what} {factors:?} multiply to more than {MAX_WORK} operations per call");
     }
     Ok(())
 }
@@ -102,10 +99,10 @@ pub fn per_axis(name: &str, values: &[usize], rank: usize) -> Result<Vec<usize>>
 /// Checks a channels_last input of a spatial layer: `[batch, spatial x rank, channels]`.
 pub fn spatial_input(shape: &[usize], rank: usize) -> Result<(usize, Vec<usize>, usize)> {
     if shape.len() != rank + 2 {
-        return Err(Error::new(format!(
+        bail!(
             "expected a rank-{} input (batch, {rank} spatial, channels), found shape {shape:?}",
             rank + 2
-        )));
+        );
     }
     Ok((shape[0], shape[1..=rank].to_vec(), shape[rank + 1]))
 }

@@ -3,6 +3,7 @@
 
 use super::geometry::for_each_group;
 use super::{axes, resolve_axis, BuildFn, LayerCtx, Lowered, Op};
+use crate::bail;
 use crate::error::{Error, Result};
 use crate::graph::Shape;
 use crate::plan::lower::{broadcast_strides, padded};
@@ -135,9 +136,7 @@ pub(crate) fn broadcast(shapes: &[Shape]) -> Result<Shape> {
             if *o == 1 {
                 *o = d;
             } else if d != 1 && d != *o {
-                return Err(Error::new(format!(
-                    "input shapes {shapes:?} do not broadcast together"
-                )));
+                bail!("input shapes {shapes:?} do not broadcast together");
             }
         }
     }
@@ -148,10 +147,10 @@ fn build_elementwise<const KIND: u8>(ctx: &mut LayerCtx) -> Result<Lowered> {
     let n = ctx.inputs.len();
     let expected_ok = if KIND == SUBTRACT { n == 2 } else { n >= 1 };
     if !expected_ok {
-        return Err(Error::new(format!(
+        bail!(
             "expected {} inputs, found {n}",
             if KIND == SUBTRACT { "2" } else { "1 or more" }
-        )));
+        );
     }
     let out = broadcast(ctx.inputs)?;
     Ok(Lowered::one(
@@ -241,10 +240,11 @@ fn build_concatenate(ctx: &mut LayerCtx) -> Result<Lowered> {
                 .enumerate()
                 .all(|(i, (a, b))| i == axis || a == b);
         if !same_elsewhere {
-            return Err(Error::new(format!(
+            bail!(
                 "input shapes {:?} differ outside axis {}",
-                ctx.inputs, c.axis
-            )));
+                ctx.inputs,
+                c.axis
+            );
         }
         out[axis] += s[axis];
     }
@@ -361,31 +361,24 @@ fn build_dot(ctx: &mut LayerCtx) -> Result<Lowered> {
     }
     let c: Config = ctx.parse()?;
     let [s1, s2] = ctx.inputs else {
-        return Err(Error::new(format!(
-            "expected 2 inputs, found {}",
-            ctx.inputs.len()
-        )));
+        bail!("expected 2 inputs, found {}", ctx.inputs.len());
     };
     let (a1, a2) = match c.axes.as_slice() {
         [a] => (*a, *a),
         [a, b] => (*a, *b),
         other => {
-            return Err(Error::new(format!(
-                "axes {other:?}: expected one or two axes"
-            )))
+            bail!("axes {other:?}: expected one or two axes")
         }
     };
     let (a1, a2) = (resolve_axis(a1, s1.len())?, resolve_axis(a2, s2.len())?);
     if a1 == 0 || a2 == 0 || s1[0] != s2[0] {
-        return Err(Error::new(format!(
+        bail!(
             "cannot take the dot product of {s1:?} and {s2:?} along axes {:?}",
             c.axes
-        )));
+        );
     }
     if s1[a1] != s2[a2] {
-        return Err(Error::new(format!(
-            "axis {a1} of {s1:?} and axis {a2} of {s2:?} differ in length"
-        )));
+        bail!("axis {a1} of {s1:?} and axis {a2} of {s2:?} differ in length");
     }
     let mut out = vec![s1[0]];
     out.extend(

@@ -20,6 +20,7 @@ pub mod recurrent;
 pub mod spatial;
 pub mod wrappers;
 
+use crate::bail;
 use crate::error::{Error, Result};
 use crate::graph::Shape;
 use crate::keras::hdf5::Tensor;
@@ -205,10 +206,10 @@ impl<'a> LayerCtx<'a> {
     /// and have `shape`.
     pub fn weight(&mut self, name: &str, shape: &[usize]) -> Result<Weight> {
         let Some(t) = self.weights.get(self.taken) else {
-            return Err(Error::new(format!(
+            bail!(
                 "weight `{name}` (shape {shape:?}) is missing: the file holds {} weights for this layer",
                 self.weights.len()
-            )));
+            );
         };
         let stored = t.name.rsplit('/').next().unwrap_or(&t.name);
         let stored = stored.strip_suffix(":0").unwrap_or(stored);
@@ -220,16 +221,17 @@ impl<'a> LayerCtx<'a> {
             _ => stored,
         };
         if !positional && !name.split('|').any(|n| n == stored || n == uncounted) {
-            return Err(Error::new(format!(
+            bail!(
                 "weight {} should be `{name}`, the file has `{}`",
-                self.taken, t.name
-            )));
+                self.taken,
+                t.name
+            );
         }
         if t.shape != shape {
-            return Err(Error::new(format!(
+            bail!(
                 "weight `{name}` should have shape {shape:?}, the file has {:?}",
                 t.shape
-            )));
+            );
         }
         self.taken += 1;
         self.params += t.data.len();
@@ -267,11 +269,11 @@ impl<'a> LayerCtx<'a> {
     pub fn reorder_weights(&mut self, blocks: &[usize], order: &[usize]) -> Result<()> {
         let rest = self.weights.split_off(self.taken.min(self.weights.len()));
         if blocks.iter().sum::<usize>() != rest.len() || order.len() != blocks.len() {
-            return Err(Error::new(format!(
+            bail!(
                 "the file holds {} weights for the wrapped layers, their configs use {}",
                 rest.len(),
                 blocks.iter().sum::<usize>()
-            )));
+            );
         }
         let starts: Vec<usize> = blocks
             .iter()
@@ -305,11 +307,11 @@ impl<'a> LayerCtx<'a> {
     /// Parameters taken so far; the builder checks nothing is left over.
     pub fn finish(&self) -> Result<usize> {
         if self.taken != self.weights.len() {
-            return Err(Error::new(format!(
+            bail!(
                 "the file holds {} weights for this layer, its config uses {}",
                 self.weights.len(),
                 self.taken
-            )));
+            );
         }
         Ok(self.params)
     }

@@ -4,6 +4,7 @@
 
 use super::geometry::for_each_group;
 use super::{axes, resolve_axis, BuildFn, LayerCtx, Lowered, Op};
+use crate::bail;
 use crate::error::{Error, Result};
 use crate::plan::{Kernel, Lower, StridedAxes};
 use ndarray::ArrayD;
@@ -285,17 +286,15 @@ fn build_group_norm(ctx: &mut LayerCtx) -> Result<Lowered> {
     let shape = ctx.input()?.clone();
     let rank = shape.len();
     if c.axis.len() != 1 || resolve_axis(c.axis[0], rank)? != rank - 1 {
-        return Err(Error::new(format!(
+        bail!(
             "axis {:?} is not supported; expected the last axis (channels_last)",
             c.axis
-        )));
+        );
     }
     let channels = shape[rank - 1];
     let groups = c.groups.unwrap_or(32);
     if groups == 0 || channels % groups != 0 {
-        return Err(Error::new(format!(
-            "groups {groups} must divide the {channels} channels"
-        )));
+        bail!("groups {groups} must divide the {channels} channels");
     }
     let gamma = if c.scale {
         Some(ctx.weight("gamma", &[channels])?.into_iter().collect())

@@ -8,6 +8,7 @@
 
 use super::activation::Activation;
 use super::{tensor, BuildFn, LayerCtx, Lowered, Op, Weight};
+use crate::bail;
 use crate::error::{Error, Result};
 use crate::graph::Shape;
 use crate::plan::{Kernel, Lower, ValueId};
@@ -85,9 +86,7 @@ impl Direction {
             ));
         }
         let [batch, steps, input] = shape[..] else {
-            return Err(Error::new(format!(
-                "expected an input of shape [batch, steps, features], found {shape:?}"
-            )));
+            bail!("expected an input of shape [batch, steps, features], found {shape:?}");
         };
         if steps == 0 || c.units == 0 {
             return Err(Error::new(
@@ -101,9 +100,7 @@ impl Direction {
                 reset_after: c.reset_after,
             },
             other => {
-                return Err(Error::new(format!(
-                    "`{other}` is not a recurrent layer kerac knows"
-                )))
+                bail!("`{other}` is not a recurrent layer kerac knows")
             }
         };
         let act = Activation::from_config(
@@ -574,9 +571,7 @@ fn initial_states(ctx: &LayerCtx, cell: &Direction) -> Result<usize> {
     }
     let shape = vec![cell.p.batch, cell.p.units];
     if given.len() != want || given.iter().any(|s| *s != shape) {
-        return Err(Error::new(format!(
-            "initial states {given:?} given; expected {want} of shape {shape:?}"
-        )));
+        bail!("initial states {given:?} given; expected {want} of shape {shape:?}");
     }
     Ok(want)
 }
@@ -662,9 +657,9 @@ fn build_rnn(ctx: &mut LayerCtx) -> Result<Lowered> {
             "LSTMCell" => "LSTM",
             "GRUCell" => "GRU",
             other => {
-                return Err(Error::new(format!(
+                bail!(
                     "RNN over a `{other}` cell is not supported; expected SimpleRNNCell, LSTMCell, GRUCell or StackedRNNCells"
-                )))
+                )
             }
         };
         // The cell's own options, with the RNN's sequence options over them.

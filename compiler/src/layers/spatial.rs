@@ -3,6 +3,7 @@
 
 use super::geometry::{check_channels_last, lift3, spatial_input};
 use super::{elements, int_or_list, BuildFn, LayerCtx, Lowered, Op};
+use crate::bail;
 use crate::error::{Error, Result};
 use crate::graph::Shape;
 use crate::plan::{Kernel, Lower};
@@ -192,9 +193,7 @@ fn build_padding<const R: usize, const PAD: bool>(ctx: &mut LayerCtx) -> Result<
             AxisMap::Pad { before, input, len }
         } else {
             if before.saturating_add(after) >= input {
-                return Err(Error::new(format!(
-                    "cropping ({before}, {after}) removes all of an axis of length {input}"
-                )));
+                bail!("cropping ({before}, {after}) removes all of an axis of length {input}");
             }
             AxisMap::Crop {
                 before,
@@ -238,9 +237,7 @@ fn build_upsampling<const R: usize>(ctx: &mut LayerCtx) -> Result<Lowered> {
         "nearest" => false,
         "bilinear" if R == 2 => true,
         other => {
-            return Err(Error::new(format!(
-                "interpolation `{other}` is not supported; expected nearest (or bilinear in 2D)"
-            )))
+            bail!("interpolation `{other}` is not supported; expected nearest (or bilinear in 2D)")
         }
     };
     let mut maps = Vec::with_capacity(R);

@@ -3,6 +3,7 @@
 //! that batch and runs once, as it would on its own.
 
 use super::{lookup, BuildFn, LayerCtx, Lowered, Op};
+use crate::bail;
 use crate::error::{Error, Result};
 use crate::graph::Shape;
 use crate::plan::Lower;
@@ -68,9 +69,7 @@ fn build_time_distributed(ctx: &mut LayerCtx) -> Result<Lowered> {
         ))
     })?;
     if shape.len() < 3 {
-        return Err(Error::new(format!(
-            "expected an input of shape [batch, steps, ...], found {shape:?}"
-        )));
+        bail!("expected an input of shape [batch, steps, ...], found {shape:?}");
     }
     let outer = [shape[0], shape[1]];
     let mut folded = vec![shape[0] * shape[1]];

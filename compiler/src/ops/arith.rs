@@ -2,6 +2,7 @@
 //! the elementwise functions, and the activation functions called as operations.
 
 use super::{Arg, BuildFn, OpCtx};
+use crate::bail;
 use crate::error::{Error, Result};
 use crate::graph::Shape;
 use crate::layers::activation::{self, Activation};
@@ -86,10 +87,10 @@ fn with_constant(
 ) -> Result<Lowered> {
     let out = broadcast(&[shape.clone(), c.shape().to_vec()])?;
     if &out != shape {
-        return Err(Error::new(format!(
+        bail!(
             "a constant of shape {:?} would broadcast the tensor {shape:?} to {out:?}; kerac supports constants that broadcast against the tensor",
             c.shape()
-        )));
+        );
     }
     // The constant against one sample: leading axes dropped down to the sample's rank,
     // which must be 1 (the same constant for every sample).
@@ -97,10 +98,10 @@ fn with_constant(
     let mut dims: Vec<usize> = vec![1; shape.len().saturating_sub(c.ndim())];
     dims.extend(c.shape());
     if dims[0] != 1 {
-        return Err(Error::new(format!(
+        bail!(
             "a constant of shape {:?} differs along the batch axis; expected one value for every sample",
             c.shape()
-        )));
+        );
     }
     let sample = c
         .into_shape_with_order(IxDyn(&dims[1..]))
@@ -228,7 +229,7 @@ fn power(ctx: &OpCtx) -> Result<Lowered> {
         -0.5 => Activation::Rsqrt,
         -1.0 => Activation::DivInto(1.0),
         p if p.is_finite() => Activation::Pow(p as f64),
-        p => return Err(Error::new(format!("the exponent {p} is not finite"))),
+        p => bail!("the exponent {p} is not finite"),
     };
     activation::over(shape, activation)
 }
@@ -379,10 +380,10 @@ fn product(ctx: &OpCtx, x: Arg, y: Arg, axes: [usize; 2]) -> Result<Lowered> {
             let shape = ctx.shape(t)?;
             let k = shape.last().copied().unwrap_or(0);
             if c.ndim() != 2 || c.shape()[0] != k || shape.len() < 2 {
-                return Err(Error::new(format!(
+                bail!(
                     "matmul of a tensor {shape:?} with a constant {:?}: expected a constant matrix with {k} rows",
                     c.shape()
-                )));
+                );
             }
             let n = c.shape()[1];
             let rows = shape[..shape.len() - 1].iter().product();
@@ -402,9 +403,9 @@ fn product(ctx: &OpCtx, x: Arg, y: Arg, axes: [usize; 2]) -> Result<Lowered> {
         (Arg::Tensor(a), Arg::Tensor(b)) => {
             let (ra, rb) = (ctx.shape(a)?.len(), ctx.shape(b)?.len());
             if ra != 3 || rb != 3 {
-                return Err(Error::new(format!(
+                bail!(
                     "matmul of two tensors is supported for rank 3 (a batch of matrices) only, found ranks {ra} and {rb}"
-                )));
+                );
             }
             ctx.via_layer("Dot", json!({ "axes": axes }))
         }

@@ -3,6 +3,7 @@
 //! reductions (mean, sum, max, min over adjacent axes).
 
 use super::{resolve_axes, Arg, BuildFn, OpCtx};
+use crate::bail;
 use crate::error::{Error, Result};
 use crate::graph::Shape;
 use crate::layers::core::ReshapeOp;
@@ -48,9 +49,7 @@ fn same_layout(shape: Shape) -> Lowered {
 fn identity(ctx: &OpCtx) -> Result<Lowered> {
     if let Some(dtype) = ctx.raw(Some(1), &["dtype"]).and_then(Value::as_str) {
         if !dtype.starts_with("float") {
-            return Err(Error::new(format!(
-                "cast to `{dtype}` is not supported; kerac computes in float32"
-            )));
+            bail!("cast to `{dtype}` is not supported; kerac computes in float32");
         }
     }
     Ok(same_layout(only_input(ctx)?.clone()))
@@ -77,9 +76,7 @@ fn reshape(ctx: &OpCtx) -> Result<Lowered> {
         .map(|&d| if d == -1 { total / known } else { d as usize })
         .collect();
     if layers::elements(&out).ok() != Some(total) || out.first() != input.first() {
-        return Err(Error::new(format!(
-            "reshaping {input:?} to {target:?} changes the batch axis; kerac keeps it"
-        )));
+        bail!("reshaping {input:?} to {target:?} changes the batch axis; kerac keeps it");
     }
     Ok(same_layout(out))
 }
@@ -94,9 +91,7 @@ fn transpose(ctx: &OpCtx) -> Result<Lowered> {
         None => (0..input.len()).rev().collect(),
     };
     if order.first() != Some(&0) {
-        return Err(Error::new(format!(
-            "transposing with axes {order:?} moves the batch axis; kerac keeps it first"
-        )));
+        bail!("transposing with axes {order:?} moves the batch axis; kerac keeps it first");
     }
     ctx.via_layer("Permute", json!({ "dims": &order[1..] }))
 }
@@ -130,9 +125,7 @@ fn squeeze(ctx: &OpCtx) -> Result<Lowered> {
         return Err(Error::new("squeezing the batch axis is not supported"));
     }
     if let Some(&a) = axes.iter().find(|&&a| input[a] != 1) {
-        return Err(Error::new(format!(
-            "cannot squeeze axis {a} of {input:?}: its length is not 1"
-        )));
+        bail!("cannot squeeze axis {a} of {input:?}: its length is not 1");
     }
     let out = input
         .iter()
@@ -176,10 +169,7 @@ fn stack(ctx: &OpCtx) -> Result<Lowered> {
     tensor_list(ctx)?;
     let first = ctx.shape(0)?;
     if ctx.inputs.iter().any(|s| s != first) {
-        return Err(Error::new(format!(
-            "stack needs tensors of one shape, found {:?}",
-            ctx.inputs
-        )));
+        bail!("stack needs tensors of one shape, found {:?}", ctx.inputs);
     }
     let axis = ctx.axes(Some(1), &["axis"])?.unwrap_or(vec![0]);
     let axis = layers::resolve_axis(axis.first().copied().unwrap_or(0), first.len() + 1)?;
@@ -210,10 +200,10 @@ fn get_item(ctx: &OpCtx) -> Result<Lowered> {
         .filter(|i| !i.is_null() && !is_ellipsis(i))
         .count();
     if explicit > input.len() {
-        return Err(Error::new(format!(
+        bail!(
             "index {} has more entries than {input:?} has axes",
             crate::keras::config::short(key)
-        )));
+        );
     }
     let mut slice = Slice {
         shape: Vec::new(),
@@ -247,9 +237,9 @@ fn get_item(ctx: &OpCtx) -> Result<Lowered> {
                 i
             };
             if !(0..len as i64).contains(&at) || axis == 0 {
-                return Err(Error::new(format!(
+                bail!(
                     "index {i} is out of range for axis {axis} of {input:?}, or indexes the batch axis"
-                )));
+                );
             }
             slice.offset += at as usize * stride;
         } else {
@@ -269,10 +259,10 @@ fn get_item(ctx: &OpCtx) -> Result<Lowered> {
         axis += 1;
     }
     if slice.shape.contains(&0) {
-        return Err(Error::new(format!(
+        bail!(
             "index {} selects no values",
             crate::keras::config::short(key)
-        )));
+        );
     }
     padded(&slice.shape)?;
     let out = slice.shape.clone();
@@ -300,9 +290,7 @@ fn slice_bounds(bounds: &Value, len: usize) -> Result<(usize, usize, usize)> {
     };
     let step = get("step")?.unwrap_or(1);
     if step <= 0 {
-        return Err(Error::new(format!(
-            "slices with step {step} are not supported; steps must be positive"
-        )));
+        bail!("slices with step {step} are not supported; steps must be positive");
     }
     let n = len as i64;
     // A step past the axis selects one value at most; capping it keeps the strides
@@ -405,9 +393,7 @@ fn reduce<const KIND: u8>(ctx: &OpCtx) -> Result<Lowered> {
         return Ok(same_layout(input.clone()));
     };
     if last - first + 1 != axes.len() {
-        return Err(Error::new(format!(
-            "reducing over axes {axes:?} is supported for adjacent axes only"
-        )));
+        bail!("reducing over axes {axes:?} is supported for adjacent axes only");
     }
     let keepdims = ctx.flag(Some(2), &["keepdims"], false);
     let out: Shape = input

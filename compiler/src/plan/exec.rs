@@ -3,6 +3,7 @@
 //! interpreter and with Keras, without compiling anything.
 
 use super::{Kernel, Plan, Step};
+use crate::bail;
 use crate::error::{Error, Result};
 use kerac::arena::{views, Region};
 use kerac::{attention, conv, dense, merge, norm, pool, recurrent, shape};
@@ -21,11 +22,11 @@ pub fn run_in(
     inputs: &[ArrayD<f32>],
 ) -> Result<Vec<ArrayD<f32>>> {
     if inputs.len() != plan.inputs.len() {
-        return Err(Error::new(format!(
+        bail!(
             "the model has {} inputs, {} were given",
             plan.inputs.len(),
             inputs.len()
-        )));
+        );
     }
     if arena.len() != plan.arena_floats {
         *arena = vec![0f32; plan.arena_floats];
@@ -59,12 +60,12 @@ pub fn run_in(
 fn write_inputs(plan: &Plan, arena: &mut [f32], inputs: &[ArrayD<f32>]) -> Result<()> {
     for (port, x) in plan.inputs.iter().zip(inputs) {
         if x.shape() != port.shape.as_slice() {
-            return Err(Error::new(format!(
+            bail!(
                 "input `{}` has shape {:?}, the model expects {:?}",
                 port.name,
                 x.shape(),
                 port.shape
-            )));
+            );
         }
         let v = &plan.values[port.value];
         for (dst, &src) in arena[v.offset..v.offset + v.len].iter_mut().zip(x.iter()) {
@@ -125,9 +126,7 @@ macro_rules! with_inputs {
             7 => arm!(7),
             8 => arm!(8),
             _ => {
-                return Err(Error::new(format!(
-                    "{n} inputs; the compiled backends merge at most 8"
-                )))
+                bail!("{n} inputs; the compiled backends merge at most 8")
             }
         }
     }};

@@ -1,6 +1,7 @@
 //! Graph to plan: each node's op emits its kernel calls through [`Lower`].
 
 use super::{Kernel, Plan, Port, Step, Value, ValueId, WeightData, WeightId};
+use crate::bail;
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Shape};
 use kerac::merge::RANK;
@@ -100,9 +101,9 @@ impl StridedAxes for [usize] {
             });
         };
         if last - first + 1 != sorted.len() || last >= self.len() {
-            return Err(Error::new(format!(
+            bail!(
                 "axes {axes:?} of shape {self:?} are not adjacent; the compiled backends need adjacent axes"
-            )));
+            );
         }
         Ok(Strided {
             outer: self[..first].iter().product(),
@@ -115,9 +116,7 @@ impl StridedAxes for [usize] {
 /// Pads a shape to the merge rank with leading 1s.
 pub fn padded(shape: &[usize]) -> Result<[usize; RANK]> {
     if shape.len() > RANK {
-        return Err(Error::new(format!(
-            "shape {shape:?} has more than {RANK} axes"
-        )));
+        bail!("shape {shape:?} has more than {RANK} axes");
     }
     let mut out = [1; RANK];
     out[RANK - shape.len()..].copy_from_slice(shape);

@@ -25,6 +25,7 @@ mod simd;
 mod tape;
 mod window;
 
+use crate::bail;
 use crate::error::{Error, Result};
 use crate::plan::Plan;
 use cranelift_codegen::ir::{types, AbiParam, InstBuilder, Signature, UserFuncName};
@@ -329,10 +330,10 @@ pub fn object(plan: &Plan, target: Target, prefix: &str) -> Result<Vec<u8>> {
         .map_err(|e| Error::new(format!("writing the object: {e}")))?;
     let undefined = undefined_symbols(&bytes)?;
     if !undefined.is_empty() {
-        return Err(Error::new(format!(
+        bail!(
             "the object for {target:?} would need symbols from elsewhere: {}",
             undefined.join(", ")
-        )));
+        );
     }
     Ok(bytes)
 }
@@ -531,13 +532,13 @@ impl Jit {
                 .zip(&self.output_lens)
                 .all(|(y, &n)| y.len() == n);
         if !lens_match {
-            return Err(Error::new(format!(
+            bail!(
                 "buffers of {:?} -> {:?} floats given, the model takes {:?} -> {:?}",
                 inputs.iter().map(|x| x.len()).collect::<Vec<_>>(),
                 outputs.iter().map(|y| y.len()).collect::<Vec<_>>(),
                 self.input_lens,
                 self.output_lens
-            )));
+            );
         }
         for (p, x) in self.in_ptrs.iter_mut().zip(inputs) {
             *p = x.as_ptr();
