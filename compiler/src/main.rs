@@ -342,7 +342,7 @@ fn execute(command: Command) -> Result<ExitCode, Error> {
             let lens: Vec<usize> = plan
                 .inputs
                 .iter()
-                .map(|p| plan.values[p.value].len)
+                .map(|p| plan.buffers[p.buffer].len)
                 .collect();
             let flat = bench::inputs(&lens);
             let arrays = plan
@@ -362,7 +362,7 @@ fn execute(command: Command) -> Result<ExitCode, Error> {
                     let mut outs: Vec<Vec<f32>> = plan
                         .outputs
                         .iter()
-                        .map(|p| vec![0.0; plan.values[p.value].len])
+                        .map(|p| vec![0.0; plan.buffers[p.buffer].len])
                         .collect();
                     jit.run(
                         &ins,

@@ -68,7 +68,7 @@ impl PlanReport {
                 .steps
                 .iter()
                 .map(|s| {
-                    let out = &plan.values[s.output];
+                    let out = &plan.buffers[s.output];
                     StepRow {
                         kernel: s.kernel.name().to_string(),
                         layers: s.layers.clone(),
@@ -80,7 +80,7 @@ impl PlanReport {
                             .collect(),
                         flops: s.flops,
                         bytes_read: 4
-                            * (s.inputs.iter().map(|&v| plan.values[v].len).sum::<usize>()
+                            * (s.inputs.iter().map(|&v| plan.buffers[v].len).sum::<usize>()
                                 + weight_floats(&s.kernel)),
                         bytes_written: 4 * out.len,
                         output_region: (4 * out.offset, 4 * (out.offset + out.len)),

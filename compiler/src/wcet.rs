@@ -170,7 +170,7 @@ impl WcetReport {
             .inputs
             .iter()
             .chain(&plan.outputs)
-            .map(|p| 8 * plan.values[p.value].len)
+            .map(|p| 8 * plan.buffers[p.buffer].len)
             .sum();
         let instructions = counts.as_ref().map(|c| c.predict);
         let cycle_bound = instructions.map(|n| {
@@ -348,12 +348,12 @@ pub fn count_in_valgrind(
         let ins: Vec<Vec<f32>> = plan
             .inputs
             .iter()
-            .map(|p| (0..plan.values[p.value].len).map(fill).collect())
+            .map(|p| (0..plan.buffers[p.buffer].len).map(fill).collect())
             .collect();
         let mut outs: Vec<Vec<f32>> = plan
             .outputs
             .iter()
-            .map(|p| vec![0.0; plan.values[p.value].len])
+            .map(|p| vec![0.0; plan.buffers[p.buffer].len])
             .collect();
         let ins: Vec<&[f32]> = ins.iter().map(Vec::as_slice).collect();
         let mut outs: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();

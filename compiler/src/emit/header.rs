@@ -37,7 +37,7 @@ fn shape_list(shape: &[usize]) -> String {
 pub fn header(plan: &Plan, info: &HeaderInfo) -> String {
     let p = info.prefix.to_ascii_lowercase();
     let m = info.prefix.to_ascii_uppercase();
-    let size = |port: &Port| plan.values[port.value].len;
+    let size = |port: &Port| plan.buffers[port.buffer].len;
     let mut h = String::new();
     let w = &mut h;
     let _ = writeln!(

@@ -95,12 +95,12 @@ pub fn emit(plan: &Plan, options: &RustOptions) -> Result<TokenStream> {
     let input_offsets: Vec<usize> = plan
         .inputs
         .iter()
-        .map(|p| plan.values[p.value].offset)
+        .map(|p| plan.buffers[p.buffer].offset)
         .collect();
     let output_offsets: Vec<usize> = plan
         .outputs
         .iter()
-        .map(|p| plan.values[p.value].offset)
+        .map(|p| plan.buffers[p.buffer].offset)
         .collect();
     let (n_in, n_out) = (plan.inputs.len(), plan.outputs.len());
     let out_idx: Vec<usize> = (0..n_out).collect();
@@ -322,13 +322,13 @@ fn emit_step(plan: &Plan, i: usize, step: &Step) -> Result<(TokenStream, TokenSt
         .inputs
         .iter()
         .map(|&v| {
-            let (o, l) = (plan.values[v].offset, plan.values[v].len);
+            let (o, l) = (plan.buffers[v].offset, plan.buffers[v].len);
             quote!((#o, #l))
         })
         .collect();
     let (wo, wl) = (
-        plan.values[step.output].offset,
-        plan.values[step.output].len,
+        plan.buffers[step.output].offset,
+        plan.buffers[step.output].len,
     );
     let ins: Vec<syn::Ident> = (0..step.inputs.len())
         .map(|k| format_ident!("x{}", k))
@@ -509,7 +509,7 @@ fn emit_step(plan: &Plan, i: usize, step: &Step) -> Result<(TokenStream, TokenSt
     let in_shapes: Vec<String> = step
         .inputs
         .iter()
-        .map(|&v| format!("{} floats", plan.values[v].len))
+        .map(|&v| format!("{} floats", plan.buffers[v].len))
         .collect();
     let doc = format!(
         " `{}` ({}): {} -> {} floats, {} FLOPs.",

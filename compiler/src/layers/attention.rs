@@ -8,7 +8,7 @@ use super::{tensor, BuildFn, LayerCtx, Lowered, Op, Weight};
 use crate::bail;
 use crate::error::{Error, Result};
 use crate::graph::Shape;
-use crate::plan::{Kernel, Lower, ValueId};
+use crate::plan::{BufferId, Kernel, Lower};
 use kerac::attention::{Attention, MASKED};
 use ndarray::ArrayD;
 use serde::Deserialize;
@@ -270,7 +270,7 @@ impl Projection {
         y
     }
 
-    fn lower(&self, l: &mut Lower, name: &str, x: ValueId, rows: usize, to: ValueId) {
+    fn lower(&self, l: &mut Lower, name: &str, x: BufferId, rows: usize, to: BufferId) {
         let (k, n) = (self.kernel.shape()[0], self.kernel.shape()[1]);
         let w = l.weight(
             &format!("{name}/kernel"),

@@ -5,7 +5,7 @@ use super::{BuildFn, LayerCtx, Lowered, Op, Weight};
 use crate::bail;
 use crate::error::{Error, Result};
 use crate::graph::Shape;
-use crate::plan::{Kernel, Lower, ValueId};
+use crate::plan::{BufferId, Kernel, Lower};
 use ndarray::ArrayD;
 use serde::Deserialize;
 
@@ -57,7 +57,7 @@ impl Op for NotEqualOp {
 }
 
 /// `x + c` into a new buffer (or `x` itself for c = 0).
-fn shift(l: &mut Lower, x: ValueId, c: f32) -> ValueId {
+fn shift(l: &mut Lower, x: BufferId, c: f32) -> BufferId {
     if c == 0.0 {
         return x;
     }
@@ -104,7 +104,7 @@ struct AnyOp {
 }
 
 impl AnyOp {
-    fn lower_into(&self, l: &mut Lower, x: ValueId, out: ValueId) {
+    fn lower_into(&self, l: &mut Lower, x: BufferId, out: BufferId) {
         let ones = l.temp(self.rows * self.n);
         l.step(Kernel::Activation(kerac::Act::NonZero), vec![x], ones, 0);
         l.step(

@@ -11,7 +11,7 @@ use super::{tensor, BuildFn, LayerCtx, Lowered, Op, Weight};
 use crate::bail;
 use crate::error::{Error, Result};
 use crate::graph::Shape;
-use crate::plan::{Kernel, Lower, ValueId};
+use crate::plan::{BufferId, Kernel, Lower};
 use kerac::merge::RANK;
 use kerac::recurrent::{Cell, Recurrent};
 use ndarray::ArrayD;
@@ -348,9 +348,9 @@ impl Direction {
     pub(super) fn lower_rows(
         &self,
         l: &mut Lower,
-        x: ValueId,
-        mask: Option<ValueId>,
-    ) -> Result<ValueId> {
+        x: BufferId,
+        mask: Option<BufferId>,
+    ) -> Result<BufferId> {
         self.lower_rows_from(l, x, &[], mask)
     }
 
@@ -358,10 +358,10 @@ impl Direction {
     pub(super) fn lower_rows_from(
         &self,
         l: &mut Lower,
-        x: ValueId,
-        given: &[ValueId],
-        mask: Option<ValueId>,
-    ) -> Result<ValueId> {
+        x: BufferId,
+        given: &[BufferId],
+        mask: Option<BufferId>,
+    ) -> Result<BufferId> {
         let p = self.p;
         let width = p.gates() * p.units;
         let projected = l.temp(p.batch * p.steps * width);
@@ -406,7 +406,7 @@ impl Direction {
                 "go_backwards needs the whole sequence: it cannot keep state from one call to the next",
             ));
         }
-        let states: Vec<ValueId> = if keep {
+        let states: Vec<BufferId> = if keep {
             let n = if p.cell == Cell::Lstm { 2 } else { 1 };
             (0..n).map(|_| l.state(p.batch * p.units)).collect()
         } else {
@@ -439,8 +439,8 @@ impl Direction {
     pub(super) fn extract(
         &self,
         l: &mut Lower,
-        work: ValueId,
-        to: ValueId,
+        work: BufferId,
+        to: BufferId,
         sequence: bool,
         from: usize,
     ) {
@@ -536,7 +536,7 @@ impl Op for StackOp {
     fn lower(&self, l: &mut Lower) -> Result<()> {
         let mut x = l.inputs[0];
         let n = l.inputs.len() - self.masked as usize;
-        let initial: Vec<ValueId> = l.inputs[1..n].to_vec();
+        let initial: Vec<BufferId> = l.inputs[1..n].to_vec();
         let mask = self.masked.then(|| l.inputs[n]);
         let mut next_state = 1;
         for (i, cell) in self.cells.iter().enumerate() {

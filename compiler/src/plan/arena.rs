@@ -1,4 +1,4 @@
-//! The memory planner: every value gets an arena offset such that values alive at the
+//! The memory planner: every buffer gets an arena offset such that buffers alive at the
 //! same step never overlap. Greedy by size (largest first, lowest free offset), which
 //! lands at or near the liveness lower bound on the models kerac compiles.
 
@@ -9,7 +9,7 @@ fn aligned(len: usize) -> usize {
 }
 
 pub(super) fn place(plan: &mut Plan) {
-    let n = plan.values.len();
+    let n = plan.buffers.len();
     let end = plan.steps.len();
     // Lifetime of each value as [first, last] step index; inputs from 0, outputs to end.
     let mut life: Vec<Option<(usize, usize)>> = vec![None; n];
@@ -20,7 +20,7 @@ pub(super) fn place(plan: &mut Plan) {
         });
     };
     for port in &plan.inputs {
-        touch(port.value, 0);
+        touch(port.buffer, 0);
     }
     for (i, step) in plan.steps.iter().enumerate() {
         for &v in &step.inputs {
@@ -29,7 +29,7 @@ pub(super) fn place(plan: &mut Plan) {
         touch(step.output, i);
     }
     for port in &plan.outputs {
-        touch(port.value, end);
+        touch(port.buffer, end);
     }
     // State lives across calls: alive from before the first step to after the last.
     for &v in &plan.state {
@@ -42,7 +42,7 @@ pub(super) fn place(plan: &mut Plan) {
         .map(|t| {
             (0..n)
                 .filter(|&v| life[v].is_some_and(|(a, b)| a <= t && t <= b))
-                .map(|v| aligned(plan.values[v].len))
+                .map(|v| aligned(plan.buffers[v].len))
                 .sum::<usize>()
         })
         .max()
@@ -52,7 +52,7 @@ pub(super) fn place(plan: &mut Plan) {
     // the model, so try a few and keep the smallest arena.
     let live: Vec<usize> = (0..n).filter(|&v| life[v].is_some()).collect();
     let span = |v: usize| life[v].map_or(0, |(a, b)| b - a + 1);
-    let sizes: Vec<usize> = plan.values.iter().map(|v| aligned(v.len)).collect();
+    let sizes: Vec<usize> = plan.buffers.iter().map(|v| aligned(v.len)).collect();
     let size = |v: usize| sizes[v];
     let first = |v: usize| life[v].map_or(0, |l| l.0);
     let key = |order: usize, v: usize| match order {
@@ -92,7 +92,7 @@ pub(super) fn place(plan: &mut Plan) {
         }
     }
     let (arena, offsets) = best.unwrap_or_default();
-    for (value, offset) in plan.values.iter_mut().zip(offsets) {
+    for (value, offset) in plan.buffers.iter_mut().zip(offsets) {
         value.offset = offset;
     }
     plan.arena_floats = arena;

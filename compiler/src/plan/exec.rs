@@ -46,7 +46,7 @@ pub fn run_in(
     plan.outputs
         .iter()
         .map(|port| {
-            let v = &plan.values[port.value];
+            let v = &plan.buffers[port.buffer];
             ArrayD::from_shape_vec(
                 IxDyn(&port.shape),
                 arena[v.offset..v.offset + v.len].to_vec(),
@@ -67,7 +67,7 @@ fn write_inputs(plan: &Plan, arena: &mut [f32], inputs: &[ArrayD<f32>]) -> Resul
                 port.shape
             );
         }
-        let v = &plan.values[port.value];
+        let v = &plan.buffers[port.buffer];
         for (dst, &src) in arena[v.offset..v.offset + v.len].iter_mut().zip(x.iter()) {
             *dst = src;
         }
@@ -100,7 +100,7 @@ pub fn profile(plan: &Plan, inputs: &[ArrayD<f32>], runs: usize) -> Result<Vec<f
 }
 
 fn region(plan: &Plan, value: usize) -> Region {
-    (plan.values[value].offset, plan.values[value].len)
+    (plan.buffers[value].offset, plan.buffers[value].len)
 }
 
 /// Calls `$f` with the step's inputs as an array of `N` slices, for the const-generic

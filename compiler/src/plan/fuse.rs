@@ -1,21 +1,21 @@
 //! Plan rewrites: BatchNormalization folded into the Dense or Conv before it, and
 //! elementwise activations fused into their producer. Both apply only where the
-//! producer's output feeds nothing else, so no other reader sees a changed value.
+//! producer's output feeds nothing else, so no other reader sees a changed buffer.
 
-use super::{Kernel, Plan, ValueId, WeightData, WeightId};
+use super::{BufferId, Kernel, Plan, WeightData, WeightId};
 use kerac::Act;
 
-/// How many steps read a value, plus one if it is a model output.
-fn readers(plan: &Plan, value: ValueId) -> usize {
+/// How many steps read a buffer, plus one if it is a model output.
+fn readers(plan: &Plan, value: BufferId) -> usize {
     plan.steps
         .iter()
         .filter(|s| s.inputs.contains(&value))
         .count()
-        + plan.outputs.iter().filter(|p| p.value == value).count()
+        + plan.outputs.iter().filter(|p| p.buffer == value).count()
 }
 
 /// The step that reads `value`, when exactly one step does and it is not an output.
-fn sole_reader(plan: &Plan, value: ValueId) -> Option<usize> {
+fn sole_reader(plan: &Plan, value: BufferId) -> Option<usize> {
     if readers(plan, value) != 1 {
         return None;
     }

@@ -1,24 +1,24 @@
 //! Graph to plan: each node's op emits its kernel calls through [`Lower`].
 
-use super::{Kernel, Plan, Port, Step, Value, ValueId, WeightData, WeightId};
+use super::{Buffer, BufferId, Kernel, Plan, Port, Step, WeightData, WeightId};
 use crate::bail;
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Shape};
 use kerac::merge::RANK;
 use kerac::norm::Strided;
 
-/// What an op sees while it lowers one call: its values, and ways to add weights,
+/// What an op sees while it lowers one call: its buffers, and ways to add weights,
 /// temporaries and kernel calls.
 pub struct Lower<'a> {
     plan: &'a mut Plan,
     layer: &'a str,
     /// Values of the inputs.
-    pub inputs: Vec<ValueId>,
+    pub inputs: Vec<BufferId>,
     /// Shapes of the inputs, batch first.
     pub input_shapes: Vec<Shape>,
     /// Shapes of the outputs, batch first.
     pub output_shapes: Vec<Shape>,
-    outputs: Vec<Option<ValueId>>,
+    outputs: Vec<Option<BufferId>>,
     /// Whether recurrent state persists between calls.
     pub stream: bool,
 }
@@ -35,21 +35,21 @@ impl Lower<'_> {
     }
 
     /// A fresh buffer of `len` floats.
-    pub fn temp(&mut self, len: usize) -> ValueId {
-        self.plan.values.push(Value { len, offset: 0 });
-        self.plan.values.len() - 1
+    pub fn temp(&mut self, len: usize) -> BufferId {
+        self.plan.buffers.push(Buffer { len, offset: 0 });
+        self.plan.buffers.len() - 1
     }
 
     /// A buffer that keeps its contents from one call to the next (recurrent state):
     /// the arena never lends its space to anything else.
-    pub fn state(&mut self, len: usize) -> ValueId {
+    pub fn state(&mut self, len: usize) -> BufferId {
         let v = self.temp(len);
         self.plan.state.push(v);
         v
     }
 
     /// The buffer of output `i`.
-    pub fn output(&mut self, i: usize) -> ValueId {
+    pub fn output(&mut self, i: usize) -> BufferId {
         if let Some(v) = self.outputs[i] {
             return v;
         }
@@ -60,12 +60,12 @@ impl Lower<'_> {
     }
 
     /// Makes output `i` share `value`'s buffer: reshapes and identities cost nothing.
-    pub fn alias(&mut self, i: usize, value: ValueId) {
+    pub fn alias(&mut self, i: usize, value: BufferId) {
         self.outputs[i] = Some(value);
     }
 
     /// Adds a kernel call.
-    pub fn step(&mut self, kernel: Kernel, inputs: Vec<ValueId>, output: ValueId, flops: u64) {
+    pub fn step(&mut self, kernel: Kernel, inputs: Vec<BufferId>, output: BufferId, flops: u64) {
         self.plan.steps.push(Step {
             layers: self.layer.to_string(),
             kernel,
@@ -141,7 +141,7 @@ pub(super) fn lower(graph: &Graph) -> Result<Plan> {
         name: graph.name.clone(),
         batch: graph.batch,
         steps: Vec::new(),
-        values: Vec::new(),
+        buffers: Vec::new(),
         weights: Vec::new(),
         inputs: Vec::new(),
         outputs: Vec::new(),
@@ -149,19 +149,19 @@ pub(super) fn lower(graph: &Graph) -> Result<Plan> {
         lower_bound_floats: 0,
         state: Vec::new(),
     };
-    let mut value_of: Vec<Option<ValueId>> = vec![None; graph.tensors.len()];
+    let mut value_of: Vec<Option<BufferId>> = vec![None; graph.tensors.len()];
     for port in &graph.inputs {
         let shape = graph.shape(port.tensor).clone();
-        plan.values.push(Value {
+        plan.buffers.push(Buffer {
             len: shape.iter().product(),
             offset: 0,
         });
-        let value = plan.values.len() - 1;
-        value_of[port.tensor] = Some(value);
+        let buffer = plan.buffers.len() - 1;
+        value_of[port.tensor] = Some(buffer);
         plan.inputs.push(Port {
             name: port.name.clone(),
             shape,
-            value,
+            buffer,
         });
     }
     for node in &graph.nodes {
@@ -203,7 +203,7 @@ pub(super) fn lower(graph: &Graph) -> Result<Plan> {
         plan.outputs.push(Port {
             name: port.name.clone(),
             shape: graph.shape(port.tensor).clone(),
-            value,
+            buffer: value,
         });
     }
     Ok(plan)

@@ -5,7 +5,7 @@
 //! Lowering (`lower`) asks each layer's op for its kernel calls; the passes (`fuse`)
 //! fold BatchNormalization into the Dense or Conv before it and fuse activations into
 //! their producer; identities and reshapes become aliases, not copies; `pack` keeps the
-//! weights the steps read and places them in one blob; `arena` places every value. `exec` runs a plan on the runtime's kernels, as generated code does.
+//! weights the steps read and places them in one blob; `arena` places every buffer. `exec` runs a plan on the runtime's kernels, as generated code does.
 
 mod arena;
 pub mod exec;
@@ -24,8 +24,8 @@ use kerac::{conv, dense, norm, pool, recurrent, shape, Act};
 
 /// Index of a weight in [`Plan::weights`].
 pub type WeightId = usize;
-/// Index of a value (a buffer) in [`Plan::values`].
-pub type ValueId = usize;
+/// Index of a buffer in [`Plan::buffers`].
+pub type BufferId = usize;
 
 /// One call of a runtime kernel.
 #[derive(Debug, Clone, PartialEq)]
@@ -273,7 +273,7 @@ impl Kernel {
 
 /// A buffer: a tensor's values, or several tensors' where reshapes alias one buffer.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Value {
+pub struct Buffer {
     /// Floats.
     pub len: usize,
     /// Offset in the arena, in floats (set by the arena planner).
@@ -288,9 +288,9 @@ pub struct Step {
     /// The kernel and its constant parameters.
     pub kernel: Kernel,
     /// Values read.
-    pub inputs: Vec<ValueId>,
-    /// Value written.
-    pub output: ValueId,
+    pub inputs: Vec<BufferId>,
+    /// Buffer written.
+    pub output: BufferId,
     /// FLOPs of the call.
     pub flops: u64,
 }
@@ -314,7 +314,7 @@ pub struct Port {
     /// Shape, batch first.
     pub shape: Shape,
     /// Its buffer.
-    pub value: ValueId,
+    pub buffer: BufferId,
 }
 
 /// A compiled model: kernel calls over one arena.
@@ -327,7 +327,7 @@ pub struct Plan {
     /// Kernel calls in order.
     pub steps: Vec<Step>,
     /// Buffers.
-    pub values: Vec<Value>,
+    pub buffers: Vec<Buffer>,
     /// Weights.
     pub weights: Vec<WeightData>,
     /// Inputs in Keras's order.
@@ -340,10 +340,10 @@ pub struct Plan {
     pub lower_bound_floats: usize,
     /// Values that keep their contents between calls (recurrent state when
     /// streaming); a zeroed arena is the initial state.
-    pub state: Vec<ValueId>,
+    pub state: Vec<BufferId>,
 }
 
-/// Floats between value offsets: 32 bytes, one AVX2 vector.
+/// Floats between buffer offsets: 32 bytes, one AVX2 vector.
 pub const ALIGN_FLOATS: usize = 8;
 
 impl Plan {

@@ -12,7 +12,7 @@ pub(super) fn step(fx: &mut Fx, plan: &Plan, step: &Step) {
     let arena = fx.arena;
     let value = |id: usize| Addr {
         base: arena,
-        off: plan.values[id].offset as i64,
+        off: plan.buffers[id].offset as i64,
     };
     let weights = fx.weights;
     let weight = |id: usize| Addr {
@@ -34,7 +34,7 @@ pub(super) fn step(fx: &mut Fx, plan: &Plan, step: &Step) {
             norm::scale_shift(fx, p, weight(*scale), weight(*offset), x, y)
         }
         Kernel::Prelu { p, alpha } => norm::prelu(fx, p, weight(*alpha), x, y),
-        Kernel::Activation(act) => norm::activation(fx, *act, plan.values[step.output].len, x, y),
+        Kernel::Activation(act) => norm::activation(fx, *act, plan.buffers[step.output].len, x, y),
         Kernel::Softmax { p, log } => norm::softmax(fx, p, *log, x, y),
         Kernel::LayerNorm { p, gamma, beta } => {
             norm::layer_norm(fx, p, gamma.map(weight), beta.map(weight), x, y)

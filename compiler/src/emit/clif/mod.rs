@@ -277,7 +277,7 @@ fn define<M: Module>(
             off: off as i64,
         };
         for (i, port) in plan.inputs.iter().enumerate() {
-            let v = &plan.values[port.value];
+            let v = &plan.buffers[port.buffer];
             let p = fx.b.ins().load(ptr, fx::trusted(), inputs, (i * 8) as i32);
             simd::copy(&mut fx, Addr { base: p, off: 0 }, arena(v.offset), v.len);
         }
@@ -285,7 +285,7 @@ fn define<M: Module>(
             fx.b.ins().call(call, &[scratch]);
         }
         for (i, port) in plan.outputs.iter().enumerate() {
-            let v = &plan.values[port.value];
+            let v = &plan.buffers[port.buffer];
             let p = fx.b.ins().load(ptr, fx::trusted(), outputs, (i * 8) as i32);
             simd::copy(&mut fx, arena(v.offset), Addr { base: p, off: 0 }, v.len);
         }
@@ -464,12 +464,12 @@ impl Jit {
             input_lens: plan
                 .inputs
                 .iter()
-                .map(|p| plan.values[p.value].len)
+                .map(|p| plan.buffers[p.buffer].len)
                 .collect(),
             output_lens: plan
                 .outputs
                 .iter()
-                .map(|p| plan.values[p.value].len)
+                .map(|p| plan.buffers[p.buffer].len)
                 .collect(),
             output_shapes: plan.outputs.iter().map(|p| p.shape.clone()).collect(),
             in_ptrs: vec![std::ptr::null(); plan.inputs.len()],
