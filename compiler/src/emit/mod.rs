@@ -5,3 +5,4 @@ pub mod clif;
 #[cfg(feature = "clif")]
 pub mod header;
 pub mod rust;
+pub mod tokens;

@@ -6,6 +6,7 @@
 //! plan step under a comment naming its Keras layers; weights are one aligned byte
 //! literal in read-only memory.
 
+use super::tokens::ToRust;
 use crate::error::{Error, Result};
 use crate::plan::{Kernel, Plan, Port, Step};
 use proc_macro2::{Literal, TokenStream};
@@ -171,14 +172,8 @@ pub fn emit(plan: &Plan, options: &RustOptions) -> Result<TokenStream> {
             arena: kerac::Arena<{ #module::ARENA_FLOATS }>,
         }
 
-        #[allow(clippy::all, clippy::pedantic, non_upper_case_globals, unused_imports)]
+        #[allow(clippy::all, clippy::pedantic, non_upper_case_globals)]
         mod #module {
-            use kerac::act::Act::{self, *};
-            use kerac::merge::Fold::*;
-            use kerac::norm::Strided;
-            use kerac::recurrent::Cell::*;
-            use kerac::shape::AxisMap::*;
-            use kerac::Window;
             #(#track)*
             /// Floats in the activation arena.
             pub(super) const ARENA_FLOATS: usize = #arena_floats;
@@ -287,24 +282,6 @@ pub fn emit_source(plan: &Plan, options: &RustOptions) -> Result<String> {
     Ok(prettyplease::unparse(&file))
 }
 
-/// A runtime parameter struct as a Rust expression: its `Debug` form, which spells
-/// struct and variant names the generated module imports.
-fn params(value: &impl std::fmt::Debug, path: &str) -> Result<TokenStream> {
-    let text = format!("{value:?}");
-    // Qualify the outermost struct name, so same-named structs of two modules can't clash.
-    let text = match text.find([' ', '{', '(']) {
-        Some(end)
-            if !path.is_empty() && text[..end].chars().all(|c| c.is_alphanumeric() || c == '_') =>
-        {
-            format!("{path}{}", &text[end..])
-        }
-        _ => text,
-    };
-    syn::parse_str::<syn::Expr>(&text)
-        .map(|e| quote!(#e))
-        .map_err(|e| Error::new(format!("kernel parameters `{text}` do not parse: {e}")))
-}
-
 fn emit_step(plan: &Plan, i: usize, step: &Step) -> Result<(TokenStream, TokenStream)> {
     let name = format_ident!("STEP_{}", i);
     let weight = |id: usize| {
@@ -334,85 +311,57 @@ fn emit_step(plan: &Plan, i: usize, step: &Step) -> Result<(TokenStream, TokenSt
         .map(|k| format_ident!("x{}", k))
         .collect();
     let (ty, value, call): (TokenStream, TokenStream, TokenStream) = match &step.kernel {
-        Kernel::Dense { p, w, b } => (
-            quote!(kerac::dense::Dense),
-            params(p, "kerac::dense::Dense")?,
-            {
-                let (w, b) = (weight(*w), opt_weight(*b));
-                quote!(kerac::dense::dense(&#name, x0, #w, #b, y))
-            },
-        ),
-        Kernel::Conv { p, w, b } => (
-            quote!(kerac::conv::Conv),
-            params(p, "kerac::conv::Conv")?,
-            {
-                let (w, b) = (weight(*w), opt_weight(*b));
-                quote!(kerac::conv::conv(&#name, x0, #w, #b, y))
-            },
-        ),
-        Kernel::ConvTranspose { p, w, b } => (
-            quote!(kerac::conv::ConvTranspose),
-            params(p, "kerac::conv::ConvTranspose")?,
-            {
-                let (w, b) = (weight(*w), opt_weight(*b));
-                quote!(kerac::conv::conv_transpose(&#name, x0, #w, #b, y))
-            },
-        ),
+        Kernel::Dense { p, w, b } => (quote!(kerac::dense::Dense), p.to_rust(), {
+            let (w, b) = (weight(*w), opt_weight(*b));
+            quote!(kerac::dense::dense(&#name, x0, #w, #b, y))
+        }),
+        Kernel::Conv { p, w, b } => (quote!(kerac::conv::Conv), p.to_rust(), {
+            let (w, b) = (weight(*w), opt_weight(*b));
+            quote!(kerac::conv::conv(&#name, x0, #w, #b, y))
+        }),
+        Kernel::ConvTranspose { p, w, b } => (quote!(kerac::conv::ConvTranspose), p.to_rust(), {
+            let (w, b) = (weight(*w), opt_weight(*b));
+            quote!(kerac::conv::conv_transpose(&#name, x0, #w, #b, y))
+        }),
         Kernel::Pool(p) => (
             quote!(kerac::pool::Pool),
-            params(p, "kerac::pool::Pool")?,
+            p.to_rust(),
             quote!(kerac::pool::pool(&#name, x0, y)),
         ),
         Kernel::GlobalPool(p) => (
             quote!(kerac::pool::GlobalPool),
-            params(p, "kerac::pool::GlobalPool")?,
+            p.to_rust(),
             quote!(kerac::pool::global_pool(&#name, x0, y)),
         ),
-        Kernel::ScaleShift { p, scale, offset } => (
-            quote!(kerac::norm::Strided),
-            params(p, "kerac::norm::Strided")?,
-            {
-                let (s, o) = (weight(*scale), weight(*offset));
-                quote!(kerac::norm::scale_shift(&#name, #s, #o, x0, y))
-            },
-        ),
-        Kernel::Prelu { p, alpha } => (
-            quote!(kerac::norm::Strided),
-            params(p, "kerac::norm::Strided")?,
-            {
-                let a = weight(*alpha);
-                quote!(kerac::norm::prelu(&#name, #a, x0, y))
-            },
-        ),
+        Kernel::ScaleShift { p, scale, offset } => (quote!(kerac::norm::Strided), p.to_rust(), {
+            let (s, o) = (weight(*scale), weight(*offset));
+            quote!(kerac::norm::scale_shift(&#name, #s, #o, x0, y))
+        }),
+        Kernel::Prelu { p, alpha } => (quote!(kerac::norm::Strided), p.to_rust(), {
+            let a = weight(*alpha);
+            quote!(kerac::norm::prelu(&#name, #a, x0, y))
+        }),
         Kernel::Activation(act) => (
             quote!(kerac::Act),
-            params(act, "")?,
+            act.to_rust(),
             quote!(kerac::norm::activation(#name, x0, y)),
         ),
         Kernel::Softmax { p, log } => (
             quote!(kerac::norm::Strided),
-            params(p, "kerac::norm::Strided")?,
+            p.to_rust(),
             quote!(kerac::norm::softmax(&#name, #log, x0, y)),
         ),
-        Kernel::LayerNorm { p, gamma, beta } => (
-            quote!(kerac::norm::LayerNorm),
-            params(p, "kerac::norm::LayerNorm")?,
-            {
-                let (g, b) = (opt_weight(*gamma), opt_weight(*beta));
-                quote!(kerac::norm::layer_norm(&#name, #g, #b, x0, y))
-            },
-        ),
-        Kernel::GroupNorm { p, gamma, beta } => (
-            quote!(kerac::norm::GroupNorm),
-            params(p, "kerac::norm::GroupNorm")?,
-            {
-                let (g, b) = (opt_weight(*gamma), opt_weight(*beta));
-                quote!(kerac::norm::group_norm(&#name, #g, #b, x0, y))
-            },
-        ),
+        Kernel::LayerNorm { p, gamma, beta } => (quote!(kerac::norm::LayerNorm), p.to_rust(), {
+            let (g, b) = (opt_weight(*gamma), opt_weight(*beta));
+            quote!(kerac::norm::layer_norm(&#name, #g, #b, x0, y))
+        }),
+        Kernel::GroupNorm { p, gamma, beta } => (quote!(kerac::norm::GroupNorm), p.to_rust(), {
+            let (g, b) = (opt_weight(*gamma), opt_weight(*beta));
+            quote!(kerac::norm::group_norm(&#name, #g, #b, x0, y))
+        }),
         Kernel::UnitNorm(p) => (
             quote!(kerac::norm::Strided),
-            params(p, "kerac::norm::Strided")?,
+            p.to_rust(),
             quote!(kerac::norm::unit_norm(&#name, x0, y)),
         ),
         Kernel::Merge {
@@ -421,18 +370,13 @@ fn emit_step(plan: &Plan, i: usize, step: &Step) -> Result<(TokenStream, TokenSt
             strides,
         } => {
             let n = strides.len();
-            let value = params(
-                &kerac::merge::Merge::<0> {
-                    fold: *fold,
-                    shape: *shape,
-                    strides: [],
-                },
-                "kerac::merge::Merge",
-            )?;
-            let text = value
-                .to_string()
-                .replace("strides : []", &format!("strides : {strides:?}"));
-            let value: TokenStream = text.parse().map_err(|_| Error::new("merge parameters"))?;
+            let (fold, shape) = (fold.to_rust(), shape.to_rust());
+            let strides = strides.iter().map(ToRust::to_rust);
+            let value = quote!(kerac::merge::Merge {
+                fold: #fold,
+                shape: #shape,
+                strides: [#(#strides),*],
+            });
             (
                 quote!(kerac::merge::Merge<#n>),
                 value,
@@ -449,62 +393,50 @@ fn emit_step(plan: &Plan, i: usize, step: &Step) -> Result<(TokenStream, TokenSt
         }
         Kernel::BatchDot(p) => (
             quote!(kerac::merge::BatchDot),
-            params(p, "kerac::merge::BatchDot")?,
+            p.to_rust(),
             quote!(kerac::merge::batch_dot(&#name, x0, x1, y)),
         ),
         Kernel::StridedCopy(p) => (
             quote!(kerac::shape::Strided),
-            params(p, "kerac::shape::Strided")?,
+            p.to_rust(),
             quote!(kerac::shape::strided_copy(&#name, x0, y)),
         ),
         Kernel::Resample(p) => (
             quote!(kerac::shape::Resample),
-            params(p, "kerac::shape::Resample")?,
+            p.to_rust(),
             quote!(kerac::shape::resample(&#name, x0, y)),
         ),
-        Kernel::Attention { p, w } => (
-            quote!(kerac::attention::Attention),
-            params(p, "kerac::attention::Attention")?,
-            {
-                let w = match w {
-                    Some(id) => weight(*id),
-                    None => quote!(&[]),
-                };
-                quote!(kerac::attention::attention(&#name, x0, x1, x2, #w, y))
-            },
-        ),
-        Kernel::Gather { p, table } => (
-            quote!(kerac::shape::Gather),
-            params(p, "kerac::shape::Gather")?,
-            {
-                let t = weight(*table);
-                quote!(kerac::shape::gather(&#name, x0, #t, y))
-            },
-        ),
+        Kernel::Attention { p, w } => (quote!(kerac::attention::Attention), p.to_rust(), {
+            let w = match w {
+                Some(id) => weight(*id),
+                None => quote!(&[]),
+            };
+            quote!(kerac::attention::attention(&#name, x0, x1, x2, #w, y))
+        }),
+        Kernel::Gather { p, table } => (quote!(kerac::shape::Gather), p.to_rust(), {
+            let t = weight(*table);
+            quote!(kerac::shape::gather(&#name, x0, #t, y))
+        }),
         Kernel::Recurrent {
             p,
             u,
             rb,
             initial,
             masked,
-        } => (
-            quote!(kerac::recurrent::Recurrent),
-            params(p, "kerac::recurrent::Recurrent")?,
-            {
-                let (u, rb) = (weight(*u), opt_weight(*rb));
-                let states = ins.len() - 1 - *masked as usize;
-                let init = |i: usize| match ins.get(i) {
-                    Some(x) if *initial && i <= states => quote!(Some(#x)),
-                    _ => quote!(None),
-                };
-                let (h0, c0) = (init(1), init(2));
-                let mask = match ins.last() {
-                    Some(m) if *masked => quote!(Some(#m)),
-                    _ => quote!(None),
-                };
-                quote!(kerac::recurrent::recurrent(&#name, x0, #u, #rb, #h0, #c0, #mask, y))
-            },
-        ),
+        } => (quote!(kerac::recurrent::Recurrent), p.to_rust(), {
+            let (u, rb) = (weight(*u), opt_weight(*rb));
+            let states = ins.len() - 1 - *masked as usize;
+            let init = |i: usize| match ins.get(i) {
+                Some(x) if *initial && i <= states => quote!(Some(#x)),
+                _ => quote!(None),
+            };
+            let (h0, c0) = (init(1), init(2));
+            let mask = match ins.last() {
+                Some(m) if *masked => quote!(Some(#m)),
+                _ => quote!(None),
+            };
+            quote!(kerac::recurrent::recurrent(&#name, x0, #u, #rb, #h0, #c0, #mask, y))
+        }),
     };
     let in_shapes: Vec<String> = step
         .inputs

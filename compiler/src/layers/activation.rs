@@ -390,7 +390,7 @@ impl Op for ReluOp {
     }
     fn lower(&self, l: &mut Lower) -> Result<()> {
         let act = Act::ReluFull {
-            max: self.max_value.map_or(f32::MAX, |m| m as f32),
+            max: self.max_value.map_or(f32::INFINITY, |m| m as f32),
             slope: self.negative_slope as f32,
             threshold: self.threshold as f32,
         };
