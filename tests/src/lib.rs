@@ -1,6 +1,8 @@
 //! Helpers for the conformance tests: the fixtures saved by real Keras
 //! (`tests/fixtures/<model>/`, made by `make_fixtures.py`).
 
+pub mod random;
+
 use std::path::{Path, PathBuf};
 
 /// One model file of one fixture, with the recorded Keras inputs and outputs.

@@ -417,24 +417,17 @@ fn emit_step(plan: &Plan, i: usize, step: &Step) -> Result<(TokenStream, TokenSt
             let t = weight(*table);
             quote!(kerac::shape::gather(&#name, x0, #t, y))
         }),
-        Kernel::Recurrent {
-            p,
-            u,
-            rb,
-            initial,
-            masked,
-        } => (quote!(kerac::recurrent::Recurrent), p.to_rust(), {
+        Kernel::Recurrent { p, u, rb, .. } => (quote!(kerac::recurrent::Recurrent), p.to_rust(), {
             let (u, rb) = (weight(*u), opt_weight(*rb));
-            let states = ins.len() - 1 - *masked as usize;
-            let init = |i: usize| match ins.get(i) {
-                Some(x) if *initial && i <= states => quote!(Some(#x)),
-                _ => quote!(None),
+            let r = step.recurrent_inputs();
+            let at = |i: Option<usize>| match i {
+                Some(i) => {
+                    let x = &ins[i];
+                    quote!(Some(#x))
+                }
+                None => quote!(None),
             };
-            let (h0, c0) = (init(1), init(2));
-            let mask = match ins.last() {
-                Some(m) if *masked => quote!(Some(#m)),
-                _ => quote!(None),
-            };
+            let (h0, c0, mask) = (at(r.h0), at(r.c0), at(r.mask));
             quote!(kerac::recurrent::recurrent(&#name, x0, #u, #rb, #h0, #c0, #mask, y))
         }),
     };

@@ -254,7 +254,11 @@ mod tests {
             1e-45,
         ] {
             let text = v.to_rust().to_string();
-            let back: f32 = text.trim_end_matches("f32").replace(' ', "").parse().unwrap_or_else(|e| panic!("{text}: {e}"));
+            let back: f32 = text
+                .trim_end_matches("f32")
+                .replace(' ', "")
+                .parse()
+                .unwrap_or_else(|e| panic!("{text}: {e}"));
             assert_eq!(back.to_bits(), v.to_bits(), "{text}");
         }
         assert_eq!(f32::INFINITY.to_rust().to_string(), "f32 :: INFINITY");

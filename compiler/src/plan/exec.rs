@@ -159,13 +159,7 @@ fn call(plan: &Plan, step: &Step, arena: &mut [f32]) -> Result<()> {
             };
             merge::concat(&p, ins, out);
         }),
-        Kernel::Recurrent {
-            p,
-            u,
-            rb,
-            initial,
-            masked,
-        } => {
+        Kernel::Recurrent { p, u, rb, .. } => {
             // Reads: projections, the initial states, the mask; absent ones read the
             // projections again (and are passed as None).
             let mut reads = [region(plan, step.inputs[0]); 4];
@@ -174,11 +168,9 @@ fn call(plan: &Plan, step: &Step, arena: &mut [f32]) -> Result<()> {
             }
             let (ins, y) =
                 views(arena, reads, region(plan, step.output)).ok_or_else(bad_regions)?;
-            let n = step.inputs.len();
-            let states = n - 1 - *masked as usize;
-            let init = |i: usize| (*initial && i <= states).then_some(ins[i]);
-            let mask = masked.then_some(ins[n - 1]);
-            recurrent::recurrent(p, ins[0], w(*u), ow(*rb), init(1), init(2), mask, y);
+            let r = step.recurrent_inputs();
+            let at = |i: Option<usize>| i.map(|i| ins[i]);
+            recurrent::recurrent(p, ins[0], w(*u), ow(*rb), at(r.h0), at(r.c0), at(r.mask), y);
         }
         Kernel::Attention { p, w: aw } => {
             let reads = [0, 1, 2].map(|i| region(plan, step.inputs[i]));

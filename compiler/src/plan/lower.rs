@@ -85,7 +85,8 @@ impl Lower<'_> {
 
 /// `outer x n x inner` views of a shape for a set of axes.
 pub trait StridedAxes {
-    /// The view for `axes`, which must be adjacent (in any order); an error otherwise.
+    /// The view for `axes`, which must be adjacent (in any order, with only length-1
+    /// axes between them); an error otherwise.
     fn strided(&self, axes: &[usize]) -> Result<Strided>;
 }
 
@@ -100,7 +101,8 @@ impl StridedAxes for [usize] {
                 inner: 1,
             });
         };
-        if last - first + 1 != sorted.len() || last >= self.len() {
+        // Axes of length 1 between them change no offset, so they do not break adjacency.
+        if last >= self.len() || (first..=last).any(|a| !sorted.contains(&a) && self[a] != 1) {
             bail!(
                 "axes {axes:?} of shape {self:?} are not adjacent; the compiled backends need adjacent axes"
             );

@@ -295,6 +295,39 @@ pub struct Step {
     pub flops: u64,
 }
 
+/// Where a recurrent step finds its optional inputs: positions in [`Step::inputs`]
+/// (the projections are always position 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RecurrentInputs {
+    /// The initial `h`.
+    pub h0: Option<usize>,
+    /// The initial `c` (LSTM).
+    pub c0: Option<usize>,
+    /// The step mask.
+    pub mask: Option<usize>,
+}
+
+impl Step {
+    /// For a `Recurrent` step, which inputs are the initial states and the mask; the one
+    /// statement of that rule, for every backend. Empty for other kernels.
+    pub fn recurrent_inputs(&self) -> RecurrentInputs {
+        let Kernel::Recurrent {
+            initial, masked, ..
+        } = self.kernel
+        else {
+            return RecurrentInputs::default();
+        };
+        let n = self.inputs.len();
+        let states = n.saturating_sub(1 + masked as usize);
+        let init = |i: usize| (initial && i <= states && i < n).then_some(i);
+        RecurrentInputs {
+            h0: init(1),
+            c0: init(2),
+            mask: (masked && n > 1).then_some(n - 1),
+        }
+    }
+}
+
 /// A named weight array, in the layout its kernel reads.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WeightData {

@@ -56,24 +56,17 @@ pub(super) fn step(fx: &mut Fx, plan: &Plan, step: &Step) {
         Kernel::Attention { p, w } => {
             attention::attention(fx, p, [xs[0], xs[1], xs[2]], w.map(weight), y)
         }
-        Kernel::Recurrent {
-            p,
-            u,
-            rb,
-            initial,
-            masked,
-        } => {
-            let states = xs.len() - 1 - *masked as usize;
-            let init = |i: usize| xs.get(i).copied().filter(|_| *initial && i <= states);
-            let mask = xs.last().copied().filter(|_| *masked);
+        Kernel::Recurrent { p, u, rb, .. } => {
+            let r = step.recurrent_inputs();
+            let at = |i: Option<usize>| i.map(|i| xs[i]);
             recurrent::recurrent(
                 fx,
                 p,
                 x,
                 weight(*u),
                 rb.map(weight),
-                [init(1), init(2)],
-                mask,
+                [at(r.h0), at(r.c0)],
+                at(r.mask),
                 y,
             )
         }
