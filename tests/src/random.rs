@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 pub struct Rng(pub u64);
 impl Rng {
     /// The next 64 random bits.
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -24,11 +24,11 @@ impl Rng {
     }
     /// Uniform in `0..n`.
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+        (self.next_u64() % n as u64) as usize
     }
     /// Uniform in `[-1, 1]`.
     pub fn unit(&mut self) -> f32 {
-        (self.next() % 2_000_001) as f32 / 1_000_000.0 - 1.0
+        (self.next_u64() % 2_000_001) as f32 / 1_000_000.0 - 1.0
     }
     /// One of `items`.
     pub fn pick<T: Copy>(&mut self, items: &[T]) -> T {
