@@ -492,7 +492,7 @@ pub fn draw(
             0 => b.add("Softmax", json!({"axis": -1}), &[input], vec![]),
             1 => b.add("UnitNormalization", json!({"axis": -1}), &[input], vec![]),
             2 => {
-                let divisors: Vec<usize> = (1..=c).filter(|g| c % g == 0).collect();
+                let divisors: Vec<usize> = (1..=c).filter(|g| c.is_multiple_of(*g)).collect();
                 let groups = rng.pick(&divisors);
                 let vars = vec![
                     Builder::tensor("gamma", &[c], rng, 1.0),
