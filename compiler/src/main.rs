@@ -243,156 +243,19 @@ fn execute(command: Command) -> Result<ExitCode, Error> {
             output,
             cycles_per_instruction,
             miss_cycles,
-        } => {
-            let graph = model.load(None)?;
-            let plan = Plan::new(&graph)?;
-            let machine = kerac_compiler::wcet::MachineModel {
-                cycles_per_instruction,
-                miss_cycles,
-                ..Default::default()
-            };
-            let report =
-                kerac_compiler::wcet::WcetReport::new(&plan, count_instructions(&model), machine)?;
-            let text =
-                serde_json::to_string_pretty(&report).map_err(|e| Error::new(e.to_string()))?;
-            let output = output.unwrap_or_else(|| {
-                let stem = model
-                    .model
-                    .file_stem()
-                    .unwrap_or_default()
-                    .to_string_lossy();
-                PathBuf::from(format!("{stem}.wcet.json"))
-            });
-            write(&output, text.as_bytes())?;
-            if json {
-                println!("{text}");
-            } else {
-                print!("{}", report.to_text());
-                println!("wrote {}", output.display());
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::CountInstructions { model, dumps } => {
-            let plan = Plan::new(&model.load(None)?)?;
-            let counts = kerac_compiler::wcet::count_in_valgrind(&plan, &dumps, &|_| 0.0)?;
-            println!(
-                "{}",
-                serde_json::to_string(&counts).map_err(|e| Error::new(e.to_string()))?
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Inspect { model, json, .. } => {
-            let graph = model.load(None)?;
-            let report = Report::new(&graph);
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).map_err(|e| Error::new(e.to_string()))?
-                );
-            } else {
-                print!("{}", report.to_text());
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => inspect_wcet(model, json, output, cycles_per_instruction, miss_cycles),
+        Command::Inspect { model, json, .. } => inspect(model, json),
+        Command::CountInstructions { model, dumps } => count_in_valgrind(model, dumps),
         Command::Compile {
             model,
             emit: Emit::Obj,
             output,
             target,
-            header: header_path,
+            header,
             prefix,
             stream,
             ..
-        } => {
-            let machine = Target::from_name(&target).ok_or_else(|| {
-                let names: Vec<&str> = Target::ALL.iter().map(|(n, _)| *n).collect();
-                Error::new(format!(
-                    "unknown target `{target}`; expected one of {}",
-                    names.join(", ")
-                ))
-            })?;
-            let output = output
-                .ok_or_else(|| Error::new("--emit obj writes a file: give it with -o model.o"))?;
-            let graph = model.load_as(None, stream)?;
-            let plan = Plan::new(&graph)?;
-            let object =
-                clif::object(&plan, machine, &prefix).map_err(|e| e.in_file(&model.model))?;
-            let text = header(
-                &plan,
-                &HeaderInfo {
-                    prefix: &prefix,
-                    source: &model.model.display().to_string(),
-                    target: &target,
-                    params: graph.params(),
-                },
-            );
-            let header_path = header_path.unwrap_or_else(|| output.with_extension("h"));
-            write(&output, &object)?;
-            write(&header_path, text.as_bytes())?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Bench {
-            model,
-            runs,
-            backend,
-            steps,
-        } => {
-            let graph = model.load(None)?;
-            let plan = Plan::new(&graph)?;
-            let lens: Vec<usize> = plan
-                .inputs
-                .iter()
-                .map(|p| plan.buffers[p.buffer].len)
-                .collect();
-            let flat = bench::inputs(&lens);
-            let arrays = plan
-                .inputs
-                .iter()
-                .zip(&flat)
-                .map(|(p, x)| {
-                    ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&p.shape), x.clone())
-                        .map_err(|e| Error::new(e.to_string()))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let warmup = runs.min(1000);
-            let stats = match backend {
-                Backend::Jit => {
-                    let mut jit = Jit::new(&plan)?;
-                    let ins: Vec<&[f32]> = flat.iter().map(Vec::as_slice).collect();
-                    let mut outs: Vec<Vec<f32>> = plan
-                        .outputs
-                        .iter()
-                        .map(|p| vec![0.0; plan.buffers[p.buffer].len])
-                        .collect();
-                    jit.run(
-                        &ins,
-                        &mut outs.iter_mut().map(Vec::as_mut_slice).collect::<Vec<_>>(),
-                    )?;
-                    let mut views: Vec<&mut [f32]> =
-                        outs.iter_mut().map(Vec::as_mut_slice).collect();
-                    bench::measure(runs, warmup, || {
-                        let _ = jit.run(&ins, &mut views);
-                    })
-                }
-                Backend::Plan => bench::measure(runs, warmup, || {
-                    let _ = plan::exec::run(&plan, &arrays);
-                }),
-                Backend::Interp => bench::measure(runs, warmup, || {
-                    let _ = interp::run(&graph, &arrays);
-                }),
-            };
-            println!(
-                "model {} ({}), batch {}",
-                graph.name,
-                model.model.display(),
-                plan.batch
-            );
-            print!("{}", stats.to_text(plan.flops()));
-            if steps {
-                print_step_profile(&plan, &arrays, runs)?;
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => compile_object(model, output, target, header, prefix, stream),
         Command::Compile {
             model,
             emit: Emit::Rust,
@@ -400,88 +263,273 @@ fn execute(command: Command) -> Result<ExitCode, Error> {
             name,
             stream,
             ..
-        } => {
-            let graph = model.load_as(None, stream)?;
-            let plan = Plan::new(&graph)?;
-            use kerac_compiler::emit::rust::{emit_source, RustOptions, WeightsAt};
-            // Beside a file, the weights go to `<file>.weights.bin`; on standard output
-            // they stay inline.
-            let weights_file = output.as_ref().map(|p| p.with_extension("weights.bin"));
-            let options = RustOptions {
-                type_name: name,
-                visibility: "pub".into(),
-                track_files: Vec::new(),
-                source: model.model.display().to_string(),
-                weights: match &weights_file {
-                    Some(w) => WeightsAt::File(
-                        w.file_name()
-                            .map(|n| n.to_string_lossy().into_owned())
-                            .unwrap_or_default(),
-                    ),
-                    None => WeightsAt::Inline,
-                },
-            };
-            let source = emit_source(&plan, &options)?;
-            match (output, weights_file) {
-                (Some(path), Some(weights)) => {
-                    write(&path, source.as_bytes())?;
-                    write(&weights, &plan.weight_blob())?;
-                }
-                _ => print!("{source}"),
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => compile_rust(model, output, name, stream),
+        Command::Bench {
+            model,
+            runs,
+            backend,
+            steps,
+        } => bench_model(model, runs, backend, steps),
         Command::Run {
             model,
             input,
             output,
             backend,
-        } => {
-            let file = IoFile::read(&input)?;
-            let graph = model.load(Some(&file))?;
-            let (file, outputs) = run_file(&graph, file, &input, backend)?;
-            let result = IoFile {
-                format: io::FORMAT.into(),
-                model: Some(graph.name.clone()),
-                keras_version: graph.keras_version.clone(),
-                inputs: file.inputs,
-                outputs,
-                atol: None,
-                rtol: None,
-            };
-            let text = serde_json::to_string(&result).map_err(|e| Error::new(e.to_string()))?;
-            match output {
-                Some(path) => std::fs::write(&path, text)
-                    .map_err(|e| Error::new(format!("cannot write: {e}")).in_file(&path))?,
-                None => println!("{text}"),
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => run(model, input, output, backend),
         Command::Check {
             model,
             reference,
             backend,
-        } => {
-            let file = IoFile::read(&reference)?;
-            let graph = model.load(Some(&file))?;
-            let (file, outputs) = run_file(&graph, file, &reference, backend)?;
-            let results = io::compare(&outputs, &file).map_err(|e| e.in_file(&reference))?;
-            let mut ok = true;
-            for c in &results {
-                let verdict = if c.mismatches == 0 { "ok" } else { "MISMATCH" };
-                println!(
-                    "{:<24} max abs err {:.3e}  max rel err {:.3e}  {}/{} outside tolerance  {verdict}",
-                    c.name, c.max_abs, c.max_rel, c.mismatches, c.total
-                );
-                ok &= c.mismatches == 0;
-            }
-            Ok(if ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
+        } => check(model, reference, backend),
+    }
+}
+
+/// `kerac inspect --wcet`: the timing report, written beside the model and printed.
+fn inspect_wcet(
+    model: ModelArgs,
+    json: bool,
+    output: Option<PathBuf>,
+    cycles_per_instruction: u64,
+    miss_cycles: u64,
+) -> Result<ExitCode, Error> {
+    let graph = model.load(None)?;
+    let plan = Plan::new(&graph)?;
+    let machine = kerac_compiler::wcet::MachineModel {
+        cycles_per_instruction,
+        miss_cycles,
+        ..Default::default()
+    };
+    let report = kerac_compiler::wcet::WcetReport::new(&plan, count_instructions(&model), machine)?;
+    let text = serde_json::to_string_pretty(&report).map_err(|e| Error::new(e.to_string()))?;
+    let output = output.unwrap_or_else(|| {
+        let stem = model
+            .model
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy();
+        PathBuf::from(format!("{stem}.wcet.json"))
+    });
+    write(&output, text.as_bytes())?;
+    if json {
+        println!("{text}");
+    } else {
+        print!("{}", report.to_text());
+        println!("wrote {}", output.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kerac inspect`: the model report.
+fn inspect(model: ModelArgs, json: bool) -> Result<ExitCode, Error> {
+    let graph = model.load(None)?;
+    let report = Report::new(&graph);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(|e| Error::new(e.to_string()))?
+        );
+    } else {
+        print!("{}", report.to_text());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The hidden subcommand the WCET report runs under valgrind.
+fn count_in_valgrind(model: ModelArgs, dumps: PathBuf) -> Result<ExitCode, Error> {
+    let plan = Plan::new(&model.load(None)?)?;
+    let counts = kerac_compiler::wcet::count_in_valgrind(&plan, &dumps, &|_| 0.0)?;
+    println!(
+        "{}",
+        serde_json::to_string(&counts).map_err(|e| Error::new(e.to_string()))?
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kerac compile --emit obj`: an object file and its C header.
+fn compile_object(
+    model: ModelArgs,
+    output: Option<PathBuf>,
+    target: String,
+    header_path: Option<PathBuf>,
+    prefix: String,
+    stream: bool,
+) -> Result<ExitCode, Error> {
+    let machine = Target::from_name(&target).ok_or_else(|| {
+        let names: Vec<&str> = Target::ALL.iter().map(|(n, _)| *n).collect();
+        Error::new(format!(
+            "unknown target `{target}`; expected one of {}",
+            names.join(", ")
+        ))
+    })?;
+    let output =
+        output.ok_or_else(|| Error::new("--emit obj writes a file: give it with -o model.o"))?;
+    let graph = model.load_as(None, stream)?;
+    let plan = Plan::new(&graph)?;
+    let object = clif::object(&plan, machine, &prefix).map_err(|e| e.in_file(&model.model))?;
+    let text = header(
+        &plan,
+        &HeaderInfo {
+            prefix: &prefix,
+            source: &model.model.display().to_string(),
+            target: &target,
+            params: graph.params(),
+        },
+    );
+    let header_path = header_path.unwrap_or_else(|| output.with_extension("h"));
+    write(&output, &object)?;
+    write(&header_path, text.as_bytes())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kerac compile --emit rust`: Rust source, with its weights beside it.
+fn compile_rust(
+    model: ModelArgs,
+    output: Option<PathBuf>,
+    name: String,
+    stream: bool,
+) -> Result<ExitCode, Error> {
+    let graph = model.load_as(None, stream)?;
+    let plan = Plan::new(&graph)?;
+    use kerac_compiler::emit::rust::{emit_source, RustOptions, WeightsAt};
+    // Beside a file, the weights go to `<file>.weights.bin`; on standard output
+    // they stay inline.
+    let weights_file = output.as_ref().map(|p| p.with_extension("weights.bin"));
+    let options = RustOptions {
+        type_name: name,
+        visibility: "pub".into(),
+        track_files: Vec::new(),
+        source: model.model.display().to_string(),
+        weights: match &weights_file {
+            Some(w) => WeightsAt::File(
+                w.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            ),
+            None => WeightsAt::Inline,
+        },
+    };
+    let source = emit_source(&plan, &options)?;
+    match (output, weights_file) {
+        (Some(path), Some(weights)) => {
+            write(&path, source.as_bytes())?;
+            write(&weights, &plan.weight_blob())?;
+        }
+        _ => print!("{source}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kerac bench`: the model's latency on one backend.
+fn bench_model(
+    model: ModelArgs,
+    runs: usize,
+    backend: Backend,
+    steps: bool,
+) -> Result<ExitCode, Error> {
+    let graph = model.load(None)?;
+    let plan = Plan::new(&graph)?;
+    let lens: Vec<usize> = plan
+        .inputs
+        .iter()
+        .map(|p| plan.buffers[p.buffer].len)
+        .collect();
+    let flat = bench::inputs(&lens);
+    let arrays = plan
+        .inputs
+        .iter()
+        .zip(&flat)
+        .map(|(p, x)| {
+            ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&p.shape), x.clone())
+                .map_err(|e| Error::new(e.to_string()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let warmup = runs.min(1000);
+    let stats = match backend {
+        Backend::Jit => {
+            let mut jit = Jit::new(&plan)?;
+            let ins: Vec<&[f32]> = flat.iter().map(Vec::as_slice).collect();
+            let mut outs: Vec<Vec<f32>> = plan
+                .outputs
+                .iter()
+                .map(|p| vec![0.0; plan.buffers[p.buffer].len])
+                .collect();
+            jit.run(
+                &ins,
+                &mut outs.iter_mut().map(Vec::as_mut_slice).collect::<Vec<_>>(),
+            )?;
+            let mut views: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
+            bench::measure(runs, warmup, || {
+                let _ = jit.run(&ins, &mut views);
             })
         }
+        Backend::Plan => bench::measure(runs, warmup, || {
+            let _ = plan::exec::run(&plan, &arrays);
+        }),
+        Backend::Interp => bench::measure(runs, warmup, || {
+            let _ = interp::run(&graph, &arrays);
+        }),
+    };
+    println!(
+        "model {} ({}), batch {}",
+        graph.name,
+        model.model.display(),
+        plan.batch
+    );
+    print!("{}", stats.to_text(plan.flops()));
+    if steps {
+        print_step_profile(&plan, &arrays, runs)?;
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kerac run`: outputs for the inputs of a kerac-io file.
+fn run(
+    model: ModelArgs,
+    input: PathBuf,
+    output: Option<PathBuf>,
+    backend: Backend,
+) -> Result<ExitCode, Error> {
+    let file = IoFile::read(&input)?;
+    let graph = model.load(Some(&file))?;
+    let (file, outputs) = run_file(&graph, file, &input, backend)?;
+    let result = IoFile {
+        format: io::FORMAT.into(),
+        model: Some(graph.name.clone()),
+        keras_version: graph.keras_version.clone(),
+        inputs: file.inputs,
+        outputs,
+        atol: None,
+        rtol: None,
+    };
+    let text = serde_json::to_string(&result).map_err(|e| Error::new(e.to_string()))?;
+    match output {
+        Some(path) => std::fs::write(&path, text)
+            .map_err(|e| Error::new(format!("cannot write: {e}")).in_file(&path))?,
+        None => println!("{text}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kerac check`: outputs against a reference file, per output.
+fn check(model: ModelArgs, reference: PathBuf, backend: Backend) -> Result<ExitCode, Error> {
+    let file = IoFile::read(&reference)?;
+    let graph = model.load(Some(&file))?;
+    let (file, outputs) = run_file(&graph, file, &reference, backend)?;
+    let results = io::compare(&outputs, &file).map_err(|e| e.in_file(&reference))?;
+    let mut ok = true;
+    for c in &results {
+        let verdict = if c.mismatches == 0 { "ok" } else { "MISMATCH" };
+        println!(
+            "{:<24} max abs err {:.3e}  max rel err {:.3e}  {}/{} outside tolerance  {verdict}",
+            c.name, c.max_abs, c.max_rel, c.mismatches, c.total
+        );
+        ok &= c.mismatches == 0;
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// Times each plan step on its own and prints its rate against one core's peak.

@@ -48,26 +48,8 @@ pub fn emit(plan: &Plan, options: &RustOptions) -> Result<TokenStream> {
     })?;
     let module = format_ident!("__kerac_{}", options.type_name.to_lowercase());
 
-    let blob = plan.weight_blob();
-    let weight_bytes = blob.len();
-    let blob = match &options.weights {
-        WeightsAt::Inline => {
-            let literal = Literal::byte_string(&blob);
-            quote!(*#literal)
-        }
-        WeightsAt::File(path) => {
-            let path = Literal::string(path);
-            quote!(*include_bytes!(#path))
-        }
-    };
-
-    let mut consts = Vec::new();
-    let mut calls = Vec::new();
-    for (i, step) in plan.steps.iter().enumerate() {
-        let (c, call) = emit_step(plan, i, step)?;
-        consts.push(c);
-        calls.push(call);
-    }
+    let weight_bytes = plan.weight_bytes();
+    let steps = steps_module(plan, options, &module)?;
 
     let arena_floats = plan.arena_floats;
     let flops = plan.flops();
@@ -83,16 +65,6 @@ pub fn emit(plan: &Plan, options: &RustOptions) -> Result<TokenStream> {
         .iter()
         .map(|p| shape_tokens(&p.shape))
         .collect();
-    let input_sizes: Vec<usize> = plan
-        .inputs
-        .iter()
-        .map(|p| p.shape.iter().product())
-        .collect();
-    let output_sizes: Vec<usize> = plan
-        .outputs
-        .iter()
-        .map(|p| p.shape.iter().product())
-        .collect();
     let input_offsets: Vec<usize> = plan
         .inputs
         .iter()
@@ -104,8 +76,6 @@ pub fn emit(plan: &Plan, options: &RustOptions) -> Result<TokenStream> {
         .map(|p| plan.buffers[p.buffer].offset)
         .collect();
     let (n_in, n_out) = (plan.inputs.len(), plan.outputs.len());
-    let out_idx: Vec<usize> = (0..n_out).collect();
-    let in_idx: Vec<usize> = (0..n_in).collect();
     let out_vars: Vec<syn::Ident> = (0..n_out).map(|i| format_ident!("output_{}", i)).collect();
     let returns = if n_out == 1 {
         let t = &output_types[0];
@@ -118,12 +88,6 @@ pub fn emit(plan: &Plan, options: &RustOptions) -> Result<TokenStream> {
     } else {
         quote!((#(#out_vars),*))
     };
-    let track = options.track_files.iter().map(|path| {
-        let path = Literal::string(path);
-        quote!(
-            const _: &[u8] = include_bytes!(#path);
-        )
-    });
     let doc = format!(
         " `{}` compiled by kerac from `{}`: {} steps, {} parameters, {} FLOPs per call, batch {}.",
         plan.name,
@@ -157,35 +121,14 @@ pub fn emit(plan: &Plan, options: &RustOptions) -> Result<TokenStream> {
             }
         }
     };
-    let reset_trait = if plan.state.is_empty() {
-        quote!()
-    } else {
-        quote! {
-            fn reset_state(&mut self) {
-                #name::reset_state(self);
-            }
-        }
-    };
+    let model_trait = model_trait(plan, &name, &module);
     Ok(quote! {
         #[doc = #doc]
         #vis struct #name {
             arena: kerac::Arena<{ #module::ARENA_FLOATS }>,
         }
 
-        #[allow(clippy::all, clippy::pedantic, non_upper_case_globals)]
-        mod #module {
-            #(#track)*
-            /// Floats in the activation arena.
-            pub(super) const ARENA_FLOATS: usize = #arena_floats;
-            /// Every weight, little-endian float32, each 64-byte aligned.
-            pub(super) static WEIGHTS: kerac::Weights<#weight_bytes> = kerac::Weights(#blob);
-            #(#consts)*
-            /// Runs every step; the inputs are already in the arena.
-            #[inline(never)]
-            pub(super) fn run(arena: &mut [f32]) {
-                #(#calls)*
-            }
-        }
+        #steps
 
         impl #name {
             /// Input shapes, batch first, in Keras's order.
@@ -224,6 +167,82 @@ pub fn emit(plan: &Plan, options: &RustOptions) -> Result<TokenStream> {
             }
         }
 
+        #model_trait
+    })
+}
+
+/// The private module with the weights, each step's constant parameters and `run`,
+/// which calls every step's kernel on the arena.
+fn steps_module(plan: &Plan, options: &RustOptions, module: &syn::Ident) -> Result<TokenStream> {
+    let blob = plan.weight_blob();
+    let weight_bytes = blob.len();
+    let blob = match &options.weights {
+        WeightsAt::Inline => {
+            let literal = Literal::byte_string(&blob);
+            quote!(*#literal)
+        }
+        WeightsAt::File(path) => {
+            let path = Literal::string(path);
+            quote!(*include_bytes!(#path))
+        }
+    };
+    let mut consts = Vec::new();
+    let mut calls = Vec::new();
+    for (i, step) in plan.steps.iter().enumerate() {
+        let (c, call) = emit_step(plan, i, step)?;
+        consts.push(c);
+        calls.push(call);
+    }
+    let track = options.track_files.iter().map(|path| {
+        let path = Literal::string(path);
+        quote!(
+            const _: &[u8] = include_bytes!(#path);
+        )
+    });
+    let arena_floats = plan.arena_floats;
+    Ok(quote! {
+        #[allow(clippy::all, clippy::pedantic, non_upper_case_globals)]
+        mod #module {
+            #(#track)*
+            /// Floats in the activation arena.
+            pub(super) const ARENA_FLOATS: usize = #arena_floats;
+            /// Every weight, little-endian float32, each 64-byte aligned.
+            pub(super) static WEIGHTS: kerac::Weights<#weight_bytes> = kerac::Weights(#blob);
+            #(#consts)*
+            /// Runs every step; the inputs are already in the arena.
+            #[inline(never)]
+            pub(super) fn run(arena: &mut [f32]) {
+                #(#calls)*
+            }
+        }
+    })
+}
+
+/// `impl kerac::Model`: the generic entry point on flat slices, lengths checked.
+fn model_trait(plan: &Plan, name: &syn::Ident, module: &syn::Ident) -> TokenStream {
+    let (n_in, n_out) = (plan.inputs.len(), plan.outputs.len());
+    let in_idx: Vec<usize> = (0..n_in).collect();
+    let out_idx: Vec<usize> = (0..n_out).collect();
+    let sizes =
+        |ports: &[Port]| -> Vec<usize> { ports.iter().map(|p| p.shape.iter().product()).collect() };
+    let offsets = |ports: &[Port]| -> Vec<usize> {
+        ports
+            .iter()
+            .map(|p| plan.buffers[p.buffer].offset)
+            .collect()
+    };
+    let (input_sizes, output_sizes) = (sizes(&plan.inputs), sizes(&plan.outputs));
+    let (input_offsets, output_offsets) = (offsets(&plan.inputs), offsets(&plan.outputs));
+    let reset_trait = if plan.state.is_empty() {
+        quote!()
+    } else {
+        quote! {
+            fn reset_state(&mut self) {
+                #name::reset_state(self);
+            }
+        }
+    };
+    quote! {
         impl kerac::Model for #name {
             fn new() -> Self {
                 #name::new()
@@ -245,7 +264,7 @@ pub fn emit(plan: &Plan, options: &RustOptions) -> Result<TokenStream> {
 
             #reset_trait
         }
-    })
+    }
 }
 
 /// Integer literals without type suffixes, as a person writes them.
