@@ -164,7 +164,7 @@ pub struct Report {
 impl Report {
     /// Summarises a graph.
     pub fn new(graph: &Graph) -> Report {
-        let ports = |ports: &[crate::graph::Port]| {
+        let ports = |ports: &[crate::graph::NamedTensor]| {
             ports
                 .iter()
                 .map(|p| (p.name.clone(), graph.shape(p.tensor).clone()))

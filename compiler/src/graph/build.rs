@@ -1,7 +1,7 @@
 //! From a parsed model file to a [`Graph`]: resolves calls (shared layers, nested
 //! models), fixes shapes, binds weights and lowers each layer through its build function.
 
-use super::{Graph, Node, Port, Shape, TensorInfo};
+use super::{Graph, NamedTensor, Node, Shape, TensorInfo};
 use crate::bail;
 use crate::error::{Error, Result};
 use crate::keras::config::{self, LayerEntry, ModelConfig, TensorRef};
@@ -88,7 +88,7 @@ fn build_inner(file: &ModelFile, options: &BuildOptions) -> Result<Graph> {
         .outputs
         .iter()
         .zip(outputs)
-        .map(|(r, tensor)| Port {
+        .map(|(r, tensor)| NamedTensor {
             name: r.layer.clone(),
             tensor,
         })
@@ -138,7 +138,7 @@ struct Builder<'o> {
     options: &'o BuildOptions,
     tensors: Vec<TensorInfo>,
     nodes: Vec<Node>,
-    graph_inputs: Vec<Port>,
+    graph_inputs: Vec<NamedTensor>,
     /// The mask tensor (`[batch, steps]`) that travels with a tensor, as Keras's
     /// `_keras_mask` does.
     masks: HashMap<usize, usize>,
@@ -361,7 +361,7 @@ impl Builder<'_> {
         shape.extend(&per_sample);
         layers::elements(&shape).map_err(|e| err(e.message))?;
         let id = self.push_tensor(shape, None);
-        self.graph_inputs.push(Port {
+        self.graph_inputs.push(NamedTensor {
             name: layer.name.clone(),
             tensor: id,
         });

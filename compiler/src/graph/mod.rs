@@ -45,7 +45,7 @@ pub struct Node {
 
 /// A model input or output: Keras's name and the tensor.
 #[derive(Debug, Clone)]
-pub struct Port {
+pub struct NamedTensor {
     /// Keras's name for it (the input or output layer's name).
     pub name: String,
     /// The tensor.
@@ -70,9 +70,9 @@ pub struct Graph {
     /// Nodes in an order where every input is produced before it is used.
     pub nodes: Vec<Node>,
     /// Inputs in Keras's order.
-    pub inputs: Vec<Port>,
+    pub inputs: Vec<NamedTensor>,
     /// Outputs in Keras's order.
-    pub outputs: Vec<Port>,
+    pub outputs: Vec<NamedTensor>,
 }
 
 impl Graph {
