@@ -115,6 +115,18 @@ pub fn conv(p: &Conv, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32])
                         ow += 1;
                         continue;
                     }
+                    #[cfg(all(
+                        target_arch = "x86_64",
+                        not(all(target_feature = "avx2", target_feature = "fma"))
+                    ))]
+                    if p.groups == 1 && cout % 4 == 0 {
+                        // SAFETY: lengths were checked above; taps() keeps every
+                        // position inside the input, and this output pixel is in y.
+                        unsafe { sse::conv_pixel(p, x, w, bias, y, b, od, oh, ow, pixel) };
+                        pixel += 1;
+                        ow += 1;
+                        continue;
+                    }
                     // SAFETY (every `part` in this loop nest): x, w, y and bias lengths
                     // were checked against the geometry above; taps() keeps every
                     // position inside the input.
@@ -384,6 +396,96 @@ mod tile {
                 }
             }
             co += 8 * vectors;
+        }
+    }
+}
+
+/// The x86-64 baseline (SSE2, in every x86-64 CPU) where AVX2+FMA is not enabled: one
+/// output pixel's channels kept in SSE registers across every tap, instead of a pass
+/// over the output row in memory per input channel. Products and sums run in the order
+/// of the portable loop, so the results are the same bits.
+#[cfg(all(
+    target_arch = "x86_64",
+    not(all(target_feature = "avx2", target_feature = "fma"))
+))]
+mod sse {
+    use super::Conv;
+    use core::arch::x86_64::*;
+
+    /// Output channels one pixel keeps in registers: eight of the sixteen SSE registers.
+    const PIXEL_BLOCK: usize = 32;
+
+    /// One output pixel, its channels in registers `PIXEL_BLOCK` at a time, visiting
+    /// only the taps inside the input.
+    ///
+    /// # Safety
+    /// `x`, `w`, `y` and `bias` hold what `p` needs (checked by `conv`), the pixel's taps
+    /// come from `taps()`, `p.groups == 1` and `p.cout % 4 == 0`.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn conv_pixel(
+        p: &Conv,
+        x: &[f32],
+        w: &[f32],
+        bias: Option<&[f32]>,
+        y: &mut [f32],
+        b: usize,
+        od: usize,
+        oh: usize,
+        ow: usize,
+        pixel: usize,
+    ) {
+        let [wd, wh, ww] = p.windows;
+        let (cin, cout) = (p.cin, p.cout);
+        let (xp, wp, yp) = (x.as_ptr(), w.as_ptr(), y.as_mut_ptr());
+        let mut co = 0;
+        while co < cout {
+            let vectors = ((cout - co) / 4).min(PIXEL_BLOCK / 4);
+            // SAFETY (the whole block): offsets stay inside x, w, y and bias by the
+            // function's contract; SSE is part of the x86-64 baseline; loads and stores
+            // are the unaligned forms.
+            unsafe {
+                let mut acc = [_mm_setzero_ps(); PIXEL_BLOCK / 4];
+                if let Some(bias) = bias {
+                    for (j, a) in acc.iter_mut().enumerate().take(vectors) {
+                        *a = _mm_loadu_ps(bias.as_ptr().add(co + 4 * j));
+                    }
+                }
+                let taps = ww.taps(ow);
+                // Undilated taps of a row are one contiguous run of the input row.
+                let (kws, run) = if ww.dilation == 1 {
+                    (
+                        taps.start..taps.start + (!taps.is_empty()) as usize,
+                        taps.len() * cin,
+                    )
+                } else {
+                    (taps, cin)
+                };
+                for kd in wd.taps(od) {
+                    for kh in wh.taps(oh) {
+                        for kw in kws.clone() {
+                            let xi = (((b * wd.input + wd.at(od, kd)) * wh.input + wh.at(oh, kh))
+                                * ww.input
+                                + ww.at(ow, kw))
+                                * cin;
+                            let wrow =
+                                wp.add(((kd * wh.kernel + kh) * ww.kernel + kw) * cin * cout + co);
+                            for ci in 0..run {
+                                let v = _mm_set1_ps(*xp.add(xi + ci));
+                                let wr = wrow.add(ci * cout);
+                                for (j, a) in acc.iter_mut().enumerate().take(vectors) {
+                                    *a = _mm_add_ps(*a, _mm_mul_ps(v, _mm_loadu_ps(wr.add(4 * j))));
+                                }
+                            }
+                        }
+                    }
+                }
+                let out = yp.add(pixel * cout + co);
+                for (j, a) in acc.iter().enumerate().take(vectors) {
+                    _mm_storeu_ps(out.add(4 * j), *a);
+                }
+            }
+            co += 4 * vectors;
         }
     }
 }

@@ -209,6 +209,123 @@ impl S {
     }
 }
 
+/// Four lanes in an SSE register where AVX2 is not enabled: SSE2 is part of every
+/// x86-64, so a plain `cargo build` gets vector activations too.
+#[cfg(all(target_arch = "x86_64", not(target_feature = "avx2")))]
+pub(crate) use sse::V4;
+
+#[cfg(all(target_arch = "x86_64", not(target_feature = "avx2")))]
+mod sse {
+    use super::Lanes;
+    use core::arch::x86_64::*;
+    use core::ops::{Add, Div, Mul, Neg, Sub};
+
+    /// Four floats in an SSE register.
+    #[derive(Clone, Copy, Debug)]
+    pub(crate) struct V4(pub __m128);
+
+    macro_rules! vector_op {
+        ($trait:ident, $f:ident, $intrinsic:ident) => {
+            impl $trait for V4 {
+                type Output = V4;
+                #[inline(always)]
+                fn $f(self, o: V4) -> V4 {
+                    // SAFETY: SSE and SSE2 are part of the x86-64 baseline.
+                    V4(unsafe { $intrinsic(self.0, o.0) })
+                }
+            }
+        };
+    }
+    vector_op!(Add, add, _mm_add_ps);
+    vector_op!(Sub, sub, _mm_sub_ps);
+    vector_op!(Mul, mul, _mm_mul_ps);
+    vector_op!(Div, div, _mm_div_ps);
+
+    impl Neg for V4 {
+        type Output = V4;
+        #[inline(always)]
+        fn neg(self) -> V4 {
+            // SAFETY: SSE is part of the x86-64 baseline.
+            V4(unsafe { _mm_xor_ps(self.0, _mm_set1_ps(-0.0)) })
+        }
+    }
+
+    // SAFETY (every block below): SSE and SSE2 are part of the x86-64 baseline. The
+    // operations are those of the AVX2 lanes at half the width, so the bits are the same.
+    impl Lanes for V4 {
+        #[inline(always)]
+        fn splat(v: f32) -> V4 {
+            V4(unsafe { _mm_set1_ps(v) })
+        }
+        #[inline(always)]
+        fn gt(self, o: V4) -> V4 {
+            V4(unsafe { _mm_cmpgt_ps(self.0, o.0) })
+        }
+        #[inline(always)]
+        fn lt(self, o: V4) -> V4 {
+            V4(unsafe { _mm_cmplt_ps(self.0, o.0) })
+        }
+        #[inline(always)]
+        fn ge(self, o: V4) -> V4 {
+            V4(unsafe { _mm_cmpge_ps(self.0, o.0) })
+        }
+        #[inline(always)]
+        fn select(m: V4, a: V4, b: V4) -> V4 {
+            V4(unsafe { _mm_or_ps(_mm_and_ps(m.0, a.0), _mm_andnot_ps(m.0, b.0)) })
+        }
+        #[inline(always)]
+        fn trunc(self) -> V4 {
+            V4(unsafe { _mm_cvtepi32_ps(_mm_cvttps_epi32(self.0)) })
+        }
+        #[inline(always)]
+        fn pow2_minus_1(self) -> V4 {
+            unsafe {
+                let n = _mm_cvttps_epi32(self.0);
+                V4(_mm_castsi128_ps(_mm_slli_epi32::<23>(_mm_add_epi32(
+                    n,
+                    _mm_set1_epi32(126),
+                ))))
+            }
+        }
+        #[inline(always)]
+        fn exponent(self) -> V4 {
+            unsafe {
+                let bits = _mm_castps_si128(self.0);
+                let e = _mm_and_si128(_mm_srli_epi32::<23>(bits), _mm_set1_epi32(0xff));
+                V4(_mm_cvtepi32_ps(_mm_sub_epi32(e, _mm_set1_epi32(126))))
+            }
+        }
+        #[inline(always)]
+        fn sqrt(self) -> V4 {
+            V4(unsafe { _mm_sqrt_ps(self.0) })
+        }
+        #[inline(always)]
+        fn mantissa(self) -> V4 {
+            unsafe {
+                let bits = _mm_castps_si128(self.0);
+                let m = _mm_or_si128(
+                    _mm_and_si128(bits, _mm_set1_epi32(0x007f_ffff)),
+                    _mm_set1_epi32(0x3f00_0000),
+                );
+                V4(_mm_castsi128_ps(m))
+            }
+        }
+    }
+
+    impl V4 {
+        /// Four floats from `src[..4]`.
+        #[inline(always)]
+        pub(crate) fn load(src: &[f32; 4]) -> V4 {
+            V4(unsafe { _mm_loadu_ps(src.as_ptr()) })
+        }
+        /// Four floats into `dst[..4]`.
+        #[inline(always)]
+        pub(crate) fn store(self, dst: &mut [f32; 4]) {
+            unsafe { _mm_storeu_ps(dst.as_mut_ptr(), self.0) }
+        }
+    }
+}
+
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 pub(crate) use avx2::V8;
 
