@@ -79,6 +79,29 @@ pub fn dense(p: &Dense, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32
         #[allow(clippy::needless_return)]
         return;
     }
+    #[cfg(all(
+        target_arch = "x86_64",
+        not(all(target_feature = "avx2", target_feature = "fma"))
+    ))]
+    {
+        for r in 0..p.rows {
+            // SAFETY: the lengths of x, w, y and bias were checked against rows, k and
+            // n above; row `r` of x and y lies inside them.
+            unsafe {
+                sse::row(
+                    k,
+                    n,
+                    x.as_ptr().add(r * k),
+                    w.as_ptr(),
+                    bias.map(<[f32]>::as_ptr),
+                    y.as_mut_ptr().add(r * n),
+                )
+            };
+            p.act.apply(unsafe { part_mut(y, r * n, n) });
+        }
+        #[allow(clippy::needless_return)]
+        return;
+    }
     #[allow(unreachable_code)]
     for r in 0..p.rows {
         // SAFETY (every `part` below): the lengths of x, w, y and bias were checked
@@ -280,6 +303,75 @@ unsafe fn row_tail_avx2(
                 acc += *x.add(i) * *w.add(i * n + col);
             }
             *y.add(col) = acc;
+        }
+    }
+}
+
+/// The x86-64 baseline (SSE2) where AVX2+FMA is not enabled: the output columns of a
+/// row in SSE registers, 32 at a time in eight accumulators, then 4 at a time, then one
+/// by one. Each column sums in the portable loop's order, so the bits are the same.
+#[cfg(all(
+    target_arch = "x86_64",
+    not(all(target_feature = "avx2", target_feature = "fma"))
+))]
+mod sse {
+    use core::arch::x86_64::*;
+
+    /// One row of `x W + b`.
+    ///
+    /// # Safety
+    /// `x` holds `k` floats, `w` `k * n`, `y` `n`, and `bias` (when given) `n`.
+    #[inline(always)]
+    pub(super) unsafe fn row(
+        k: usize,
+        n: usize,
+        x: *const f32,
+        w: *const f32,
+        bias: Option<*const f32>,
+        y: *mut f32,
+    ) {
+        // SAFETY (the whole body): every offset is below the lengths of the contract;
+        // SSE is part of the x86-64 baseline; loads and stores are the unaligned forms.
+        unsafe {
+            let mut start = 0;
+            while start + 32 <= n {
+                let mut acc = [_mm_setzero_ps(); 8];
+                if let Some(b) = bias {
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        *a = _mm_loadu_ps(b.add(start + 4 * j));
+                    }
+                }
+                for i in 0..k {
+                    let v = _mm_set1_ps(*x.add(i));
+                    let wr = w.add(i * n + start);
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        *a = _mm_add_ps(*a, _mm_mul_ps(v, _mm_loadu_ps(wr.add(4 * j))));
+                    }
+                }
+                for (j, a) in acc.iter().enumerate() {
+                    _mm_storeu_ps(y.add(start + 4 * j), *a);
+                }
+                start += 32;
+            }
+            while start + 4 <= n {
+                let mut a = match bias {
+                    Some(b) => _mm_loadu_ps(b.add(start)),
+                    None => _mm_setzero_ps(),
+                };
+                for i in 0..k {
+                    let v = _mm_set1_ps(*x.add(i));
+                    a = _mm_add_ps(a, _mm_mul_ps(v, _mm_loadu_ps(w.add(i * n + start))));
+                }
+                _mm_storeu_ps(y.add(start), a);
+                start += 4;
+            }
+            for c in start..n {
+                let mut a = bias.map_or(0.0, |b| *b.add(c));
+                for i in 0..k {
+                    a += *x.add(i) * *w.add(i * n + c);
+                }
+                *y.add(c) = a;
+            }
         }
     }
 }
