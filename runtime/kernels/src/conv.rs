@@ -119,10 +119,17 @@ pub fn conv(p: &Conv, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32])
                         target_arch = "x86_64",
                         not(all(target_feature = "avx2", target_feature = "fma"))
                     ))]
-                    if p.groups == 1 && cout % 4 == 0 {
+                    if (p.groups == 1 || (cin_g == 1 && cout_g == 1)) && cout % 4 == 0 {
                         // SAFETY: lengths were checked above; taps() keeps every
-                        // position inside the input, and this output pixel is in y.
-                        unsafe { sse::conv_pixel(p, x, w, bias, y, b, od, oh, ow, pixel) };
+                        // position inside the input, and this output pixel is in y; the
+                        // depthwise pixel has cin == cout.
+                        unsafe {
+                            if p.groups == 1 {
+                                sse::conv_pixel(p, x, w, bias, y, b, od, oh, ow, pixel)
+                            } else {
+                                sse::depthwise_pixel(p, x, w, bias, y, b, od, oh, ow, pixel)
+                            }
+                        };
                         pixel += 1;
                         ow += 1;
                         continue;
@@ -481,6 +488,65 @@ mod sse {
                     }
                 }
                 let out = yp.add(pixel * cout + co);
+                for (j, a) in acc.iter().enumerate().take(vectors) {
+                    _mm_storeu_ps(out.add(4 * j), *a);
+                }
+            }
+            co += 4 * vectors;
+        }
+    }
+
+    /// One output pixel of a depthwise convolution (one output per channel), its
+    /// channels in registers `PIXEL_BLOCK` at a time across the taps inside the input.
+    ///
+    /// # Safety
+    /// As for [`conv_pixel`], with `cin == cout` and one channel per group.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn depthwise_pixel(
+        p: &Conv,
+        x: &[f32],
+        w: &[f32],
+        bias: Option<&[f32]>,
+        y: &mut [f32],
+        b: usize,
+        od: usize,
+        oh: usize,
+        ow: usize,
+        pixel: usize,
+    ) {
+        let [wd, wh, ww] = p.windows;
+        let c = p.cout;
+        let (xp, wp, yp) = (x.as_ptr(), w.as_ptr(), y.as_mut_ptr());
+        let mut co = 0;
+        while co < c {
+            let vectors = ((c - co) / 4).min(PIXEL_BLOCK / 4);
+            // SAFETY (the whole block): as in `conv_pixel`.
+            unsafe {
+                let mut acc = [_mm_setzero_ps(); PIXEL_BLOCK / 4];
+                if let Some(bias) = bias {
+                    for (j, a) in acc.iter_mut().enumerate().take(vectors) {
+                        *a = _mm_loadu_ps(bias.as_ptr().add(co + 4 * j));
+                    }
+                }
+                for kd in wd.taps(od) {
+                    for kh in wh.taps(oh) {
+                        for kw in ww.taps(ow) {
+                            let xi = (((b * wd.input + wd.at(od, kd)) * wh.input + wh.at(oh, kh))
+                                * ww.input
+                                + ww.at(ow, kw))
+                                * c
+                                + co;
+                            let wi = ((kd * wh.kernel + kh) * ww.kernel + kw) * c + co;
+                            for (j, a) in acc.iter_mut().enumerate().take(vectors) {
+                                let xv = _mm_loadu_ps(xp.add(xi + 4 * j));
+                                let wv = _mm_loadu_ps(wp.add(wi + 4 * j));
+                                *a = _mm_add_ps(*a, _mm_mul_ps(xv, wv));
+                            }
+                        }
+                    }
+                }
+                let out = yp.add(pixel * c + co);
                 for (j, a) in acc.iter().enumerate().take(vectors) {
                     _mm_storeu_ps(out.add(4 * j), *a);
                 }
