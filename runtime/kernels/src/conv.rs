@@ -634,3 +634,107 @@ pub fn conv_transpose(
     }
     p.act.apply(y);
 }
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use std::vec::Vec;
+
+    /// A reference in the portable loop's order: bias, then each tap inside the input,
+    /// then each input channel of the group.
+    fn reference(p: &Conv, x: &[f32], w: &[f32], bias: &[f32]) -> Vec<f32> {
+        let [wd, wh, ww] = p.windows;
+        let (cin_g, cout_g) = (p.cin / p.groups, p.cout / p.groups);
+        let mut y = Vec::new();
+        for od in 0..wd.output {
+            for oh in 0..wh.output {
+                for ow in 0..ww.output {
+                    for co in 0..p.cout {
+                        let g = co / cout_g;
+                        let mut acc = bias[co];
+                        for kd in wd.taps(od) {
+                            for kh in wh.taps(oh) {
+                                for kw in ww.taps(ow) {
+                                    let xi = ((wd.at(od, kd) * wh.input + wh.at(oh, kh))
+                                        * ww.input
+                                        + ww.at(ow, kw))
+                                        * p.cin;
+                                    let tap = (kd * wh.kernel + kh) * ww.kernel + kw;
+                                    for ci in 0..cin_g {
+                                        let wv = w[(tap * cin_g + ci) * p.cout + co];
+                                        acc += x[xi + g * cin_g + ci] * wv;
+                                    }
+                                }
+                            }
+                        }
+                        y.push(acc);
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn convolutions_match_the_loop_they_vectorise() {
+        let window = |input: usize, kernel: usize, stride: usize, dilation: usize| {
+            let pad = (kernel - 1) * dilation / 2;
+            Window {
+                input,
+                output: (input + 2 * pad - (kernel - 1) * dilation - 1) / stride + 1,
+                kernel,
+                stride,
+                dilation,
+                pad_before: pad,
+            }
+        };
+        let mut seed = 0x1234_5678_u32;
+        let mut draw = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            (seed % 2001) as f32 / 1000.0 - 1.0
+        };
+        // Plain, strided, dilated and depthwise convolutions, channels in and out of
+        // the register blocks' multiples.
+        let cases = [
+            (3, 8, 1, 3, 1, 1),
+            (5, 12, 1, 3, 2, 1),
+            (4, 36, 1, 3, 1, 2),
+            (16, 16, 16, 3, 1, 1),
+            (40, 40, 40, 5, 2, 1),
+            (6, 20, 2, 1, 1, 1),
+        ];
+        for (cin, cout, groups, kernel, stride, dilation) in cases {
+            let p = Conv {
+                batch: 1,
+                windows: [
+                    Window::UNIT,
+                    window(7, kernel, stride, dilation),
+                    window(9, kernel, stride, dilation),
+                ],
+                cin,
+                cout,
+                groups,
+                act: Act::Linear,
+            };
+            let (nx, nw, ny) = p.sizes();
+            let x: Vec<f32> = (0..nx).map(|_| draw()).collect();
+            let w: Vec<f32> = (0..nw).map(|_| draw()).collect();
+            let bias: Vec<f32> = (0..cout).map(|_| draw()).collect();
+            let mut y = std::vec![0.0; ny];
+            conv(&p, &x, &w, Some(&bias), &mut y);
+            let expected = reference(&p, &x, &w, &bias);
+            for (i, (a, e)) in y.iter().zip(&expected).enumerate() {
+                // Without FMA every kernel sums in the reference's order: the same bits.
+                // The AVX2 kernels fuse the multiply-adds.
+                if cfg!(all(target_feature = "avx2", target_feature = "fma")) {
+                    assert!((a - e).abs() <= 1e-5 * (1.0 + e.abs()), "{p:?} at {i}");
+                } else {
+                    assert_eq!(a.to_bits(), e.to_bits(), "{p:?} at {i}: {a} vs {e}");
+                }
+            }
+        }
+    }
+}
