@@ -111,11 +111,26 @@ pub(crate) fn pool_acc(y: &mut [f32], x: &[f32], max: bool) {
             _mm256_storeu_ps(yc.as_mut_ptr(), r);
         }
     }
-    #[cfg(not(all(
+    #[cfg(all(
         target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    )))]
+        not(all(target_feature = "avx2", target_feature = "fma"))
+    ))]
+    for (yc, xc) in yh.chunks_exact_mut(4).zip(xh.chunks_exact(4)) {
+        use core::arch::x86_64::*;
+        // SAFETY: both chunks hold exactly 4 floats (chunks_exact), the loads and the
+        // store are unaligned forms, and SSE is part of the x86-64 baseline. `maxps`
+        // is the runtime's `fmax`, as above.
+        unsafe {
+            let (xv, yv) = (_mm_loadu_ps(xc.as_ptr()), _mm_loadu_ps(yc.as_ptr()));
+            let r = if max {
+                _mm_max_ps(xv, yv)
+            } else {
+                _mm_add_ps(yv, xv)
+            };
+            _mm_storeu_ps(yc.as_mut_ptr(), r);
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
     for (yc, xc) in yh.chunks_exact_mut(8).zip(xh.chunks_exact(8)) {
         for (o, &v) in yc.iter_mut().zip(xc) {
             *o = if max { crate::act::fmax(v, *o) } else { *o + v };
