@@ -30,7 +30,7 @@ fn main() {
     println!("cargo:rerun-if-changed=fixtures");
     let dirs = fixture_dirs(&fixtures);
     let mut modules = String::new();
-    let mut table = String::from("/// Label, reference file and constructor of a compiled fixture.\npub type Compiled = (&'static str, &'static str, fn() -> Box<dyn kerac::Model>);\n/// Every fixture file compiled by `model!`.\npub fn compiled() -> Vec<Compiled> {\n    vec![\n");
+    let mut table = String::from("/// Label, reference file and constructor of a compiled fixture.\npub type Compiled = (&'static str, &'static str, fn(kerac::Level) -> Box<dyn kerac::Model>);\n/// Every fixture file compiled by `model!`.\npub fn compiled() -> Vec<Compiled> {\n    vec![\n");
     let mut sizes = String::from("/// Label and `WEIGHT_BYTES` of every fixture file compiled by `model!`.\npub fn weight_bytes() -> Vec<(&'static str, usize)> {\n    vec![\n");
     expand(
         root,
@@ -55,7 +55,7 @@ fn main() {
             let module = format!("s_{}_{}", name, file.replace('.', "_"));
             let reference = format!("fixtures/{name}/{}.io.json", &file[..2]);
             writeln!(modules, "pub mod {module} {{ kerac::model!(pub Model = \"fixtures/{name}/{file}\", stream = true); }}").unwrap();
-            writeln!(table, "        (\"{name}/{file}\", \"{reference}\", || Box::new({module}::Model::new())),").unwrap();
+            writeln!(table, "        (\"{name}/{file}\", \"{reference}\", |isa| Box::new({module}::Model::with_isa(isa))),").unwrap();
         }
     }
     table.push_str("    ]\n}\n");
@@ -140,7 +140,7 @@ fn expand(
             .unwrap();
             writeln!(
                 table,
-                "        (\"{name}/{file}\", {reference:?}, || Box::new({module}::Model::new())),"
+                "        (\"{name}/{file}\", {reference:?}, |isa| Box::new({module}::Model::with_isa(isa))),"
             )
             .unwrap();
             writeln!(

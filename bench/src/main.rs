@@ -5,7 +5,7 @@
 //!
 //! `kerac-bench [--results DIR] [--runs N] [--seconds S] [MODEL ...]`
 
-use kerac_compiler::bench::{derived_peak_flops, measured_peak_flops};
+use kerac_compiler::bench::{derived_peak_flops, measured_peak};
 use kerac_compiler::plan::{exec, Kernel, Plan};
 use serde_json::{json, Value};
 use std::hint::black_box;
@@ -221,11 +221,12 @@ fn run() -> Result<(), String> {
     let io = |e: std::io::Error| e.to_string();
     std::fs::create_dir_all(o.results.join("raw")).map_err(io)?;
     std::fs::create_dir_all(o.results.join("inputs")).map_err(io)?;
-    let measured = measured_peak_flops();
+    let widest = measured_peak();
+    let measured = widest.map(|(flops, _)| flops);
     let derived = derived_peak_flops();
-    if let Some(p) = measured {
+    if let Some((p, isa)) = widest {
         println!(
-            "measured peak of one core: {:.1} GFLOP/s (independent 8-wide FMAs)",
+            "measured peak of one core: {:.1} GFLOP/s (independent {isa} FMAs, the widest this CPU has)",
             p / 1e9
         );
     }
@@ -236,7 +237,8 @@ fn run() -> Result<(), String> {
         "measured_peak_flops": measured,
         "derived_peak_flops": derived.as_ref().map(|d| d.0),
         "derived_peak_from": derived.as_ref().map(|d| d.1.clone()),
-        "rust_simd": if cfg!(all(target_feature = "avx2", target_feature = "fma")) { "AVX2+FMA" } else { "portable" },
+        "peak_isa": widest.map(|(_, isa)| isa),
+        "rust_simd": kerac::Dispatch::detect(kerac::Level::Avx512).level().name(),
     });
     std::fs::write(
         o.results.join("raw/machine.json"),

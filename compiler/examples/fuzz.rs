@@ -154,6 +154,7 @@ fn run_case(model: &Path, options: &BuildOptions, jit: bool) -> kerac_compiler::
             track_files: Vec::new(),
             source: model.display().to_string(),
             weights: WeightsAt::File("fuzzed.weights.bin".into()),
+            isa: kerac_compiler::emit::rust::Level::Avx512,
         },
     )?;
     std::hint::black_box((source, plan.weight_blob()));

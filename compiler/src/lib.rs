@@ -17,6 +17,10 @@ pub mod keras;
 pub mod layers;
 pub mod ops;
 pub mod plan;
+
+/// The runtime kernels' instruction sets: what the plan backend runs with, and the widest
+/// generated code may choose.
+pub use kerac::isa::{Dispatch, Level};
 pub mod report;
 #[cfg(feature = "clif")]
 pub mod wcet;

@@ -2,11 +2,12 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kerac_compiler::emit::clif::{self, Jit, Target};
+
 use kerac_compiler::emit::header::{header, HeaderInfo};
 use kerac_compiler::io::{self, IoFile};
 use kerac_compiler::plan::{self, Plan};
 use kerac_compiler::report::Report;
-use kerac_compiler::{bench, interp, BuildOptions, Error, Graph};
+use kerac_compiler::{bench, interp, BuildOptions, Dispatch, Error, Graph, Level};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -121,6 +122,10 @@ enum Command {
         /// share of one core's measured peak.
         #[arg(long)]
         steps: bool,
+        /// The widest instruction set the runtime kernels may use (plan backend and
+        /// `--steps`): baseline, avx2 or avx512; the CPU's widest by default.
+        #[arg(long, value_parser = parse_isa, default_value = "avx512")]
+        isa: Level,
     },
 }
 
@@ -269,7 +274,8 @@ fn execute(command: Command) -> Result<ExitCode, Error> {
             runs,
             backend,
             steps,
-        } => bench_model(model, runs, backend, steps),
+            isa,
+        } => bench_model(model, runs, backend, steps, Dispatch::detect(isa)),
         Command::Run {
             model,
             input,
@@ -407,6 +413,7 @@ fn compile_rust(
             ),
             None => WeightsAt::Inline,
         },
+        isa: kerac_compiler::emit::rust::Level::Avx512,
     };
     let source = emit_source(&plan, &options)?;
     match (output, weights_file) {
@@ -419,12 +426,21 @@ fn compile_rust(
     Ok(ExitCode::SUCCESS)
 }
 
+/// An instruction set level by the name `model!`'s `isa` option takes.
+fn parse_isa(name: &str) -> Result<Level, String> {
+    Level::parse(name).ok_or_else(|| {
+        let names: Vec<&str> = Level::ALL.iter().map(|l| l.name()).collect();
+        format!("expected one of {}", names.join(", "))
+    })
+}
+
 /// `kerac bench`: the model's latency on one backend.
 fn bench_model(
     model: ModelArgs,
     runs: usize,
     backend: Backend,
     steps: bool,
+    isa: Dispatch,
 ) -> Result<ExitCode, Error> {
     let graph = model.load(None)?;
     let plan = Plan::new(&graph)?;
@@ -462,9 +478,12 @@ fn bench_model(
                 let _ = jit.run(&ins, &mut views);
             })
         }
-        Backend::Plan => bench::measure(runs, warmup, || {
-            let _ = plan::exec::run(&plan, &arrays);
-        }),
+        Backend::Plan => {
+            let mut arena = Vec::new();
+            bench::measure(runs, warmup, || {
+                let _ = plan::exec::run_with(&plan, isa, &mut arena, &arrays);
+            })
+        }
         Backend::Interp => bench::measure(runs, warmup, || {
             let _ = interp::run(&graph, &arrays);
         }),
@@ -477,7 +496,7 @@ fn bench_model(
     );
     print!("{}", stats.to_text(plan.flops()));
     if steps {
-        print_step_profile(&plan, &arrays, runs)?;
+        print_step_profile(&plan, isa, &arrays, runs)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -535,17 +554,20 @@ fn check(model: ModelArgs, reference: PathBuf, backend: Backend) -> Result<ExitC
 /// Times each plan step on its own and prints its rate against one core's peak.
 fn print_step_profile(
     plan: &Plan,
+    isa: Dispatch,
     inputs: &[ndarray::ArrayD<f32>],
     runs: usize,
 ) -> Result<(), Error> {
-    let times = plan::exec::profile(plan, inputs, runs)?;
-    let peak = bench::measured_peak_flops();
-    match peak {
-        Some(p) => println!(
-            "\nsteps (runtime kernels), measured peak of one core {:.1} GFLOP/s:",
+    let times = plan::exec::profile(plan, isa, inputs, runs)?;
+    let measured = bench::measured_peak();
+    let peak = measured.map(|(flops, _)| flops);
+    match measured {
+        Some((p, widest)) => println!(
+            "\nsteps (runtime kernels, {}), measured peak of one core ({widest} FMAs) {:.1} GFLOP/s:",
+            isa.level().name(),
             p / 1e9
         ),
-        None => println!("\nsteps (runtime kernels):"),
+        None => println!("\nsteps (runtime kernels, {}):", isa.level().name()),
     }
     println!(
         "{:>4}  {:<14} {:>12} {:>10} {:>8} {:>7}  layers",

@@ -2,7 +2,7 @@
 //! calling crate, and hands the rest to `kerac-compiler`; the code it returns is what
 //! `kerac compile --emit rust` writes.
 
-use kerac_compiler::emit::rust::{emit, RustOptions, WeightsAt};
+use kerac_compiler::emit::rust::{emit, Level, RustOptions, WeightsAt};
 use kerac_compiler::plan::Plan;
 use kerac_compiler::BuildOptions;
 use proc_macro::TokenStream;
@@ -18,6 +18,7 @@ struct Args {
     weights: Option<LitStr>,
     input_shapes: Vec<(String, Vec<usize>)>,
     stream: bool,
+    isa: Option<LitStr>,
 }
 
 impl Parse for Args {
@@ -34,6 +35,7 @@ impl Parse for Args {
             weights: None,
             input_shapes: Vec::new(),
             stream: false,
+            isa: None,
         };
         while input.parse::<Option<Token![,]>>()?.is_some() {
             if input.is_empty() {
@@ -48,6 +50,20 @@ impl Parse for Args {
                 "weights" => {
                     input.parse::<Token![=]>()?;
                     args.weights = Some(input.parse()?);
+                }
+                "isa" => {
+                    input.parse::<Token![=]>()?;
+                    let name: LitStr = input.parse()?;
+                    if Level::parse(&name.value()).is_none() {
+                        let names: Vec<&str> = Level::ALL.iter().map(|l| l.name()).collect();
+                        let message = format!(
+                            "unknown isa `{}`; expected one of {}",
+                            name.value(),
+                            names.join(", ")
+                        );
+                        return Err(syn::Error::new(name.span(), message));
+                    }
+                    args.isa = Some(name);
                 }
                 "stream" => {
                     input.parse::<Token![=]>()?;
@@ -72,7 +88,7 @@ impl Parse for Args {
                     args.input_shapes.push((input_name, dims));
                 }
                 other => {
-                    return Err(syn::Error::new(key.span(), format!("unknown option `{other}`; expected batch, weights, stream or input_shape(NAME)")));
+                    return Err(syn::Error::new(key.span(), format!("unknown option `{other}`; expected batch, weights, stream, isa or input_shape(NAME)")));
                 }
             }
         }
@@ -120,6 +136,11 @@ fn expand(args: &Args) -> Result<proc_macro2::TokenStream, String> {
             .collect(),
         source: args.path.value(),
         weights: weights_at(&plan)?,
+        isa: args
+            .isa
+            .as_ref()
+            .and_then(|name| Level::parse(&name.value()))
+            .unwrap_or(Level::Avx512),
     };
     emit(&plan, &rust).map_err(|e| e.to_string())
 }

@@ -58,7 +58,7 @@ fn main() {
         let graph = kerac_compiler::load(&model_path, None, &Default::default()).unwrap();
         let plan = kerac_compiler::plan::Plan::new(&graph).unwrap();
         let flops = plan.flops();
-        let mut model = make();
+        let mut model = make(kerac::Level::Avx512);
         let mut jit = kerac_compiler::emit::clif::Jit::new(&plan).unwrap();
         let ins: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
         let mut outs: Vec<&mut [f32]> = outputs.iter_mut().map(Vec::as_mut_slice).collect();

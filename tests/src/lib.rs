@@ -139,3 +139,18 @@ pub fn one_sample(reference: &IoFile) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
         .collect();
     (inputs, outputs)
 }
+
+/// The instruction set levels this CPU has, narrowest first; each one it lacks is named
+/// on standard error as skipped, so a log says which ran.
+pub fn isas() -> Vec<kerac::Level> {
+    kerac::Level::ALL
+        .into_iter()
+        .filter(|&level| {
+            let have = kerac::Dispatch::detect(level).level() == level;
+            if !have {
+                eprintln!("{}: this CPU lacks it, skipped", level.name());
+            }
+            have
+        })
+        .collect()
+}

@@ -31,20 +31,25 @@ mod compiled {
 #[test]
 fn running_a_compiled_model_allocates_nothing() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    for (label, reference, make) in compiled::compiled() {
+    let isas = kerac_conformance::isas();
+    for ((label, reference, make), &isa) in compiled::compiled()
+        .iter()
+        .flat_map(|c| isas.iter().map(move |isa| (c, isa)))
+    {
         let reference = kerac_compiler::io::IoFile::read(&root.join(reference)).unwrap();
         let (inputs, mut outputs) = kerac_conformance::one_sample(&reference);
         let ins: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
         let mut outs: Vec<&mut [f32]> = outputs.iter_mut().map(Vec::as_mut_slice).collect();
-        let mut model = make();
+        let mut model = make(isa);
         let before = ALLOCATIONS.load(Ordering::SeqCst);
         let result = model.run(&ins, &mut outs);
         let after = ALLOCATIONS.load(Ordering::SeqCst);
-        assert_eq!(result, Ok(()), "{label}");
+        assert_eq!(result, Ok(()), "{label} ({})", isa.name());
         assert_eq!(
             after,
             before,
-            "{label}: {} allocations during run",
+            "{label} ({}): {} allocations during run",
+            isa.name(),
             after - before
         );
     }

@@ -1,5 +1,6 @@
 //! Every fixture, in every file dialect, compiled by the `model!` macro and run through
-//! the generic `kerac::Model` entry point, compared with the outputs real Keras recorded.
+//! the generic `kerac::Model` entry point with each instruction set this CPU has,
+//! compared with the outputs real Keras recorded.
 
 #[allow(dead_code)]
 mod compiled {
@@ -21,9 +22,14 @@ fn model_macro_matches_keras_on_every_fixture_and_dialect() {
         all.len()
     );
     let mut failures = Vec::new();
-    for (label, reference, make) in all {
+    let isas = kerac_conformance::isas();
+    for ((label, reference, make), isa) in all
+        .iter()
+        .flat_map(|c| isas.iter().map(move |&isa| (c, isa)))
+    {
         let reference = IoFile::read(&root.join(reference)).unwrap();
-        let mut model = make();
+        let mut model = make(isa);
+        assert_eq!(model.isa(), isa, "{label}");
         let samples = reference.inputs[0].shape[0];
         let mut outputs: Vec<io::IoTensor> = reference
             .outputs
@@ -52,13 +58,18 @@ fn model_macro_matches_keras_on_every_fixture_and_dialect() {
                 .collect();
             model
                 .run(&inputs, &mut outs)
-                .unwrap_or_else(|e| panic!("{label}: {e:?}"));
+                .unwrap_or_else(|e| panic!("{label} ({}): {e:?}", isa.name()));
         }
         for c in io::compare(&outputs, &reference).unwrap() {
             if c.mismatches > 0 {
                 failures.push(format!(
-                    "{label}: output `{}`: {}/{} off (max abs {:.3e}, max rel {:.3e})",
-                    c.name, c.mismatches, c.total, c.max_abs, c.max_rel
+                    "{label} ({}): output `{}`: {}/{} off (max abs {:.3e}, max rel {:.3e})",
+                    isa.name(),
+                    c.name,
+                    c.mismatches,
+                    c.total,
+                    c.max_abs,
+                    c.max_rel
                 ));
             }
         }
@@ -77,7 +88,7 @@ fn generic_entry_point_rejects_wrong_buffers() {
         .into_iter()
         .find(|(l, _, _)| *l == "mlp/k3.keras")
         .unwrap();
-    let mut model = make();
+    let mut model = make(kerac::Level::Avx512);
     let x = [0f32; 12];
     let mut y = [0f32; 10];
     assert_eq!(

@@ -147,7 +147,7 @@ fn model_macro_streamed_step_by_step_matches_keras() {
     assert_eq!(all.len(), compiled::STREAMED.len() * FILES.len());
     for (label, reference, make) in all {
         let reference = IoFile::read(&root.join(reference)).unwrap();
-        let model = std::cell::RefCell::new(make());
+        let model = std::cell::RefCell::new(make(kerac::Level::Avx512));
         let sizes: Vec<usize> = reference
             .outputs
             .iter()

@@ -12,6 +12,9 @@ use crate::plan::{Kernel, Plan, Port, Step};
 use proc_macro2::{Literal, TokenStream};
 use quote::{format_ident, quote};
 
+/// The instruction set levels `RustOptions::isa` names.
+pub use kerac::Level;
+
 /// Choices for the generated code.
 #[derive(Debug, Clone)]
 pub struct RustOptions {
@@ -25,6 +28,9 @@ pub struct RustOptions {
     pub source: String,
     /// Where the weight bytes live in the generated code.
     pub weights: WeightsAt,
+    /// The widest instruction set `new()` may choose (`isa = "avx2"` pins it lower,
+    /// for reproducible timing).
+    pub isa: kerac::Level,
 }
 
 /// Where generated code keeps its weight bytes.
@@ -122,10 +128,16 @@ pub fn emit(plan: &Plan, options: &RustOptions) -> Result<TokenStream> {
         }
     };
     let model_trait = model_trait(plan, &name, &module);
+    let max_isa = match options.isa {
+        kerac::Level::Baseline => quote!(kerac::Level::Baseline),
+        kerac::Level::Avx2 => quote!(kerac::Level::Avx2),
+        kerac::Level::Avx512 => quote!(kerac::Level::Avx512),
+    };
     Ok(quote! {
         #[doc = #doc]
         #vis struct #name {
             arena: kerac::Arena<{ #module::ARENA_FLOATS }>,
+            isa: kerac::Dispatch,
         }
 
         #steps
@@ -142,9 +154,29 @@ pub fn emit(plan: &Plan, options: &RustOptions) -> Result<TokenStream> {
             /// Floating-point operations per call.
             pub const FLOPS: u64 = #flops;
 
-            /// A model with a zeroed arena.
-            pub const fn new() -> Self {
-                #name { arena: kerac::Arena::new() }
+            /// A model with a zeroed arena, running the widest kernels this CPU has
+            /// (up to the `isa` the model was compiled with): detected once, here.
+            pub fn new() -> Self {
+                Self::with_isa(#max_isa)
+            }
+
+            /// As [`Self::new`], with kernels no wider than `max`: for reproducible
+            /// timing, or to compare instruction sets on one machine.
+            pub fn with_isa(max: kerac::Level) -> Self {
+                let max = max.min(#max_isa);
+                #name { arena: kerac::Arena::new(), isa: kerac::Dispatch::detect(max) }
+            }
+
+            /// A model for a `static`: a constant cannot ask the CPU, so it runs the
+            /// widest kernels the build's target features enable (the baseline in a
+            /// plain build).
+            pub const fn new_const() -> Self {
+                #name { arena: kerac::Arena::new(), isa: kerac::Dispatch::compiled(#max_isa) }
+            }
+
+            /// The instruction set this model's kernels run with.
+            pub const fn isa(&self) -> kerac::Level {
+                self.isa.level()
             }
 
             #reset
@@ -154,7 +186,7 @@ pub fn emit(plan: &Plan, options: &RustOptions) -> Result<TokenStream> {
                 use kerac::Flat;
                 let arena = &mut self.arena.0;
                 #(kerac::arena::write(arena, #input_offsets, #input_names.flat());)*
-                #module::run(arena);
+                self.isa.run(#module::Run(arena));
                 #(let mut #out_vars: #output_types = #output_zeros;
                   kerac::arena::read(arena, #output_offsets, #out_vars.flat_mut());)*
                 #result
@@ -209,10 +241,20 @@ fn steps_module(plan: &Plan, options: &RustOptions, module: &syn::Ident) -> Resu
             /// Every weight, little-endian float32, each 64-byte aligned.
             pub(super) static WEIGHTS: kerac::Weights<#weight_bytes> = kerac::Weights(#blob);
             #(#consts)*
-            /// Runs every step; the inputs are already in the arena.
+            /// Runs every step with `isa`'s kernels; the inputs are already in the arena.
             #[inline(never)]
-            pub(super) fn run(arena: &mut [f32]) {
+            #[allow(unused_variables)]
+            pub(super) fn run<I: kerac::Isa>(isa: I, arena: &mut [f32]) {
                 #(#calls)*
+            }
+            /// [`run`] for whichever ISA the model chose when it was made.
+            pub(super) struct Run<'a>(pub(super) &'a mut [f32]);
+            impl kerac::WithIsa for Run<'_> {
+                type Output = ();
+                #[inline(always)]
+                fn with<I: kerac::Isa>(self, isa: I) {
+                    run(isa, self.0)
+                }
             }
         }
     })
@@ -248,6 +290,14 @@ fn model_trait(plan: &Plan, name: &syn::Ident, module: &syn::Ident) -> TokenStre
                 #name::new()
             }
 
+            fn with_isa(max: kerac::Level) -> Self {
+                #name::with_isa(max)
+            }
+
+            fn isa(&self) -> kerac::Level {
+                #name::isa(self)
+            }
+
             fn run(&mut self, inputs: &[&[f32]], outputs: &mut [&mut [f32]]) -> Result<(), kerac::Error> {
                 if inputs.len() != #n_in || outputs.len() != #n_out {
                     return Err(kerac::Error::BufferCount);
@@ -257,7 +307,7 @@ fn model_trait(plan: &Plan, name: &syn::Ident, module: &syn::Ident) -> TokenStre
                 }
                 let arena = &mut self.arena.0;
                 #(kerac::arena::write(arena, #input_offsets, inputs[#in_idx]);)*
-                #module::run(arena);
+                self.isa.run(#module::Run(arena));
                 #(kerac::arena::read(arena, #output_offsets, outputs[#out_idx]);)*
                 Ok(())
             }
@@ -332,25 +382,25 @@ fn emit_step(plan: &Plan, i: usize, step: &Step) -> Result<(TokenStream, TokenSt
     let (ty, value, call): (TokenStream, TokenStream, TokenStream) = match &step.kernel {
         Kernel::Dense { p, w, b } => (quote!(kerac::dense::Dense), p.to_rust(), {
             let (w, b) = (weight(*w), opt_weight(*b));
-            quote!(kerac::dense::dense(&#name, x0, #w, #b, y))
+            quote!(kerac::dense::dense(isa, &#name, x0, #w, #b, y))
         }),
         Kernel::Conv { p, w, b } => (quote!(kerac::conv::Conv), p.to_rust(), {
             let (w, b) = (weight(*w), opt_weight(*b));
-            quote!(kerac::conv::conv(&#name, x0, #w, #b, y))
+            quote!(kerac::conv::conv(isa, &#name, x0, #w, #b, y))
         }),
         Kernel::ConvTranspose { p, w, b } => (quote!(kerac::conv::ConvTranspose), p.to_rust(), {
             let (w, b) = (weight(*w), opt_weight(*b));
-            quote!(kerac::conv::conv_transpose(&#name, x0, #w, #b, y))
+            quote!(kerac::conv::conv_transpose(isa, &#name, x0, #w, #b, y))
         }),
         Kernel::Pool(p) => (
             quote!(kerac::pool::Pool),
             p.to_rust(),
-            quote!(kerac::pool::pool(&#name, x0, y)),
+            quote!(kerac::pool::pool(isa, &#name, x0, y)),
         ),
         Kernel::GlobalPool(p) => (
             quote!(kerac::pool::GlobalPool),
             p.to_rust(),
-            quote!(kerac::pool::global_pool(&#name, x0, y)),
+            quote!(kerac::pool::global_pool(isa, &#name, x0, y)),
         ),
         Kernel::ScaleShift { p, scale, offset } => (quote!(kerac::norm::Strided), p.to_rust(), {
             let (s, o) = (weight(*scale), weight(*offset));
@@ -363,7 +413,7 @@ fn emit_step(plan: &Plan, i: usize, step: &Step) -> Result<(TokenStream, TokenSt
         Kernel::Activation(act) => (
             quote!(kerac::Act),
             act.to_rust(),
-            quote!(kerac::norm::activation(#name, x0, y)),
+            quote!(kerac::norm::activation(isa, #name, x0, y)),
         ),
         Kernel::Softmax { p, log } => (
             quote!(kerac::norm::Strided),
@@ -430,7 +480,7 @@ fn emit_step(plan: &Plan, i: usize, step: &Step) -> Result<(TokenStream, TokenSt
                 Some(id) => weight(*id),
                 None => quote!(&[]),
             };
-            quote!(kerac::attention::attention(&#name, x0, x1, x2, #w, y))
+            quote!(kerac::attention::attention(isa, &#name, x0, x1, x2, #w, y))
         }),
         Kernel::Gather { p, table } => (quote!(kerac::shape::Gather), p.to_rust(), {
             let t = weight(*table);
@@ -447,7 +497,7 @@ fn emit_step(plan: &Plan, i: usize, step: &Step) -> Result<(TokenStream, TokenSt
                 None => quote!(None),
             };
             let (h0, c0, mask) = (at(r.h0), at(r.c0), at(r.mask));
-            quote!(kerac::recurrent::recurrent(&#name, x0, #u, #rb, #h0, #c0, #mask, y))
+            quote!(kerac::recurrent::recurrent(isa, &#name, x0, #u, #rb, #h0, #c0, #mask, y))
         }),
     };
     let in_shapes: Vec<String> = step

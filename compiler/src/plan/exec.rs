@@ -7,6 +7,7 @@ use crate::bail;
 use crate::error::{Error, Result};
 use kerac::arena::{views, Region};
 use kerac::{attention, conv, dense, merge, norm, pool, recurrent, shape};
+use kerac::{Dispatch, Isa, Level, WithIsa};
 use ndarray::{ArrayD, IxDyn};
 
 /// Runs the plan once at its batch size. `inputs` are in Keras's order.
@@ -15,9 +16,20 @@ pub fn run(plan: &Plan, inputs: &[ArrayD<f32>]) -> Result<Vec<ArrayD<f32>>> {
 }
 
 /// As [`run`], in `arena`, which keeps a streaming plan's recurrent state from one call
-/// to the next (an empty or zeroed arena is the initial state).
+/// to the next (an empty or zeroed arena is the initial state). The kernels are the
+/// widest this CPU has, as in a model made with `new()`.
 pub fn run_in(
     plan: &Plan,
+    arena: &mut Vec<f32>,
+    inputs: &[ArrayD<f32>],
+) -> Result<Vec<ArrayD<f32>>> {
+    run_with(plan, Dispatch::detect(Level::Avx512), arena, inputs)
+}
+
+/// As [`run_in`], with the kernels of `isa`.
+pub fn run_with(
+    plan: &Plan,
+    isa: Dispatch,
     arena: &mut Vec<f32>,
     inputs: &[ArrayD<f32>],
 ) -> Result<Vec<ArrayD<f32>>> {
@@ -33,16 +45,7 @@ pub fn run_in(
     }
     let arena = arena.as_mut_slice();
     write_inputs(plan, arena, inputs)?;
-    for step in &plan.steps {
-        call(plan, step, arena).map_err(|e| {
-            Error::new(format!(
-                "step `{}` ({}): {}",
-                step.layers,
-                step.kernel.name(),
-                e.message
-            ))
-        })?;
-    }
+    isa.run(Steps { plan, arena })?;
     plan.outputs
         .iter()
         .map(|port| {
@@ -75,28 +78,59 @@ fn write_inputs(plan: &Plan, arena: &mut [f32], inputs: &[ArrayD<f32>]) -> Resul
     Ok(())
 }
 
-/// The median time of each step over `runs` calls, in nanoseconds: where a call's time
-/// goes. Inputs are written again before every call, because the arena plan may reuse
+/// The median time of each step over `runs` calls with `isa`'s kernels, in
+/// nanoseconds: where a call's time goes. Inputs are written again before every call, because the arena plan may reuse
 /// their regions once they are dead.
-pub fn profile(plan: &Plan, inputs: &[ArrayD<f32>], runs: usize) -> Result<Vec<f64>> {
+pub fn profile(
+    plan: &Plan,
+    isa: Dispatch,
+    inputs: &[ArrayD<f32>],
+    runs: usize,
+) -> Result<Vec<f64>> {
     let mut arena = Vec::new();
-    run_in(plan, &mut arena, inputs)?;
-    let mut times = vec![Vec::with_capacity(runs.max(1)); plan.steps.len()];
-    for _ in 0..runs.max(1) {
-        write_inputs(plan, &mut arena, inputs)?;
-        for (step, times) in plan.steps.iter().zip(times.iter_mut()) {
-            let start = std::time::Instant::now();
-            call(plan, step, &mut arena)?;
-            times.push(start.elapsed().as_nanos() as f64);
+    run_with(plan, isa, &mut arena, inputs)?;
+    isa.run(Profile {
+        plan,
+        inputs,
+        runs,
+        arena: &mut arena,
+    })
+}
+
+/// [`profile`] with one ISA's kernels.
+struct Profile<'a> {
+    plan: &'a Plan,
+    inputs: &'a [ArrayD<f32>],
+    runs: usize,
+    arena: &'a mut [f32],
+}
+
+impl WithIsa for Profile<'_> {
+    type Output = Result<Vec<f64>>;
+    fn with<I: Isa>(self, isa: I) -> Result<Vec<f64>> {
+        let Profile {
+            plan,
+            inputs,
+            runs,
+            arena,
+        } = self;
+        let mut times = vec![Vec::with_capacity(runs.max(1)); plan.steps.len()];
+        for _ in 0..runs.max(1) {
+            write_inputs(plan, arena, inputs)?;
+            for (step, times) in plan.steps.iter().zip(times.iter_mut()) {
+                let start = std::time::Instant::now();
+                call(isa, plan, step, arena)?;
+                times.push(start.elapsed().as_nanos() as f64);
+            }
         }
+        Ok(times
+            .into_iter()
+            .map(|mut t| {
+                t.sort_by(f64::total_cmp);
+                t[t.len() / 2]
+            })
+            .collect())
     }
-    Ok(times
-        .into_iter()
-        .map(|mut t| {
-            t.sort_by(f64::total_cmp);
-            t[t.len() / 2]
-        })
-        .collect())
 }
 
 fn region(plan: &Plan, value: usize) -> Region {
@@ -132,11 +166,34 @@ macro_rules! with_inputs {
     }};
 }
 
+/// Every step of a plan, with one ISA's kernels.
+struct Steps<'a> {
+    plan: &'a Plan,
+    arena: &'a mut [f32],
+}
+
+impl WithIsa for Steps<'_> {
+    type Output = Result<()>;
+    fn with<I: Isa>(self, isa: I) -> Result<()> {
+        for step in &self.plan.steps {
+            call(isa, self.plan, step, self.arena).map_err(|e| {
+                Error::new(format!(
+                    "step `{}` ({}): {}",
+                    step.layers,
+                    step.kernel.name(),
+                    e.message
+                ))
+            })?;
+        }
+        Ok(())
+    }
+}
+
 fn bad_regions() -> Error {
     Error::new("the arena plan gave overlapping or out-of-bounds regions")
 }
 
-fn call(plan: &Plan, step: &Step, arena: &mut [f32]) -> Result<()> {
+fn call<I: Isa>(isa: I, plan: &Plan, step: &Step, arena: &mut [f32]) -> Result<()> {
     let w = |id: usize| plan.weights[id].data.as_slice();
     let ow = |id: Option<usize>| id.map(|id| plan.weights[id].data.as_slice());
     match &step.kernel {
@@ -170,7 +227,17 @@ fn call(plan: &Plan, step: &Step, arena: &mut [f32]) -> Result<()> {
                 views(arena, reads, region(plan, step.output)).ok_or_else(bad_regions)?;
             let r = step.recurrent_inputs();
             let at = |i: Option<usize>| i.map(|i| ins[i]);
-            recurrent::recurrent(p, ins[0], w(*u), ow(*rb), at(r.h0), at(r.c0), at(r.mask), y);
+            recurrent::recurrent(
+                isa,
+                p,
+                ins[0],
+                w(*u),
+                ow(*rb),
+                at(r.h0),
+                at(r.c0),
+                at(r.mask),
+                y,
+            );
         }
         Kernel::Attention { p, w: aw } => {
             let reads = [0, 1, 2].map(|i| region(plan, step.inputs[i]));
@@ -178,7 +245,7 @@ fn call(plan: &Plan, step: &Step, arena: &mut [f32]) -> Result<()> {
             let (ins, y) =
                 views(arena, reads, region(plan, step.output)).ok_or_else(bad_regions)?;
             let aw = aw.map_or(&[][..], |id| plan.weights[id].data.as_slice());
-            attention::attention(p, ins[0], ins[1], ins[2], aw, y);
+            attention::attention(isa, p, ins[0], ins[1], ins[2], aw, y);
         }
         Kernel::BatchDot(p) => {
             let ([a, b], out) = views(
@@ -197,18 +264,18 @@ fn call(plan: &Plan, step: &Step, arena: &mut [f32]) -> Result<()> {
             )
             .ok_or_else(bad_regions)?;
             match kernel {
-                Kernel::Dense { p, w: k, b } => dense::dense(p, x, w(*k), ow(*b), y),
-                Kernel::Conv { p, w: k, b } => conv::conv(p, x, w(*k), ow(*b), y),
+                Kernel::Dense { p, w: k, b } => dense::dense(isa, p, x, w(*k), ow(*b), y),
+                Kernel::Conv { p, w: k, b } => conv::conv(isa, p, x, w(*k), ow(*b), y),
                 Kernel::ConvTranspose { p, w: k, b } => {
-                    conv::conv_transpose(p, x, w(*k), ow(*b), y)
+                    conv::conv_transpose(isa, p, x, w(*k), ow(*b), y)
                 }
-                Kernel::Pool(p) => pool::pool(p, x, y),
-                Kernel::GlobalPool(p) => pool::global_pool(p, x, y),
+                Kernel::Pool(p) => pool::pool(isa, p, x, y),
+                Kernel::GlobalPool(p) => pool::global_pool(isa, p, x, y),
                 Kernel::ScaleShift { p, scale, offset } => {
                     norm::scale_shift(p, w(*scale), w(*offset), x, y)
                 }
                 Kernel::Prelu { p, alpha } => norm::prelu(p, w(*alpha), x, y),
-                Kernel::Activation(act) => norm::activation(*act, x, y),
+                Kernel::Activation(act) => norm::activation(isa, *act, x, y),
                 Kernel::Softmax { p, log } => norm::softmax(p, *log, x, y),
                 Kernel::LayerNorm { p, gamma, beta } => {
                     norm::layer_norm(p, ow(*gamma), ow(*beta), x, y)

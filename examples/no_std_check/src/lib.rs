@@ -14,7 +14,7 @@ kerac::model!(pub Bidirectional = "../../tests/fixtures/bidirectional/k3.keras")
 kerac::model!(pub Transformer = "../../tests/fixtures/transformer_block/k3.keras");
 kerac::model!(pub Tagger = "../../tests/fixtures/embedding_tagger/k3.keras");
 
-static mut MLP: Mlp = Mlp::new();
+static mut MLP: Mlp = Mlp::new_const();
 
 /// Runs the MLP fixture on 12 floats at `x`, writing 10 at `y`.
 ///

@@ -10,12 +10,9 @@
 // Polynomial coefficients are quoted as their sources publish them; float32 rounds them.
 #![allow(clippy::excessive_precision)]
 
+use crate::isa::Isa;
 pub use crate::lanes::Lanes;
-use crate::lanes::S;
-#[cfg(all(target_arch = "x86_64", not(target_feature = "avx2")))]
-use crate::lanes::V4;
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-use crate::lanes::V8;
+use crate::lanes::{Vector, S};
 
 /// An elementwise activation.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -360,38 +357,40 @@ impl Act {
         }
     }
 
-    /// Applies the activation to every value: eight at a time where AVX2 is enabled,
-    /// else four in SSE registers on x86-64, with the same bits as one at a time.
-    #[inline]
-    pub fn apply(self, data: &mut [f32]) {
+    /// Applies the activation to every value with `isa`'s widest registers, then its
+    /// half width, then one at a time: the same bits at every width.
+    pub fn apply<I: Isa>(self, isa: I, data: &mut [f32]) {
+        if self != Act::Linear {
+            isa.vectorize(
+                #[inline(always)]
+                || self.apply_in::<I>(data),
+            );
+        }
+    }
+
+    /// [`Act::apply`] for code already inside `I::vectorize`.
+    #[inline(always)]
+    pub(crate) fn apply_in<I: Isa>(self, data: &mut [f32]) {
         if self == Act::Linear {
             return;
         }
-        #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-        let data = {
-            let whole = data.len() - data.len() % 8;
-            let (head, tail) = data.split_at_mut(whole);
-            for chunk in head.chunks_exact_mut(8) {
-                if let Ok(lanes) = <&mut [f32; 8]>::try_from(chunk) {
-                    self.eval_lanes(V8::load(lanes)).store(lanes);
-                }
-            }
-            tail
-        };
-        #[cfg(all(target_arch = "x86_64", not(target_feature = "avx2")))]
-        let data = {
-            let whole = data.len() - data.len() % 4;
-            let (head, tail) = data.split_at_mut(whole);
-            for chunk in head.chunks_exact_mut(4) {
-                if let Ok(lanes) = <&mut [f32; 4]>::try_from(chunk) {
-                    self.eval_lanes(V4::load(lanes)).store(lanes);
-                }
-            }
-            tail
-        };
-        for v in data.iter_mut() {
+        let start = self.lanes::<I::F>(data, 0);
+        let start = self.lanes::<I::H>(data, start);
+        for v in &mut data[start..] {
             *v = self.eval(*v);
         }
+    }
+
+    /// Whole registers of `V` from `start`; returns the first value left.
+    #[inline(always)]
+    fn lanes<V: Vector>(self, data: &mut [f32], mut start: usize) -> usize {
+        let p = data.as_mut_ptr();
+        while start + V::LANES <= data.len() {
+            // SAFETY: `start + LANES <= len`; the ISA is the caller's.
+            unsafe { self.eval_lanes(V::load(p.add(start))).store(p.add(start)) };
+            start += V::LANES;
+        }
+        start
     }
 }
 
@@ -473,18 +472,40 @@ mod tests {
                     3e38,
                 ])
                 .collect();
-            let mut many = xs.clone();
-            act.apply(&mut many);
-            for (x, y) in xs.iter().zip(&many) {
-                let one = act.eval(*x);
-                // A NaN's sign and payload are not specified (the code generator may
-                // swap the operands of a product); that it is NaN is.
-                if one.is_nan() {
-                    assert!(y.is_nan(), "{act:?} at {x}: {y}");
-                } else {
-                    assert_eq!(one.to_bits(), y.to_bits(), "{act:?} at {x}");
+            for level in crate::isa::Level::ALL {
+                let isa = crate::isa::Dispatch::detect(level);
+                if isa.level() != level {
+                    std::eprintln!("{}: not on this CPU, skipped", level.name());
+                    continue;
+                }
+                let mut many = xs.clone();
+                isa.run(Apply(act, &mut many));
+                for (x, y) in xs.iter().zip(&many) {
+                    let one = act.eval(*x);
+                    // A NaN's sign and payload are not specified (the code generator
+                    // may swap the operands of a product); that it is NaN is.
+                    if one.is_nan() {
+                        assert!(y.is_nan(), "{act:?} at {x}: {y}, {}", level.name());
+                    } else {
+                        assert_eq!(
+                            one.to_bits(),
+                            y.to_bits(),
+                            "{act:?} at {x}, {}",
+                            level.name()
+                        );
+                    }
                 }
             }
+        }
+    }
+
+    /// An activation over a buffer, with whichever ISA a dispatch holds.
+    struct Apply<'a>(Act, &'a mut [f32]);
+
+    impl crate::isa::WithIsa for Apply<'_> {
+        type Output = ();
+        fn with<I: crate::isa::Isa>(self, isa: I) {
+            self.0.apply(isa, self.1);
         }
     }
 

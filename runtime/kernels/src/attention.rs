@@ -5,6 +5,7 @@
 //! every loop keeps a constant trip count.
 
 use crate::act::{exp, fmax, tanh};
+use crate::isa::Isa;
 use crate::lanes::Lanes;
 use crate::simd::{axpy, dot, part, part_mut};
 
@@ -39,8 +40,23 @@ pub const MASKED: f32 = -1e9;
 
 /// Runs attention; see [`Attention`] for the layouts. `w` holds the `dk` weights of
 /// additive scores.
-#[inline]
-pub fn attention(p: &Attention, q: &[f32], k: &[f32], v: &[f32], w: &[f32], y: &mut [f32]) {
+pub fn attention<I: Isa>(
+    isa: I,
+    p: &Attention,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    w: &[f32],
+    y: &mut [f32],
+) {
+    isa.vectorize(
+        #[inline(always)]
+        || attention_in::<I>(p, q, k, v, w, y),
+    );
+}
+
+#[inline(always)]
+fn attention_in<I: Isa>(p: &Attention, q: &[f32], k: &[f32], v: &[f32], w: &[f32], y: &mut [f32]) {
     let (h, dk, dv) = (p.heads, p.dk, p.dv);
     if (p.additive && w.len() < dk)
         || q.len() < p.batch * p.tq * h * dk
@@ -85,7 +101,7 @@ pub fn attention(p: &Attention, q: &[f32], k: &[f32], v: &[f32], w: &[f32], y: &
                     for o in out.iter_mut() {
                         *o *= keep;
                     }
-                    axpy(out, weight, vj);
+                    axpy::<I>(out, weight, vj);
                     max = next;
                 }
                 let inv = 1.0 / sum;

@@ -39,9 +39,55 @@ pub trait Lanes:
     fn sqrt(self) -> Self;
 }
 
+/// A register of float lanes the kernels load, multiply-add and store: the one
+/// interface the convolution, dense and pooling loops are written against, so each is
+/// written once for every width.
+pub trait Vector: Lanes {
+    /// Floats per register.
+    const LANES: usize;
+    /// `LANES` floats from `p`.
+    ///
+    /// # Safety
+    /// `p` is readable for `LANES` floats, and the CPU has the instructions of the
+    /// [`crate::isa::Isa`] this type belongs to.
+    unsafe fn load(p: *const f32) -> Self;
+    /// `LANES` floats into `p`.
+    ///
+    /// # Safety
+    /// `p` is writable for `LANES` floats; the CPU as for [`Vector::load`].
+    unsafe fn store(self, p: *mut f32);
+    /// `self * b + c`: fused (one rounding) where the ISA has FMA, else a product
+    /// then a sum, which is the portable loop's rounding.
+    fn mul_add(self, b: Self, c: Self) -> Self;
+    /// `self > o ? self : o`, x86 `maxps`: NaN in either gives `o`.
+    fn max(self, o: Self) -> Self;
+}
+
+impl Vector for S {
+    const LANES: usize = 1;
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> S {
+        // SAFETY: the caller guarantees one readable float.
+        S(unsafe { *p })
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        // SAFETY: the caller guarantees one writable float.
+        unsafe { *p = self.0 }
+    }
+    #[inline(always)]
+    fn mul_add(self, b: S, c: S) -> S {
+        S(c.0 + self.0 * b.0)
+    }
+    #[inline(always)]
+    fn max(self, o: S) -> S {
+        S::select(self.gt(o), self, o)
+    }
+}
+
 /// One float; SSE registers on x86-64 so selects stay branch-free.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub(crate) struct S(pub f32);
+pub struct S(pub f32);
 
 macro_rules! scalar_op {
     ($trait:ident, $f:ident, $op:tt) => {
@@ -209,12 +255,12 @@ impl S {
     }
 }
 
-/// Four lanes in an SSE register where AVX2 is not enabled: SSE2 is part of every
-/// x86-64, so a plain `cargo build` gets vector activations too.
-#[cfg(all(target_arch = "x86_64", not(target_feature = "avx2")))]
+/// Four lanes in an SSE register: SSE2 is part of every x86-64, so a plain
+/// `cargo build` gets vector code too.
+#[cfg(target_arch = "x86_64")]
 pub(crate) use sse::V4;
 
-#[cfg(all(target_arch = "x86_64", not(target_feature = "avx2")))]
+#[cfg(target_arch = "x86_64")]
 mod sse {
     use super::Lanes;
     use core::arch::x86_64::*;
@@ -222,7 +268,7 @@ mod sse {
 
     /// Four floats in an SSE register.
     #[derive(Clone, Copy, Debug)]
-    pub(crate) struct V4(pub __m128);
+    pub struct V4(pub __m128);
 
     macro_rules! vector_op {
         ($trait:ident, $f:ident, $intrinsic:ident) => {
@@ -312,24 +358,38 @@ mod sse {
         }
     }
 
-    impl V4 {
-        /// Four floats from `src[..4]`.
+    impl super::Vector for V4 {
+        const LANES: usize = 4;
         #[inline(always)]
-        pub(crate) fn load(src: &[f32; 4]) -> V4 {
-            V4(unsafe { _mm_loadu_ps(src.as_ptr()) })
+        unsafe fn load(p: *const f32) -> V4 {
+            // SAFETY: the caller guarantees four readable floats; the load is unaligned.
+            V4(unsafe { _mm_loadu_ps(p) })
         }
-        /// Four floats into `dst[..4]`.
         #[inline(always)]
-        pub(crate) fn store(self, dst: &mut [f32; 4]) {
-            unsafe { _mm_storeu_ps(dst.as_mut_ptr(), self.0) }
+        unsafe fn store(self, p: *mut f32) {
+            // SAFETY: the caller guarantees four writable floats; the store is unaligned.
+            unsafe { _mm_storeu_ps(p, self.0) }
+        }
+        #[inline(always)]
+        fn mul_add(self, b: V4, c: V4) -> V4 {
+            // SSE2 has no FMA: the portable loop's product, then sum.
+            c + self * b
+        }
+        #[inline(always)]
+        fn max(self, o: V4) -> V4 {
+            // SAFETY: SSE is part of the x86-64 baseline.
+            V4(unsafe { _mm_max_ps(self.0, o.0) })
         }
     }
 }
 
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[cfg(target_arch = "x86_64")]
 pub(crate) use avx2::V8;
 
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+/// Eight lanes in an AVX register. Its functions are `inline(always)` and run only
+/// inside [`crate::isa::Avx2`] or [`crate::isa::Avx512`]'s `vectorize`, which the CPU was
+/// checked to support when the token was made.
+#[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::Lanes;
     use core::arch::x86_64::*;
@@ -337,7 +397,7 @@ mod avx2 {
 
     /// Eight floats in an AVX register.
     #[derive(Clone, Copy, Debug)]
-    pub(crate) struct V8(pub __m256);
+    pub struct V8(pub __m256);
 
     macro_rules! vector_op {
         ($trait:ident, $f:ident, $intrinsic:ident) => {
@@ -345,7 +405,7 @@ mod avx2 {
                 type Output = V8;
                 #[inline(always)]
                 fn $f(self, o: V8) -> V8 {
-                    // SAFETY: this module is compiled only with AVX2 enabled.
+                    // SAFETY: V8 runs only where the CPU has AVX2 (see the module's comment).
                     V8(unsafe { $intrinsic(self.0, o.0) })
                 }
             }
@@ -360,12 +420,12 @@ mod avx2 {
         type Output = V8;
         #[inline(always)]
         fn neg(self) -> V8 {
-            // SAFETY: AVX2 is enabled for this module.
+            // SAFETY: V8 runs only where the CPU has AVX2.
             V8(unsafe { _mm256_xor_ps(self.0, _mm256_set1_ps(-0.0)) })
         }
     }
 
-    // SAFETY (every block below): this module is compiled only with AVX2 enabled.
+    // SAFETY (every block below): V8 runs only where the CPU has AVX2.
     impl Lanes for V8 {
         #[inline(always)]
         fn splat(v: f32) -> V8 {
@@ -428,16 +488,179 @@ mod avx2 {
         }
     }
 
-    impl V8 {
-        /// Eight floats from `src[..8]`.
+    impl super::Vector for V8 {
+        const LANES: usize = 8;
         #[inline(always)]
-        pub(crate) fn load(src: &[f32; 8]) -> V8 {
-            V8(unsafe { _mm256_loadu_ps(src.as_ptr()) })
+        unsafe fn load(p: *const f32) -> V8 {
+            // SAFETY: the caller guarantees eight readable floats and AVX; unaligned.
+            V8(unsafe { _mm256_loadu_ps(p) })
         }
-        /// Eight floats into `dst[..8]`.
         #[inline(always)]
-        pub(crate) fn store(self, dst: &mut [f32; 8]) {
-            unsafe { _mm256_storeu_ps(dst.as_mut_ptr(), self.0) }
+        unsafe fn store(self, p: *mut f32) {
+            // SAFETY: the caller guarantees eight writable floats and AVX; unaligned.
+            unsafe { _mm256_storeu_ps(p, self.0) }
+        }
+        #[inline(always)]
+        fn mul_add(self, b: V8, c: V8) -> V8 {
+            // SAFETY: V8 runs only where the CPU has AVX2 and FMA.
+            V8(unsafe { _mm256_fmadd_ps(self.0, b.0, c.0) })
+        }
+        #[inline(always)]
+        fn max(self, o: V8) -> V8 {
+            // SAFETY: V8 runs only where the CPU has AVX2.
+            V8(unsafe { _mm256_max_ps(self.0, o.0) })
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) use avx512::V16;
+
+/// Sixteen lanes in an AVX-512 register. As for [`V8`]: it runs only inside
+/// [`crate::isa::Avx512`]'s `vectorize`. AVX-512F alone has no float `and`/`or`/`xor`
+/// (those are AVX-512DQ), so masks and blends go through the integer forms, bit for bit
+/// the same operations as the narrower lanes.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::Lanes;
+    use core::arch::x86_64::*;
+    use core::ops::{Add, Div, Mul, Neg, Sub};
+
+    /// Sixteen floats in an AVX-512 register.
+    #[derive(Clone, Copy, Debug)]
+    pub struct V16(pub __m512);
+
+    macro_rules! vector_op {
+        ($trait:ident, $f:ident, $intrinsic:ident) => {
+            impl $trait for V16 {
+                type Output = V16;
+                #[inline(always)]
+                fn $f(self, o: V16) -> V16 {
+                    // SAFETY: V16 runs only where the CPU has AVX-512F.
+                    V16(unsafe { $intrinsic(self.0, o.0) })
+                }
+            }
+        };
+    }
+    vector_op!(Add, add, _mm512_add_ps);
+    vector_op!(Sub, sub, _mm512_sub_ps);
+    vector_op!(Mul, mul, _mm512_mul_ps);
+    vector_op!(Div, div, _mm512_div_ps);
+
+    #[inline(always)]
+    fn bits(v: __m512) -> __m512i {
+        // SAFETY: a reinterpretation; V16 runs only where the CPU has AVX-512F.
+        unsafe { _mm512_castps_si512(v) }
+    }
+
+    #[inline(always)]
+    fn float(v: __m512i) -> V16 {
+        // SAFETY: as for `bits`.
+        V16(unsafe { _mm512_castsi512_ps(v) })
+    }
+
+    #[inline(always)]
+    fn mask(k: __mmask16) -> V16 {
+        // SAFETY: as for `bits`.
+        float(unsafe { _mm512_maskz_set1_epi32(k, -1) })
+    }
+
+    impl Neg for V16 {
+        type Output = V16;
+        #[inline(always)]
+        fn neg(self) -> V16 {
+            // SAFETY: V16 runs only where the CPU has AVX-512F.
+            float(unsafe { _mm512_xor_si512(bits(self.0), _mm512_set1_epi32(i32::MIN)) })
+        }
+    }
+
+    // SAFETY (every block below): V16 runs only where the CPU has AVX-512F. The
+    // operations are those of the AVX2 lanes at twice the width, so the bits are the same.
+    impl Lanes for V16 {
+        #[inline(always)]
+        fn splat(v: f32) -> V16 {
+            V16(unsafe { _mm512_set1_ps(v) })
+        }
+        #[inline(always)]
+        fn gt(self, o: V16) -> V16 {
+            mask(unsafe { _mm512_cmp_ps_mask::<_CMP_GT_OQ>(self.0, o.0) })
+        }
+        #[inline(always)]
+        fn lt(self, o: V16) -> V16 {
+            mask(unsafe { _mm512_cmp_ps_mask::<_CMP_LT_OQ>(self.0, o.0) })
+        }
+        #[inline(always)]
+        fn ge(self, o: V16) -> V16 {
+            mask(unsafe { _mm512_cmp_ps_mask::<_CMP_GE_OQ>(self.0, o.0) })
+        }
+        #[inline(always)]
+        fn select(m: V16, a: V16, b: V16) -> V16 {
+            let (m, a, b) = (bits(m.0), bits(a.0), bits(b.0));
+            float(unsafe { _mm512_or_si512(_mm512_and_si512(m, a), _mm512_andnot_si512(m, b)) })
+        }
+        #[inline(always)]
+        fn trunc(self) -> V16 {
+            V16(unsafe { _mm512_cvtepi32_ps(_mm512_cvttps_epi32(self.0)) })
+        }
+        #[inline(always)]
+        fn pow2_minus_1(self) -> V16 {
+            unsafe {
+                let n = _mm512_cvttps_epi32(self.0);
+                float(_mm512_slli_epi32::<23>(_mm512_add_epi32(
+                    n,
+                    _mm512_set1_epi32(126),
+                )))
+            }
+        }
+        #[inline(always)]
+        fn exponent(self) -> V16 {
+            unsafe {
+                let e = _mm512_and_si512(
+                    _mm512_srli_epi32::<23>(bits(self.0)),
+                    _mm512_set1_epi32(0xff),
+                );
+                V16(_mm512_cvtepi32_ps(_mm512_sub_epi32(
+                    e,
+                    _mm512_set1_epi32(126),
+                )))
+            }
+        }
+        #[inline(always)]
+        fn sqrt(self) -> V16 {
+            V16(unsafe { _mm512_sqrt_ps(self.0) })
+        }
+        #[inline(always)]
+        fn mantissa(self) -> V16 {
+            unsafe {
+                float(_mm512_or_si512(
+                    _mm512_and_si512(bits(self.0), _mm512_set1_epi32(0x007f_ffff)),
+                    _mm512_set1_epi32(0x3f00_0000),
+                ))
+            }
+        }
+    }
+
+    impl super::Vector for V16 {
+        const LANES: usize = 16;
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> V16 {
+            // SAFETY: the caller guarantees sixteen readable floats; unaligned.
+            V16(unsafe { _mm512_loadu_ps(p) })
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            // SAFETY: the caller guarantees sixteen writable floats; unaligned.
+            unsafe { _mm512_storeu_ps(p, self.0) }
+        }
+        #[inline(always)]
+        fn mul_add(self, b: V16, c: V16) -> V16 {
+            // SAFETY: V16 runs only where the CPU has AVX-512F.
+            V16(unsafe { _mm512_fmadd_ps(self.0, b.0, c.0) })
+        }
+        #[inline(always)]
+        fn max(self, o: V16) -> V16 {
+            // SAFETY: as above; `vmaxps` has `maxps`'s NaN rule at every width.
+            V16(unsafe { _mm512_max_ps(self.0, o.0) })
         }
     }
 }

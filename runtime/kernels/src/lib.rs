@@ -8,11 +8,15 @@
 #![no_std]
 #![deny(missing_docs)]
 
+#[cfg(any(feature = "std", test))]
+extern crate std;
+
 pub mod act;
 pub mod arena;
 pub mod attention;
 pub mod conv;
 pub mod dense;
+pub mod isa;
 pub mod lanes;
 pub mod merge;
 pub mod norm;
@@ -25,6 +29,7 @@ pub mod window;
 
 pub use act::Act;
 pub use arena::Arena;
+pub use isa::{Dispatch, Isa, Level, WithIsa};
 pub use weights::{Flat, Weights};
 pub use window::Window;
 
@@ -41,10 +46,16 @@ pub enum Error {
 /// output order, for the batch size it was compiled with. Generic code (a server, a test
 /// harness, a benchmark) drives any compiled model through it.
 pub trait Model {
-    /// A model with a zeroed arena.
+    /// A model with a zeroed arena, running the widest kernels the CPU has.
     fn new() -> Self
     where
         Self: Sized;
+    /// As [`Model::new`], with kernels no wider than `max`.
+    fn with_isa(max: Level) -> Self
+    where
+        Self: Sized;
+    /// The instruction set the model's kernels run with.
+    fn isa(&self) -> Level;
     /// Runs the model; a wrong number or length of buffers is an error, never a panic.
     fn run(&mut self, inputs: &[&[f32]], outputs: &mut [&mut [f32]]) -> Result<(), Error>;
     /// Forgets the recurrent state of a streaming model (nothing to do for others).

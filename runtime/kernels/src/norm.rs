@@ -4,6 +4,7 @@
 //! values spaced `inner` apart, the axes Keras names wherever they are.
 
 use crate::act::{exp, fmax, log, Act};
+use crate::isa::Isa;
 
 /// `outer` blocks of `n` values, each value `inner` floats from the next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,11 +59,10 @@ pub fn prelu(p: &Strided, alpha: &[f32], x: &[f32], y: &mut [f32]) {
 }
 
 /// An elementwise activation from `x` into `y`.
-#[inline]
-pub fn activation(act: Act, x: &[f32], y: &mut [f32]) {
+pub fn activation<I: Isa>(isa: I, act: Act, x: &[f32], y: &mut [f32]) {
     let n = x.len().min(y.len());
     y[..n].copy_from_slice(&x[..n]);
-    act.apply(&mut y[..n]);
+    act.apply(isa, &mut y[..n]);
 }
 
 /// Softmax (or log-softmax) over the named axes.

@@ -5,7 +5,8 @@
 //! Gate order is Keras's: LSTM `i, f, c, o`; GRU `z, r, h`.
 
 use crate::act::Act;
-use crate::dense::{dense, Dense};
+use crate::dense::{dense_in, Dense};
+use crate::isa::Isa;
 use crate::lanes::{Lanes, S};
 use crate::simd::{axpy, part, part_mut};
 
@@ -93,9 +94,27 @@ impl Recurrent {
 /// nonzero for a step that counts; at the others the state carries over, as Keras
 /// does with a mask), and `y` receives [`Recurrent::out_len`] floats:
 /// `[batch, steps, state]`, then scratch.
-#[inline]
 #[allow(clippy::too_many_arguments)]
-pub fn recurrent(
+pub fn recurrent<I: Isa>(
+    isa: I,
+    p: &Recurrent,
+    xp: &[f32],
+    u: &[f32],
+    rb: Option<&[f32]>,
+    h0: Option<&[f32]>,
+    c0: Option<&[f32]>,
+    mask: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    isa.vectorize(
+        #[inline(always)]
+        || recurrent_in::<I>(p, xp, u, rb, h0, c0, mask, y),
+    );
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn recurrent_in<I: Isa>(
     p: &Recurrent,
     xp: &[f32],
     u: &[f32],
@@ -168,7 +187,7 @@ pub fn recurrent(
                     n: width,
                     act: Act::Linear,
                 };
-                dense(&d, h_prev, u, rb, hu);
+                dense_in::<I>(&d, h_prev, u, rb, hu);
             } else {
                 match rb {
                     Some(rb) => {
@@ -180,7 +199,7 @@ pub fn recurrent(
                 }
                 for (k, &hk) in h_prev.iter().enumerate() {
                     let ur = unsafe { part(u, k * width, recurrent_cols) };
-                    axpy(unsafe { part_mut(hu, 0, recurrent_cols) }, hk, ur);
+                    axpy::<I>(unsafe { part_mut(hu, 0, recurrent_cols) }, hk, ur);
                 }
             }
             let x = unsafe { part(xp, (b * p.steps + input) * width, width) };
@@ -191,16 +210,18 @@ pub fn recurrent(
                     for ((o, &xv), &hv) in out.iter_mut().zip(x).zip(hu.iter()) {
                         *o = xv + hv;
                     }
-                    p.act.apply(out);
+                    p.act.apply_in::<I>(out);
                 }
                 Cell::Lstm => {
                     for (hv, &xv) in hu.iter_mut().zip(x) {
                         *hv += xv;
                     }
                     let ifg = unsafe { part_mut(hu, 0, 2 * units) };
-                    p.rec_act.apply(ifg);
-                    p.act.apply(unsafe { part_mut(hu, 2 * units, units) });
-                    p.rec_act.apply(unsafe { part_mut(hu, 3 * units, units) });
+                    p.rec_act.apply_in::<I>(ifg);
+                    p.act
+                        .apply_in::<I>(unsafe { part_mut(hu, 2 * units, units) });
+                    p.rec_act
+                        .apply_in::<I>(unsafe { part_mut(hu, 3 * units, units) });
                     let (i, f, g, o) = unsafe {
                         (
                             part(hu, 0, units),
@@ -223,7 +244,7 @@ pub fn recurrent(
                         *cv = fv * cp + iv * gv;
                         *hv = *cv;
                     }
-                    p.act.apply(h);
+                    p.act.apply_in::<I>(h);
                     for (hv, &ov) in h.iter_mut().zip(o) {
                         *hv *= ov;
                     }
@@ -232,7 +253,8 @@ pub fn recurrent(
                     for (v, &xv) in unsafe { part_mut(hu, 0, 2 * units) }.iter_mut().zip(x) {
                         *v += xv;
                     }
-                    p.rec_act.apply(unsafe { part_mut(hu, 0, 2 * units) });
+                    p.rec_act
+                        .apply_in::<I>(unsafe { part_mut(hu, 0, 2 * units) });
                     let Some((zr, hh)) = hu.split_at_mut_checked(2 * units) else {
                         return;
                     };
@@ -253,10 +275,10 @@ pub fn recurrent(
                         }
                         for (k, &rk) in c_prev.iter().enumerate() {
                             let ur = unsafe { part(u, k * width + 2 * units, units) };
-                            axpy(hh, rk, ur);
+                            axpy::<I>(hh, rk, ur);
                         }
                     }
-                    p.act.apply(hh);
+                    p.act.apply_in::<I>(hh);
                     for (((o, &zv), &hp), &hv) in
                         out.iter_mut().zip(z).zip(h_prev.iter()).zip(hh.iter())
                     {

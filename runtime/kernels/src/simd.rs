@@ -1,144 +1,62 @@
-//! The inner loops that decide speed, chosen in this one place: AVX2+FMA when the
-//! target has it at compile time, else a portable version of the same algorithm.
+//! The inner loops that decide speed, written once over [`Vector`]: each kernel
+//! calls them with its ISA's registers inside [`crate::isa::Isa::vectorize`].
 
-/// `y += a * x` over `min(len)` values.
+use crate::isa::Isa;
+use crate::lanes::Vector;
+
+/// `y += a * x` over `min(len)` values: `I`'s widest registers, then its half
+/// width, then one by one.
 #[inline(always)]
-pub(crate) fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    ))]
-    {
-        let n = y.len().min(x.len());
-        let (yh, yt) = y[..n].split_at_mut(n - n % 8);
-        let (xh, xt) = x[..n].split_at(n - n % 8);
-        for (yc, xc) in yh.chunks_exact_mut(8).zip(xh.chunks_exact(8)) {
-            use core::arch::x86_64::*;
-            // SAFETY: both chunks hold exactly 8 floats (chunks_exact), the loads and the
-            // store are unaligned forms, and avx2+fma are enabled for this build.
-            unsafe {
-                let acc = _mm256_fmadd_ps(
-                    _mm256_set1_ps(a),
-                    _mm256_loadu_ps(xc.as_ptr()),
-                    _mm256_loadu_ps(yc.as_ptr()),
-                );
-                _mm256_storeu_ps(yc.as_mut_ptr(), acc);
-            }
-        }
-        for (yv, &xv) in yt.iter_mut().zip(xt) {
-            *yv += a * xv;
-        }
-    }
-    #[cfg(not(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    )))]
-    for (yv, &xv) in y.iter_mut().zip(x) {
+pub(crate) fn axpy<I: Isa>(y: &mut [f32], a: f32, x: &[f32]) {
+    let n = y.len().min(x.len());
+    let i = axpy_lanes::<I::F>(y, a, x, 0, n);
+    let i = axpy_lanes::<I::H>(y, a, x, i, n);
+    for (yv, &xv) in y[i..n].iter_mut().zip(&x[i..n]) {
         *yv += a * xv;
     }
 }
 
+/// [`axpy`] in whole registers of `V` from `i` while they fit below `n`; returns the
+/// first value left.
+#[inline(always)]
+fn axpy_lanes<V: Vector>(y: &mut [f32], a: f32, x: &[f32], mut i: usize, n: usize) -> usize {
+    let (yp, xp) = (y.as_mut_ptr(), x.as_ptr());
+    let av = V::splat(a);
+    while i + V::LANES <= n {
+        // SAFETY: `i + LANES <= n <= len` of both slices; the ISA is the caller's.
+        unsafe {
+            av.mul_add(V::load(xp.add(i)), V::load(yp.add(i)))
+                .store(yp.add(i))
+        };
+        i += V::LANES;
+    }
+    i
+}
+
 /// `y += a * x` elementwise over `min(len)` values (a depthwise tap over channels).
 #[inline(always)]
-pub(crate) fn mul_acc(y: &mut [f32], a: &[f32], x: &[f32]) {
+pub(crate) fn mul_acc<I: Isa>(y: &mut [f32], a: &[f32], x: &[f32]) {
     let n = y.len().min(a.len()).min(x.len());
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    ))]
-    {
-        let (yh, yt) = y[..n].split_at_mut(n - n % 8);
-        let (ah, at) = a[..n].split_at(n - n % 8);
-        let (xh, xt) = x[..n].split_at(n - n % 8);
-        for ((yc, ac), xc) in yh
-            .chunks_exact_mut(8)
-            .zip(ah.chunks_exact(8))
-            .zip(xh.chunks_exact(8))
-        {
-            use core::arch::x86_64::*;
-            // SAFETY: every chunk holds exactly 8 floats (chunks_exact), the loads and
-            // the store are unaligned forms, and avx2+fma are enabled for this build.
-            unsafe {
-                let acc = _mm256_fmadd_ps(
-                    _mm256_loadu_ps(ac.as_ptr()),
-                    _mm256_loadu_ps(xc.as_ptr()),
-                    _mm256_loadu_ps(yc.as_ptr()),
-                );
-                _mm256_storeu_ps(yc.as_mut_ptr(), acc);
-            }
-        }
-        for ((yv, &av), &xv) in yt.iter_mut().zip(at).zip(xt) {
-            *yv += av * xv;
-        }
-    }
-    #[cfg(not(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    )))]
-    for ((yv, &av), &xv) in y[..n].iter_mut().zip(&a[..n]).zip(&x[..n]) {
+    let i = mul_acc_lanes::<I::F>(y, a, x, 0, n);
+    let i = mul_acc_lanes::<I::H>(y, a, x, i, n);
+    for ((yv, &av), &xv) in y[i..n].iter_mut().zip(&a[i..n]).zip(&x[i..n]) {
         *yv += av * xv;
     }
 }
 
-/// `y = x > y ? x : y` (max) or `y += x`, elementwise over `min(len)` values: one tap
-/// of a pooling window over all channels.
+/// [`mul_acc`] in whole registers of `V`, as [`axpy_lanes`].
 #[inline(always)]
-pub(crate) fn pool_acc(y: &mut [f32], x: &[f32], max: bool) {
-    let n = y.len().min(x.len());
-    let (yh, yt) = y[..n].split_at_mut(n - n % 8);
-    let (xh, xt) = x[..n].split_at(n - n % 8);
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    ))]
-    for (yc, xc) in yh.chunks_exact_mut(8).zip(xh.chunks_exact(8)) {
-        use core::arch::x86_64::*;
-        // SAFETY: both chunks hold exactly 8 floats (chunks_exact), the loads and the
-        // store are unaligned forms, and avx2 is enabled for this build. `maxps(x, y)`
-        // is `x > y ? x : y`, the runtime's `fmax`, NaN included.
+fn mul_acc_lanes<V: Vector>(y: &mut [f32], a: &[f32], x: &[f32], mut i: usize, n: usize) -> usize {
+    let (yp, ap, xp) = (y.as_mut_ptr(), a.as_ptr(), x.as_ptr());
+    while i + V::LANES <= n {
+        // SAFETY: `i + LANES <= n <= len` of all three slices; the ISA is the caller's.
         unsafe {
-            let (xv, yv) = (_mm256_loadu_ps(xc.as_ptr()), _mm256_loadu_ps(yc.as_ptr()));
-            let r = if max {
-                _mm256_max_ps(xv, yv)
-            } else {
-                _mm256_add_ps(yv, xv)
-            };
-            _mm256_storeu_ps(yc.as_mut_ptr(), r);
+            let acc = V::load(ap.add(i)).mul_add(V::load(xp.add(i)), V::load(yp.add(i)));
+            acc.store(yp.add(i));
         }
+        i += V::LANES;
     }
-    #[cfg(all(
-        target_arch = "x86_64",
-        not(all(target_feature = "avx2", target_feature = "fma"))
-    ))]
-    for (yc, xc) in yh.chunks_exact_mut(4).zip(xh.chunks_exact(4)) {
-        use core::arch::x86_64::*;
-        // SAFETY: both chunks hold exactly 4 floats (chunks_exact), the loads and the
-        // store are unaligned forms, and SSE is part of the x86-64 baseline. `maxps`
-        // is the runtime's `fmax`, as above.
-        unsafe {
-            let (xv, yv) = (_mm_loadu_ps(xc.as_ptr()), _mm_loadu_ps(yc.as_ptr()));
-            let r = if max {
-                _mm_max_ps(xv, yv)
-            } else {
-                _mm_add_ps(yv, xv)
-            };
-            _mm_storeu_ps(yc.as_mut_ptr(), r);
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    for (yc, xc) in yh.chunks_exact_mut(8).zip(xh.chunks_exact(8)) {
-        for (o, &v) in yc.iter_mut().zip(xc) {
-            *o = if max { crate::act::fmax(v, *o) } else { *o + v };
-        }
-    }
-    for (o, &v) in yt.iter_mut().zip(xt) {
-        *o = if max { crate::act::fmax(v, *o) } else { *o + v };
-    }
+    i
 }
 
 /// `sum(a * b)` over `min(len)` values, in eight interleaved partial sums.
@@ -181,26 +99,15 @@ pub(crate) unsafe fn part_mut(s: &mut [f32], start: usize, len: usize) -> &mut [
     unsafe { s.get_unchecked_mut(start..start + len) }
 }
 
-/// Eight bias values from column `col`, or zeros without a bias.
+/// `V::LANES` bias values from column `col`, or zeros without a bias.
 ///
 /// # Safety
-/// `bias`, when given, holds `col + 8` floats.
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma"
-))]
+/// `bias`, when given, holds `col + V::LANES` floats; the ISA is the caller's.
 #[inline(always)]
-pub(crate) unsafe fn bias_vector(
-    bias: Option<*const f32>,
-    col: usize,
-) -> core::arch::x86_64::__m256 {
-    use core::arch::x86_64::*;
-    // SAFETY: the caller guarantees the eight floats are there; the load is unaligned.
-    unsafe {
-        match bias {
-            Some(b) => _mm256_loadu_ps(b.add(col)),
-            None => _mm256_setzero_ps(),
-        }
+pub(crate) unsafe fn bias_vector<V: Vector>(bias: Option<*const f32>, col: usize) -> V {
+    match bias {
+        // SAFETY: the caller guarantees the floats are there.
+        Some(b) => unsafe { V::load(b.add(col)) },
+        None => V::splat(0.0),
     }
 }

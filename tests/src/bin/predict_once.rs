@@ -1,5 +1,6 @@
 //! Runs one compiled fixture once on one kind of input, for instruction counting under
-//! callgrind: `predict_once LABEL zeros|huge|nan|inf|denormal|random`.
+//! callgrind: `predict_once LABEL zeros|huge|nan|inf|denormal|random ISA`. Prints a
+//! checksum and the instruction set that ran (Valgrind's CPU may lack the one asked for).
 
 #[allow(dead_code)]
 mod compiled {
@@ -9,6 +10,7 @@ mod compiled {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (label, kind) = (&args[1], args[2].as_str());
+    let isa = kerac::Level::parse(&args[3]).expect("an instruction set level");
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let (_, reference, make) = compiled::compiled()
         .into_iter()
@@ -56,7 +58,7 @@ fn main() {
         .collect();
     let ins: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
     let mut outs: Vec<&mut [f32]> = outputs.iter_mut().map(Vec::as_mut_slice).collect();
-    let mut model = make();
+    let mut model = make(isa);
     model.run(&ins, &mut outs).expect("buffers fit");
     // Keep the outputs observable so nothing is optimized away.
     let checksum: f32 = outputs
@@ -64,5 +66,5 @@ fn main() {
         .flatten()
         .map(|v| if v.is_finite() { *v } else { 0.0 })
         .sum();
-    println!("{checksum}");
+    println!("{checksum} {}", model.isa().name());
 }
