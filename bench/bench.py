@@ -303,12 +303,12 @@ def report(results):
         "",
         "Batch 1, one thread, one pinned core; every call timed on its own. Produced by `bench/run.sh`.",
         "",
-        f"- Measured peak of one core: {peak / 1e9:.1f} GFLOP/s (independent 8-wide FMAs)." if peak else "- No AVX2+FMA: no peak measured.",
+        f"- Measured peak of one core: {peak / 1e9:.1f} GFLOP/s (independent FMAs of the widest vectors)." if peak else "- No AVX2+FMA: no peak measured.",
     ]
     if machine.get("derived_peak_flops"):
         lines.append(f"- Data-sheet peak: {machine['derived_peak_flops'] / 1e9:.1f} GFLOP/s ({machine['derived_peak_from']}); the core boosts past that clock, so fractions use the measured peak.")
     lines += [
-        f"- kerac's Rust kernels: {machine.get('rust_simd')}.",
+        f"- kerac's Rust kernels, built with no RUSTFLAGS and chosen at run time: {machine.get('rust_simd')}; peak measured with {machine.get('peak_isa')} FMAs.",
         "- Peers: ONNX Runtime and TensorFlow Lite (ai-edge-litert) from Python, one thread, default providers and delegates; tract (tract-onnx, optimised plan) from Rust on the same ONNX file; TensorFlow is a `tf.function` of the Keras model. Calls from Python include the binding's overhead, as users see it.",
         "",
         "## Summary: peer median / kerac median",
