@@ -242,9 +242,15 @@ fn steps_module(plan: &Plan, options: &RustOptions, module: &syn::Ident) -> Resu
             pub(super) static WEIGHTS: kerac::Weights<#weight_bytes> = kerac::Weights(#blob);
             #(#consts)*
             /// Runs every step with `isa`'s kernels; the inputs are already in the arena.
+            /// One function compiled for that ISA holds every step, so each kernel is
+            /// inlined with its step's constants.
             #[inline(never)]
-            #[allow(unused_variables)]
             pub(super) fn run<I: kerac::Isa>(isa: I, arena: &mut [f32]) {
+                isa.vectorize(#[inline(always)] || steps::<I>(isa, arena))
+            }
+            #[inline(always)]
+            #[allow(unused_variables)]
+            fn steps<I: kerac::Isa>(isa: I, arena: &mut [f32]) {
                 #(#calls)*
             }
             /// [`run`] for whichever ISA the model chose when it was made.
@@ -382,25 +388,25 @@ fn emit_step(plan: &Plan, i: usize, step: &Step) -> Result<(TokenStream, TokenSt
     let (ty, value, call): (TokenStream, TokenStream, TokenStream) = match &step.kernel {
         Kernel::Dense { p, w, b } => (quote!(kerac::dense::Dense), p.to_rust(), {
             let (w, b) = (weight(*w), opt_weight(*b));
-            quote!(kerac::dense::dense(isa, &#name, x0, #w, #b, y))
+            quote!(kerac::dense::dense_in::<I>(isa, &#name, x0, #w, #b, y))
         }),
         Kernel::Conv { p, w, b } => (quote!(kerac::conv::Conv), p.to_rust(), {
             let (w, b) = (weight(*w), opt_weight(*b));
-            quote!(kerac::conv::conv(isa, &#name, x0, #w, #b, y))
+            quote!(kerac::conv::conv_in::<I>(isa, &#name, x0, #w, #b, y))
         }),
         Kernel::ConvTranspose { p, w, b } => (quote!(kerac::conv::ConvTranspose), p.to_rust(), {
             let (w, b) = (weight(*w), opt_weight(*b));
-            quote!(kerac::conv::conv_transpose(isa, &#name, x0, #w, #b, y))
+            quote!(kerac::conv::conv_transpose_in::<I>(isa, &#name, x0, #w, #b, y))
         }),
         Kernel::Pool(p) => (
             quote!(kerac::pool::Pool),
             p.to_rust(),
-            quote!(kerac::pool::pool(isa, &#name, x0, y)),
+            quote!(kerac::pool::pool_in::<I>(isa, &#name, x0, y)),
         ),
         Kernel::GlobalPool(p) => (
             quote!(kerac::pool::GlobalPool),
             p.to_rust(),
-            quote!(kerac::pool::global_pool(isa, &#name, x0, y)),
+            quote!(kerac::pool::global_pool_in::<I>(isa, &#name, x0, y)),
         ),
         Kernel::ScaleShift { p, scale, offset } => (quote!(kerac::norm::Strided), p.to_rust(), {
             let (s, o) = (weight(*scale), weight(*offset));
@@ -413,7 +419,7 @@ fn emit_step(plan: &Plan, i: usize, step: &Step) -> Result<(TokenStream, TokenSt
         Kernel::Activation(act) => (
             quote!(kerac::Act),
             act.to_rust(),
-            quote!(kerac::norm::activation(isa, #name, x0, y)),
+            quote!(kerac::norm::activation_in::<I>(isa, #name, x0, y)),
         ),
         Kernel::Softmax { p, log } => (
             quote!(kerac::norm::Strided),
@@ -480,7 +486,7 @@ fn emit_step(plan: &Plan, i: usize, step: &Step) -> Result<(TokenStream, TokenSt
                 Some(id) => weight(*id),
                 None => quote!(&[]),
             };
-            quote!(kerac::attention::attention(isa, &#name, x0, x1, x2, #w, y))
+            quote!(kerac::attention::attention_in::<I>(isa, &#name, x0, x1, x2, #w, y))
         }),
         Kernel::Gather { p, table } => (quote!(kerac::shape::Gather), p.to_rust(), {
             let t = weight(*table);
@@ -497,7 +503,7 @@ fn emit_step(plan: &Plan, i: usize, step: &Step) -> Result<(TokenStream, TokenSt
                 None => quote!(None),
             };
             let (h0, c0, mask) = (at(r.h0), at(r.c0), at(r.mask));
-            quote!(kerac::recurrent::recurrent(isa, &#name, x0, #u, #rb, #h0, #c0, #mask, y))
+            quote!(kerac::recurrent::recurrent_in::<I>(isa, &#name, x0, #u, #rb, #h0, #c0, #mask, y))
         }),
     };
     let in_shapes: Vec<String> = step

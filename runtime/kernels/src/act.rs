@@ -358,25 +358,35 @@ impl Act {
     }
 
     /// Applies the activation to every value with `isa`'s widest registers, then its
-    /// half width, then one at a time: the same bits at every width.
+    /// half width, then one at a time: the same bits at every width. One function per
+    /// ISA, not inlined into every kernel that fuses an activation: its dozens of
+    /// activations at three widths would otherwise grow every step.
+    #[inline]
     pub fn apply<I: Isa>(self, isa: I, data: &mut [f32]) {
         if self != Act::Linear {
-            isa.vectorize(
-                #[inline(always)]
-                || self.apply_in::<I>(data),
-            );
+            self.apply_out(isa, data);
         }
+    }
+
+    #[inline(never)]
+    fn apply_out<I: Isa>(self, isa: I, data: &mut [f32]) {
+        isa.vectorize(
+            #[inline(always)]
+            || self.apply_in::<I>(data),
+        );
     }
 
     /// [`Act::apply`] for code already inside `I::vectorize`.
     #[inline(always)]
-    pub(crate) fn apply_in<I: Isa>(self, data: &mut [f32]) {
+    fn apply_in<I: Isa>(self, data: &mut [f32]) {
         if self == Act::Linear {
             return;
         }
         let start = self.lanes::<I::F>(data, 0);
         let start = self.lanes::<I::H>(data, start);
-        for v in &mut data[start..] {
+        // `get_mut`, not indexing: the start is within the data, but the optimiser
+        // cannot always see it, and an index would leave a panic path.
+        for v in data.get_mut(start..).unwrap_or_default() {
             *v = self.eval(*v);
         }
     }

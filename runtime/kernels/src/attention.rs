@@ -51,12 +51,22 @@ pub fn attention<I: Isa>(
 ) {
     isa.vectorize(
         #[inline(always)]
-        || attention_in::<I>(p, q, k, v, w, y),
+        || attention_in::<I>(isa, p, q, k, v, w, y),
     );
 }
 
+/// [`attention`] for code already inside `I::vectorize`: generated code runs all its steps
+/// inside one, so that each step's constants reach the inlined loops.
 #[inline(always)]
-fn attention_in<I: Isa>(p: &Attention, q: &[f32], k: &[f32], v: &[f32], w: &[f32], y: &mut [f32]) {
+pub fn attention_in<I: Isa>(
+    _isa: I,
+    p: &Attention,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    w: &[f32],
+    y: &mut [f32],
+) {
     let (h, dk, dv) = (p.heads, p.dk, p.dv);
     if (p.additive && w.len() < dk)
         || q.len() < p.batch * p.tq * h * dk

@@ -46,12 +46,21 @@ impl Conv {
 pub fn conv<I: Isa>(isa: I, p: &Conv, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
     isa.vectorize(
         #[inline(always)]
-        || conv_in::<I>(p, x, w, bias, y),
+        || conv_in::<I>(isa, p, x, w, bias, y),
     );
 }
 
+/// [`conv`] for code already inside `I::vectorize`: generated code runs all its steps
+/// inside one, so that each step's constants reach the inlined loops.
 #[inline(always)]
-fn conv_in<I: Isa>(p: &Conv, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+pub fn conv_in<I: Isa>(
+    isa: I,
+    p: &Conv,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
     let (nx, nw, ny) = p.sizes();
     if p.groups == 0
         || x.len() < nx
@@ -74,7 +83,7 @@ fn conv_in<I: Isa>(p: &Conv, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut
             n: cout,
             act: p.act,
         };
-        dense_in::<I>(&d, x, w, bias, y);
+        dense_in::<I>(isa, &d, x, w, bias, y);
         return;
     }
     let mut pixel = 0;
@@ -150,8 +159,9 @@ fn conv_in<I: Isa>(p: &Conv, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut
                 // The activation once per output row rather than per pixel: one call
                 // over `output * cout` floats still in L1, not `output` short calls.
                 // SAFETY: the row's pixels were just written, inside y.
-                p.act
-                    .apply_in::<I>(unsafe { part_mut(y, row_start * cout, ww.output * cout) });
+                p.act.apply(isa, unsafe {
+                    part_mut(y, row_start * cout, ww.output * cout)
+                });
             }
         }
     }
@@ -494,12 +504,15 @@ pub fn conv_transpose<I: Isa>(
 ) {
     isa.vectorize(
         #[inline(always)]
-        || conv_transpose_in::<I>(p, x, w, bias, y),
+        || conv_transpose_in::<I>(isa, p, x, w, bias, y),
     );
 }
 
+/// [`conv_transpose`] for code already inside `I::vectorize`: generated code runs all its steps
+/// inside one, so that each step's constants reach the inlined loops.
 #[inline(always)]
-fn conv_transpose_in<I: Isa>(
+pub fn conv_transpose_in<I: Isa>(
+    isa: I,
     p: &ConvTranspose,
     x: &[f32],
     w: &[f32],
@@ -557,7 +570,7 @@ fn conv_transpose_in<I: Isa>(
             }
         }
     }
-    p.act.apply_in::<I>(y);
+    p.act.apply(isa, y);
 }
 
 #[cfg(test)]

@@ -23,13 +23,15 @@ pub struct Dense {
 pub fn dense<I: Isa>(isa: I, p: &Dense, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
     isa.vectorize(
         #[inline(always)]
-        || dense_in::<I>(p, x, w, bias, y),
+        || dense_in::<I>(isa, p, x, w, bias, y),
     );
 }
 
-/// [`dense`] for code already inside `I::vectorize`.
+/// [`dense`] for code already inside `I::vectorize`: generated code runs all its steps
+/// inside one, so that each step's constants reach the inlined loops.
 #[inline(always)]
-pub(crate) fn dense_in<I: Isa>(
+pub fn dense_in<I: Isa>(
+    isa: I,
     p: &Dense,
     x: &[f32],
     w: &[f32],
@@ -62,18 +64,18 @@ pub(crate) fn dense_in<I: Isa>(
             // SAFETY: the lengths of x, w, y and bias were checked against rows, k and
             // n above; rows `r` and `r + 1` of x and y lie inside them.
             unsafe { fused::rows2::<I>(k, n, xp.add(r * k), wp, bp, yp.add(r * n)) };
-            p.act.apply_in::<I>(unsafe { part_mut(y, r * n, 2 * n) });
+            p.act.apply(isa, unsafe { part_mut(y, r * n, 2 * n) });
         }
         for r in paired..p.rows {
             // SAFETY: as above, for row `r`.
             unsafe { fused::row::<I>(k, n, xp.add(r * k), wp, bp, yp.add(r * n)) };
-            p.act.apply_in::<I>(unsafe { part_mut(y, r * n, n) });
+            p.act.apply(isa, unsafe { part_mut(y, r * n, n) });
         }
     } else {
         for r in 0..p.rows {
             // SAFETY: as above, for row `r`.
             unsafe { exact_row::<I::F>(k, n, xp.add(r * k), wp, bp, yp.add(r * n)) };
-            p.act.apply_in::<I>(unsafe { part_mut(y, r * n, n) });
+            p.act.apply(isa, unsafe { part_mut(y, r * n, n) });
         }
     }
 }

@@ -60,6 +60,15 @@ pub fn prelu(p: &Strided, alpha: &[f32], x: &[f32], y: &mut [f32]) {
 
 /// An elementwise activation from `x` into `y`.
 pub fn activation<I: Isa>(isa: I, act: Act, x: &[f32], y: &mut [f32]) {
+    isa.vectorize(
+        #[inline(always)]
+        || activation_in::<I>(isa, act, x, y),
+    );
+}
+
+/// [`activation`] for code already inside `I::vectorize`.
+#[inline(always)]
+pub fn activation_in<I: Isa>(isa: I, act: Act, x: &[f32], y: &mut [f32]) {
     let n = x.len().min(y.len());
     y[..n].copy_from_slice(&x[..n]);
     act.apply(isa, &mut y[..n]);

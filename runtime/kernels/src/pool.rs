@@ -22,12 +22,14 @@ pub struct Pool {
 pub fn pool<I: Isa>(isa: I, p: &Pool, x: &[f32], y: &mut [f32]) {
     isa.vectorize(
         #[inline(always)]
-        || pool_in::<I>(p, x, y),
+        || pool_in::<I>(isa, p, x, y),
     );
 }
 
+/// [`pool`] for code already inside `I::vectorize`: generated code runs all its steps
+/// inside one, so that each step's constants reach the inlined loops.
 #[inline(always)]
-fn pool_in<I: Isa>(p: &Pool, x: &[f32], y: &mut [f32]) {
+pub fn pool_in<I: Isa>(_isa: I, p: &Pool, x: &[f32], y: &mut [f32]) {
     let [wd, wh, ww] = p.windows;
     let c = p.channels;
     if x.len() < p.batch * wd.input * wh.input * ww.input * c
@@ -135,12 +137,14 @@ pub struct GlobalPool {
 pub fn global_pool<I: Isa>(isa: I, p: &GlobalPool, x: &[f32], y: &mut [f32]) {
     isa.vectorize(
         #[inline(always)]
-        || global_pool_in::<I>(p, x, y),
+        || global_pool_in::<I>(isa, p, x, y),
     );
 }
 
+/// [`global_pool`] for code already inside `I::vectorize`: generated code runs all its steps
+/// inside one, so that each step's constants reach the inlined loops.
 #[inline(always)]
-fn global_pool_in<I: Isa>(p: &GlobalPool, x: &[f32], y: &mut [f32]) {
+pub fn global_pool_in<I: Isa>(_isa: I, p: &GlobalPool, x: &[f32], y: &mut [f32]) {
     let c = p.channels;
     if c == 0 || p.positions == 0 || x.len() < p.batch * p.positions * c || y.len() < p.batch * c {
         return;

@@ -108,13 +108,16 @@ pub fn recurrent<I: Isa>(
 ) {
     isa.vectorize(
         #[inline(always)]
-        || recurrent_in::<I>(p, xp, u, rb, h0, c0, mask, y),
+        || recurrent_in::<I>(isa, p, xp, u, rb, h0, c0, mask, y),
     );
 }
 
+/// [`recurrent`] for code already inside `I::vectorize`: generated code runs all its steps
+/// inside one, so that each step's constants reach the inlined loops.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn recurrent_in<I: Isa>(
+pub fn recurrent_in<I: Isa>(
+    isa: I,
     p: &Recurrent,
     xp: &[f32],
     u: &[f32],
@@ -187,7 +190,7 @@ fn recurrent_in<I: Isa>(
                     n: width,
                     act: Act::Linear,
                 };
-                dense_in::<I>(&d, h_prev, u, rb, hu);
+                dense_in::<I>(isa, &d, h_prev, u, rb, hu);
             } else {
                 match rb {
                     Some(rb) => {
@@ -210,18 +213,17 @@ fn recurrent_in<I: Isa>(
                     for ((o, &xv), &hv) in out.iter_mut().zip(x).zip(hu.iter()) {
                         *o = xv + hv;
                     }
-                    p.act.apply_in::<I>(out);
+                    p.act.apply(isa, out);
                 }
                 Cell::Lstm => {
                     for (hv, &xv) in hu.iter_mut().zip(x) {
                         *hv += xv;
                     }
                     let ifg = unsafe { part_mut(hu, 0, 2 * units) };
-                    p.rec_act.apply_in::<I>(ifg);
-                    p.act
-                        .apply_in::<I>(unsafe { part_mut(hu, 2 * units, units) });
+                    p.rec_act.apply(isa, ifg);
+                    p.act.apply(isa, unsafe { part_mut(hu, 2 * units, units) });
                     p.rec_act
-                        .apply_in::<I>(unsafe { part_mut(hu, 3 * units, units) });
+                        .apply(isa, unsafe { part_mut(hu, 3 * units, units) });
                     let (i, f, g, o) = unsafe {
                         (
                             part(hu, 0, units),
@@ -244,7 +246,7 @@ fn recurrent_in<I: Isa>(
                         *cv = fv * cp + iv * gv;
                         *hv = *cv;
                     }
-                    p.act.apply_in::<I>(h);
+                    p.act.apply(isa, h);
                     for (hv, &ov) in h.iter_mut().zip(o) {
                         *hv *= ov;
                     }
@@ -253,8 +255,7 @@ fn recurrent_in<I: Isa>(
                     for (v, &xv) in unsafe { part_mut(hu, 0, 2 * units) }.iter_mut().zip(x) {
                         *v += xv;
                     }
-                    p.rec_act
-                        .apply_in::<I>(unsafe { part_mut(hu, 0, 2 * units) });
+                    p.rec_act.apply(isa, unsafe { part_mut(hu, 0, 2 * units) });
                     let Some((zr, hh)) = hu.split_at_mut_checked(2 * units) else {
                         return;
                     };
@@ -278,7 +279,7 @@ fn recurrent_in<I: Isa>(
                             axpy::<I>(hh, rk, ur);
                         }
                     }
-                    p.act.apply_in::<I>(hh);
+                    p.act.apply(isa, hh);
                     for (((o, &zv), &hp), &hv) in
                         out.iter_mut().zip(z).zip(h_prev.iter()).zip(hh.iter())
                     {

@@ -11,7 +11,13 @@ pub(crate) fn axpy<I: Isa>(y: &mut [f32], a: f32, x: &[f32]) {
     let n = y.len().min(x.len());
     let i = axpy_lanes::<I::F>(y, a, x, 0, n);
     let i = axpy_lanes::<I::H>(y, a, x, i, n);
-    for (yv, &xv) in y[i..n].iter_mut().zip(&x[i..n]) {
+    // `get`, not indexing, for the tails: `i <= n`, but the optimiser cannot always
+    // see it, and an index would leave a panic path.
+    let (yt, xt) = (
+        y.get_mut(i..n).unwrap_or_default(),
+        x.get(i..n).unwrap_or_default(),
+    );
+    for (yv, &xv) in yt.iter_mut().zip(xt) {
         *yv += a * xv;
     }
 }
@@ -39,7 +45,12 @@ pub(crate) fn mul_acc<I: Isa>(y: &mut [f32], a: &[f32], x: &[f32]) {
     let n = y.len().min(a.len()).min(x.len());
     let i = mul_acc_lanes::<I::F>(y, a, x, 0, n);
     let i = mul_acc_lanes::<I::H>(y, a, x, i, n);
-    for ((yv, &av), &xv) in y[i..n].iter_mut().zip(&a[i..n]).zip(&x[i..n]) {
+    let yt = y.get_mut(i..n).unwrap_or_default();
+    let (at, xt) = (
+        a.get(i..n).unwrap_or_default(),
+        x.get(i..n).unwrap_or_default(),
+    );
+    for ((yv, &av), &xv) in yt.iter_mut().zip(at).zip(xt) {
         *yv += av * xv;
     }
 }
