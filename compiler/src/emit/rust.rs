@@ -357,7 +357,32 @@ pub fn emit_source(plan: &Plan, options: &RustOptions) -> Result<String> {
     Ok(prettyplease::unparse(&file))
 }
 
+/// Plans with more steps than this call each vector kernel out of line (one function
+/// per kernel and ISA, shared by its steps) instead of inlining every step into `run`:
+/// inlined, a model of hundreds of steps becomes one function too large to compile in
+/// reasonable time and memory, and its large layers gain little from the constants.
+const INLINE_STEPS: usize = 64;
+
 fn emit_step(plan: &Plan, i: usize, step: &Step) -> Result<(TokenStream, TokenStream)> {
+    // `conv_in` inside `run`'s one `vectorize`, or `conv`, which has its own.
+    let kernel = |f: &str| {
+        let suffix = if plan.steps.len() <= INLINE_STEPS {
+            "_in"
+        } else {
+            ""
+        };
+        format_ident!("{f}{suffix}")
+    };
+    let (dense, conv, conv_transpose, pool, global_pool, activation, attention, recurrent) = (
+        kernel("dense"),
+        kernel("conv"),
+        kernel("conv_transpose"),
+        kernel("pool"),
+        kernel("global_pool"),
+        kernel("activation"),
+        kernel("attention"),
+        kernel("recurrent"),
+    );
     let name = format_ident!("STEP_{}", i);
     let weight = |id: usize| {
         let (offset, len) = (plan.weights[id].offset, plan.weights[id].data.len());
@@ -388,25 +413,25 @@ fn emit_step(plan: &Plan, i: usize, step: &Step) -> Result<(TokenStream, TokenSt
     let (ty, value, call): (TokenStream, TokenStream, TokenStream) = match &step.kernel {
         Kernel::Dense { p, w, b } => (quote!(kerac::dense::Dense), p.to_rust(), {
             let (w, b) = (weight(*w), opt_weight(*b));
-            quote!(kerac::dense::dense_in::<I>(isa, &#name, x0, #w, #b, y))
+            quote!(kerac::dense::#dense::<I>(isa, &#name, x0, #w, #b, y))
         }),
         Kernel::Conv { p, w, b } => (quote!(kerac::conv::Conv), p.to_rust(), {
             let (w, b) = (weight(*w), opt_weight(*b));
-            quote!(kerac::conv::conv_in::<I>(isa, &#name, x0, #w, #b, y))
+            quote!(kerac::conv::#conv::<I>(isa, &#name, x0, #w, #b, y))
         }),
         Kernel::ConvTranspose { p, w, b } => (quote!(kerac::conv::ConvTranspose), p.to_rust(), {
             let (w, b) = (weight(*w), opt_weight(*b));
-            quote!(kerac::conv::conv_transpose_in::<I>(isa, &#name, x0, #w, #b, y))
+            quote!(kerac::conv::#conv_transpose::<I>(isa, &#name, x0, #w, #b, y))
         }),
         Kernel::Pool(p) => (
             quote!(kerac::pool::Pool),
             p.to_rust(),
-            quote!(kerac::pool::pool_in::<I>(isa, &#name, x0, y)),
+            quote!(kerac::pool::#pool::<I>(isa, &#name, x0, y)),
         ),
         Kernel::GlobalPool(p) => (
             quote!(kerac::pool::GlobalPool),
             p.to_rust(),
-            quote!(kerac::pool::global_pool_in::<I>(isa, &#name, x0, y)),
+            quote!(kerac::pool::#global_pool::<I>(isa, &#name, x0, y)),
         ),
         Kernel::ScaleShift { p, scale, offset } => (quote!(kerac::norm::Strided), p.to_rust(), {
             let (s, o) = (weight(*scale), weight(*offset));
@@ -419,7 +444,7 @@ fn emit_step(plan: &Plan, i: usize, step: &Step) -> Result<(TokenStream, TokenSt
         Kernel::Activation(act) => (
             quote!(kerac::Act),
             act.to_rust(),
-            quote!(kerac::norm::activation_in::<I>(isa, #name, x0, y)),
+            quote!(kerac::norm::#activation::<I>(isa, #name, x0, y)),
         ),
         Kernel::Softmax { p, log } => (
             quote!(kerac::norm::Strided),
@@ -486,7 +511,7 @@ fn emit_step(plan: &Plan, i: usize, step: &Step) -> Result<(TokenStream, TokenSt
                 Some(id) => weight(*id),
                 None => quote!(&[]),
             };
-            quote!(kerac::attention::attention_in::<I>(isa, &#name, x0, x1, x2, #w, y))
+            quote!(kerac::attention::#attention::<I>(isa, &#name, x0, x1, x2, #w, y))
         }),
         Kernel::Gather { p, table } => (quote!(kerac::shape::Gather), p.to_rust(), {
             let t = weight(*table);
@@ -503,7 +528,7 @@ fn emit_step(plan: &Plan, i: usize, step: &Step) -> Result<(TokenStream, TokenSt
                 None => quote!(None),
             };
             let (h0, c0, mask) = (at(r.h0), at(r.c0), at(r.mask));
-            quote!(kerac::recurrent::recurrent_in::<I>(isa, &#name, x0, #u, #rb, #h0, #c0, #mask, y))
+            quote!(kerac::recurrent::#recurrent::<I>(isa, &#name, x0, #u, #rb, #h0, #c0, #mask, y))
         }),
     };
     let in_shapes: Vec<String> = step

@@ -80,25 +80,31 @@ pub fn softmax(p: &Strided, log_softmax: bool, x: &[f32], y: &mut [f32]) {
     if !p.fits(x, y, &[]) {
         return;
     }
+    // `get`, not indexing: `fits` bounds every position, but where this kernel is not
+    // inlined with its constants the optimiser cannot see it, and an index would leave
+    // a panic path. The `None` arms are never taken.
     for o in 0..p.outer {
         for i in 0..p.inner {
             let at = |j: usize| (o * p.n + j) * p.inner + i;
+            let xv = |j: usize| x.get(at(j)).copied().unwrap_or(0.0);
             let mut max = f32::NEG_INFINITY;
             for j in 0..p.n {
-                max = fmax(x[at(j)], max);
+                max = fmax(xv(j), max);
             }
             let mut sum = 0.0;
             for j in 0..p.n {
-                sum += exp(x[at(j)] - max);
+                sum += exp(xv(j) - max);
             }
             let (inv, log_sum) = (1.0 / sum, log(sum));
             for j in 0..p.n {
-                let shifted = x[at(j)] - max;
-                y[at(j)] = if log_softmax {
-                    shifted - log_sum
-                } else {
-                    exp(shifted) * inv
-                };
+                let shifted = xv(j) - max;
+                if let Some(out) = y.get_mut(at(j)) {
+                    *out = if log_softmax {
+                        shifted - log_sum
+                    } else {
+                        exp(shifted) * inv
+                    };
+                }
             }
         }
     }
