@@ -1,6 +1,8 @@
-//! One float or eight: the activation math is written once over [`Lanes`] and runs on
-//! a single `f32` or on AVX2's `f32 x 8` with the same operations in the same order (no
-//! fused multiply-add), so both give the same bits. Comparisons give lane masks and
+//! One float or four, eight or sixteen: the activation math is written once over
+//! [`Lanes`] and runs on a single `f32`, SSE's `f32 x 4`, AVX2's `f32 x 8` or AVX-512's
+//! `f32 x 16` with the same operations in the same order (no fused multiply-add), so all
+//! give the same bits. [`Vector`] adds the loads, stores and multiply-adds the kernels'
+//! loops are written against. Comparisons give lane masks and
 //! `select` blends by them: no branch on data anywhere.
 //!
 //! The trait is public so that code generators can implement it for a symbolic value
