@@ -82,3 +82,19 @@ fn config_errors_name_the_key_in_keras_terms() {
         "{e}"
     );
 }
+
+#[test]
+fn softmax_axes_named_twice_are_refused() {
+    let e = error(
+        "softmax_twice",
+        &sequential(json!([null, 3, 4]), "Softmax", json!({"axis": [2, -1]})),
+    );
+    assert!(
+        e.contains("layer `under_test`") && e.contains("names axis 2 twice"),
+        "{e}"
+    );
+    let both = sequential(json!([null, 3, 4]), "Softmax", json!({"axis": [1, -1]}));
+    let path = std::env::temp_dir().join(format!("kerac-softmax-{}.json", std::process::id()));
+    std::fs::write(&path, both.to_string()).unwrap();
+    assert!(kerac_compiler::load(&path, None, &BuildOptions::default()).is_ok());
+}

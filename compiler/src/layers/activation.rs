@@ -201,11 +201,9 @@ impl Activation {
         match self {
             Activation::Linear => {}
             Activation::Softmax(axes) | Activation::LogSoftmax(axes) => {
-                let rank = a.ndim();
-                let axes: Vec<usize> = axes
-                    .iter()
-                    .filter_map(|&ax| resolve_axis(ax, rank).ok())
-                    .collect();
+                // A build checks the axes (`check_rank`); a bad list here means no
+                // grouping rather than a panic.
+                let axes = softmax_axes(axes, a.ndim()).unwrap_or_default();
                 let log = matches!(self, Activation::LogSoftmax(_));
                 for_each_group(a, &axes, |g| softmax(g, log));
             }
@@ -276,10 +274,7 @@ impl Activation {
             Activation::LogSoftmax(axes) => (axes, true),
             _ => return Err(Error::new("not a softmax")),
         };
-        let axes: Vec<usize> = axes
-            .iter()
-            .map(|&a| resolve_axis(a, shape.len()))
-            .collect::<Result<_>>()?;
+        let axes = softmax_axes(axes, shape.len())?;
         Ok(Kernel::Softmax {
             p: shape.strided(&axes)?,
             log,
@@ -289,12 +284,25 @@ impl Activation {
     /// Checks the axes of a softmax fit a tensor of `rank`.
     pub fn check_rank(&self, rank: usize) -> Result<()> {
         if let Activation::Softmax(axes) | Activation::LogSoftmax(axes) = self {
-            for &ax in axes {
-                resolve_axis(ax, rank)?;
-            }
+            softmax_axes(axes, rank)?;
         }
         Ok(())
     }
+}
+
+/// The axes of a softmax over a rank-`rank` tensor, each in range and named once.
+fn softmax_axes(axes: &[i64], rank: usize) -> Result<Vec<usize>> {
+    let mut out = Vec::with_capacity(axes.len());
+    for &ax in axes {
+        let a = resolve_axis(ax, rank)?;
+        if out.contains(&a) {
+            return Err(Error::new(format!(
+                "softmax axis {ax} names axis {a} twice in {axes:?}"
+            )));
+        }
+        out.push(a);
+    }
+    Ok(out)
 }
 
 fn softmax(g: &mut [f32], log: bool) {

@@ -119,8 +119,16 @@ pub fn check_channels_last(data_format: Option<&str>) -> Result<()> {
 
 /// Calls `f` on each group of values that share every index outside `axes`: `f` sees
 /// the group flattened in row-major order of `axes`. Used for softmax and the norms.
+/// Builds check `axes`; one out of range or named twice is skipped, not a panic.
 pub fn for_each_group(a: &mut ArrayD<f32>, axes: &[usize], mut f: impl FnMut(&mut [f32])) {
     let rank = a.ndim();
+    let mut kept: Vec<usize> = Vec::with_capacity(axes.len());
+    for &d in axes {
+        if d < rank && !kept.contains(&d) {
+            kept.push(d);
+        }
+    }
+    let axes = &kept[..];
     let mut order: Vec<usize> = (0..rank).filter(|d| !axes.contains(d)).collect();
     order.extend(axes);
     let group: usize = axes.iter().map(|&d| a.shape()[d]).product();
