@@ -34,28 +34,76 @@ impl Strided {
     }
 }
 
+/// Calls `f(params, x, y)` on each run of values that share one position of the named
+/// axes (`params` is that position's entry of each parameter), or, where the named axes
+/// are last, on each block of `n` values with the whole parameter slices: loops with no
+/// division per element, and unit strides the compiler vectorizes.
+#[inline(always)]
+fn per_position<const P: usize>(
+    p: &Strided,
+    params: [&[f32]; P],
+    x: &[f32],
+    y: &mut [f32],
+    mut f: impl FnMut([&[f32]; P], &[f32], &mut [f32]),
+) {
+    let (Some(x), Some(y)) = (x.get(..p.len()), y.get_mut(..p.len())) else {
+        return;
+    };
+    // `get` rather than indexing below: a bound the optimiser cannot see would leave a
+    // panic path; the checks here make the fallbacks unreachable.
+    if p.n == 0 || p.inner == 0 || params.iter().any(|q| q.len() < p.n) {
+        return;
+    }
+    if p.inner == 1 {
+        for (y, x) in y.chunks_exact_mut(p.n).zip(x.chunks_exact(p.n)) {
+            f(params.map(|q| q.get(..p.n).unwrap_or(&[])), x, y);
+        }
+        return;
+    }
+    let mut runs = y
+        .chunks_exact_mut(p.inner)
+        .zip(x.chunks_exact(p.inner))
+        .enumerate();
+    for _ in 0..p.outer {
+        for j in 0..p.n {
+            let Some((_, (y, x))) = runs.next() else {
+                return;
+            };
+            f(params.map(|q| q.get(j..j + 1).unwrap_or(&[])), x, y);
+        }
+    }
+}
+
 /// `y = x * scale[j] + offset[j]` for the value at position `j` of the named axes.
 #[inline]
 pub fn scale_shift(p: &Strided, scale: &[f32], offset: &[f32], x: &[f32], y: &mut [f32]) {
-    if !p.fits(x, y, &[scale, offset]) {
-        return;
-    }
-    for (i, (yv, &xv)) in y[..p.len()].iter_mut().zip(x).enumerate() {
-        let j = (i / p.inner) % p.n;
-        *yv = xv * scale[j] + offset[j];
-    }
+    per_position(p, [scale, offset], x, y, |[s, b], x, y| {
+        if let ([s], [b]) = (s, b) {
+            for (y, &x) in y.iter_mut().zip(x) {
+                *y = x * s + b;
+            }
+        } else {
+            for (((y, &x), &s), &b) in y.iter_mut().zip(x).zip(s).zip(b) {
+                *y = x * s + b;
+            }
+        }
+    });
 }
 
 /// PReLU: `x` where `x >= 0`, else `alpha[j] * x`.
 #[inline]
 pub fn prelu(p: &Strided, alpha: &[f32], x: &[f32], y: &mut [f32]) {
-    if !p.fits(x, y, &[alpha]) {
-        return;
-    }
-    for (i, (yv, &xv)) in y[..p.len()].iter_mut().zip(x).enumerate() {
-        let a = alpha[(i / p.inner) % p.n];
-        *yv = fmax(xv, 0.0) + a * -fmax(-xv, 0.0);
-    }
+    per_position(p, [alpha], x, y, |[a], x, y| {
+        if let [a] = a {
+            for (y, &x) in y.iter_mut().zip(x) {
+                *y = fmax(x, 0.0) + a * -fmax(-x, 0.0);
+            }
+        } else {
+            for ((y, &x), &a) in y.iter_mut().zip(x).zip(a) {
+                *y = fmax(x, 0.0) + a * -fmax(-x, 0.0);
+            }
+        }
+    });
 }
 
 /// An elementwise activation from `x` into `y`.
