@@ -4,7 +4,7 @@
 //!
 //! Lowering (`lower`) asks each layer's op for its kernel calls; the passes (`fuse`)
 //! fold BatchNormalization into the Dense or Conv before it and fuse activations into
-//! their producer; identities and reshapes become aliases, not copies; `pack` keeps the
+//! their producer; `pad` gives padded convolutions a zero-padded input; identities and reshapes become aliases, not copies; `pack` keeps the
 //! weights the steps read and places them in one blob; `arena` places every buffer. `exec` runs a plan on the runtime's kernels, as generated code does.
 
 mod arena;
@@ -12,6 +12,7 @@ pub mod exec;
 mod fuse;
 pub mod lower;
 mod pack;
+mod pad;
 
 pub use pack::WEIGHT_ALIGN_FLOATS;
 
@@ -385,6 +386,7 @@ impl Plan {
         let mut plan = lower::lower(graph).map_err(|e| e.in_file(&graph.source))?;
         fuse::fold_batch_norm(&mut plan);
         fuse::fuse_activations(&mut plan);
+        pad::pad_convolutions(&mut plan);
         pack::pack(&mut plan);
         arena::place(&mut plan);
         Ok(plan)

@@ -3,7 +3,6 @@
 //! channel) and transposed convolution.
 
 use crate::act::Act;
-use crate::dense::{dense_in, Dense};
 use crate::isa::Isa;
 use crate::lanes::Vector;
 use crate::simd::{axpy, bias_vector, mul_acc, part, part_mut};
@@ -72,18 +71,10 @@ pub fn conv_in<I: Isa>(
     }
     let [wd, wh, ww] = p.windows;
     let (cin_g, cout_g, cout) = (p.cin / p.groups, p.cout / p.groups, p.cout);
-    let pointwise = |w: &Window| w.kernel == 1 && w.stride == 1 && w.pad_before == 0;
-    if p.groups == 1 && p.windows.iter().all(pointwise) {
-        // A 1x1 convolution is a dense layer over the pixels, with the same weight
-        // layout `[cin, cout]`: its kernel shares weight loads between pixel pairs.
-        let rows = p.batch * wd.output * wh.output * ww.output;
-        let d = Dense {
-            rows,
-            k: p.cin,
-            n: cout,
-            act: p.act,
-        };
-        dense_in::<I>(isa, &d, x, w, bias, y);
+    if p.groups == 1 && p.windows.iter().all(Window::is_valid) {
+        // Every tap inside the input (the plan pads inputs beforehand): tiles of pixels
+        // anywhere in the output, across rows, with no edge cases.
+        valid::<I>(isa, p, x, w, bias, y);
         return;
     }
     let mut pixel = 0;
@@ -162,6 +153,180 @@ pub fn conv_in<I: Isa>(
                 p.act.apply(isa, unsafe {
                     part_mut(y, row_start * cout, ww.output * cout)
                 });
+            }
+        }
+    }
+}
+
+/// A convolution all of whose taps are inside the input ([`Window::is_valid`] on every
+/// axis), one group: an implicit matrix product over tiles of `TILE` output pixels taken
+/// in order across rows, images and the batch, so that small maps (4x4 at the end of a
+/// ResNet) share each weight load among as many pixels as wide ones. A last tile of
+/// fewer pixels repeats its last pixel and stores only its own.
+#[inline(always)]
+fn valid<I: Isa>(isa: I, p: &Conv, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+    let [wd, wh, ww] = p.windows;
+    let pixels = p.batch * wd.output * wh.output * ww.output;
+    let base = |q: usize| {
+        let (r, ow) = (q / ww.output, q % ww.output);
+        let (r, oh) = (r / wh.output, r % wh.output);
+        let (b, od) = (r / wd.output, r % wd.output);
+        (((b * wd.input + od * wd.stride) * wh.input + oh * wh.stride) * ww.input + ow * ww.stride)
+            * p.cin
+    };
+    let (xp, wp, yp, bp) = (
+        x.as_ptr(),
+        w.as_ptr(),
+        y.as_mut_ptr(),
+        bias.map(<[f32]>::as_ptr),
+    );
+    let mut first = 0;
+    while first < pixels {
+        let count = (pixels - first).min(TILE);
+        let mut bases = [0; TILE];
+        for (t, b) in bases.iter_mut().enumerate() {
+            *b = base(first + t.min(count - 1));
+        }
+        let tile = Tile {
+            bases,
+            first,
+            count,
+        };
+        // SAFETY: `conv_in` checked x, w, y and bias against the geometry; every pixel
+        // of the tile is an output pixel, and a valid window keeps its taps inside x.
+        unsafe {
+            let mut co = columns::<I::F>(p, xp, wp, bp, yp, &tile, 0);
+            if <I::H>::LANES < <I::F>::LANES {
+                co = columns::<I::H>(p, xp, wp, bp, yp, &tile, co);
+            }
+            if 1 < <I::H>::LANES {
+                columns::<crate::lanes::S>(p, xp, wp, bp, yp, &tile, co);
+            }
+        }
+        // SAFETY: the tile's pixels were just written, inside y.
+        p.act
+            .apply(isa, unsafe { part_mut(y, first * p.cout, count * p.cout) });
+        first += count;
+    }
+}
+
+/// Weight rows ahead that [`valid_block`] asks the cache for.
+const PREFETCH_ROWS: usize = 16;
+
+/// Output pixels computed together by [`valid`]: where each reads the input, and the
+/// pixels to store.
+struct Tile {
+    bases: [usize; TILE],
+    first: usize,
+    count: usize,
+}
+
+/// The output channels of a [`Tile`] from `co` on, in blocks of `V` registers (four at
+/// a time with 16-lane registers and their 32 names, two otherwise) while whole
+/// registers fit. Returns the first channel left.
+///
+/// # Safety
+/// As for [`valid_block`], for every block it runs.
+#[inline(always)]
+unsafe fn columns<V: Vector>(
+    p: &Conv,
+    xp: *const f32,
+    wp: *const f32,
+    bias: Option<*const f32>,
+    yp: *mut f32,
+    tile: &Tile,
+    mut co: usize,
+) -> usize {
+    let (l, cout) = (V::LANES, p.cout);
+    // SAFETY: each block lies below `cout`.
+    unsafe {
+        if l == 16 {
+            while co + 4 * l <= cout {
+                valid_block::<V, 4>(p, xp, wp, bias, yp, tile, co);
+                co += 4 * l;
+            }
+            match (cout - co) / l {
+                3 => valid_block::<V, 3>(p, xp, wp, bias, yp, tile, co),
+                2 => valid_block::<V, 2>(p, xp, wp, bias, yp, tile, co),
+                1 => valid_block::<V, 1>(p, xp, wp, bias, yp, tile, co),
+                _ => {}
+            }
+            co += (cout - co) / l * l;
+        } else {
+            while co + 2 * l <= cout {
+                valid_block::<V, 2>(p, xp, wp, bias, yp, tile, co);
+                co += 2 * l;
+            }
+            if co + l <= cout {
+                valid_block::<V, 1>(p, xp, wp, bias, yp, tile, co);
+                co += l;
+            }
+        }
+    }
+    co
+}
+
+/// `NV` registers of output channels from `co` for the `TILE` pixels of `tile`, in
+/// `TILE x NV` accumulators: each weight register loaded serves `TILE` pixels. The sums
+/// run bias first, then the taps and channels in order: without FMA, the portable
+/// loop's order.
+///
+/// # Safety
+/// `p` is valid on every axis and one group; x, w, y and bias hold what `p` needs;
+/// `tile` holds output pixels; `co + NV * V::LANES <= p.cout`; `V`'s ISA is enabled.
+#[inline(always)]
+unsafe fn valid_block<V: Vector, const NV: usize>(
+    p: &Conv,
+    xp: *const f32,
+    wp: *const f32,
+    bias: Option<*const f32>,
+    yp: *mut f32,
+    tile: &Tile,
+    co: usize,
+) {
+    let [wd, wh, ww] = p.windows;
+    let (cin, cout, l) = (p.cin, p.cout, V::LANES);
+    // SAFETY (the whole body): offsets stay inside x, w, y and bias by the contract.
+    unsafe {
+        let b: [V; NV] = core::array::from_fn(|j| bias_vector(bias, co + j * l));
+        let mut acc = [b; TILE];
+        // Undilated taps of a window row are one contiguous run in x and in w.
+        let (runs, run) = if ww.dilation == 1 {
+            (1, ww.kernel * cin)
+        } else {
+            (ww.kernel, cin)
+        };
+        for kd in 0..wd.kernel {
+            for kh in 0..wh.kernel {
+                let row = (kd * wd.dilation * wh.input + kh * wh.dilation) * ww.input;
+                for kw in 0..runs {
+                    let off = (row + kw * ww.dilation) * cin;
+                    let tap = (kd * wh.kernel + kh) * ww.kernel + kw;
+                    let wrow = wp.add(tap * cin * cout + co);
+                    let xs: [*const f32; TILE] =
+                        core::array::from_fn(|t| xp.add(tile.bases[t] + off));
+                    for ci in 0..run {
+                        let wr = wrow.add(ci * cout);
+                        // Rows of w are `cout` apart: a stride the hardware prefetcher
+                        // follows late on layers whose weights come from memory.
+                        for line in (0..NV * l).step_by(16) {
+                            crate::simd::prefetch(wr.add(PREFETCH_ROWS * cout + line));
+                        }
+                        let wv: [V; NV] = core::array::from_fn(|j| V::load(wr.add(j * l)));
+                        for t in 0..TILE {
+                            let v = V::splat(*xs[t].add(ci));
+                            for j in 0..NV {
+                                acc[t][j] = v.mul_add(wv[j], acc[t][j]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for (t, a) in acc.iter().enumerate().take(tile.count) {
+            let out = yp.add((tile.first + t) * cout + co);
+            for (j, v) in a.iter().enumerate() {
+                v.store(out.add(j * l));
             }
         }
     }
@@ -627,8 +792,8 @@ mod tests {
 
     #[test]
     fn convolutions_match_the_loop_they_vectorise() {
-        let window = |input: usize, kernel: usize, stride: usize, dilation: usize| {
-            let pad = (kernel - 1) * dilation / 2;
+        let window = |input: usize, kernel: usize, stride: usize, dilation: usize, same: bool| {
+            let pad = if same { (kernel - 1) * dilation / 2 } else { 0 };
             Window {
                 input,
                 output: (input + 2 * pad - (kernel - 1) * dilation - 1) / stride + 1,
@@ -646,27 +811,34 @@ mod tests {
             (seed % 2001) as f32 / 1000.0 - 1.0
         };
         // Plain, strided, dilated and depthwise convolutions, channels in and out of
-        // the register blocks' multiples.
+        // the register blocks' multiples; padded ones, and valid ones (the pixel tiles
+        // across rows and the batch) with every width of register block and tail.
         let cases = [
-            (3, 8, 1, 3, 1, 1),
-            (5, 12, 1, 3, 2, 1),
-            (4, 36, 1, 3, 1, 2),
-            (16, 16, 16, 3, 1, 1),
-            (40, 40, 40, 5, 2, 1),
-            (6, 20, 2, 1, 1, 1),
-            (8, 24, 1, 3, 1, 1),
-            (8, 64, 1, 3, 1, 1),
-            (24, 24, 24, 3, 1, 1),
-            (12, 12, 12, 3, 1, 1),
-            (32, 32, 32, 3, 2, 1),
+            (3, 8, 1, 3, 1, 1, true),
+            (5, 12, 1, 3, 2, 1, true),
+            (4, 36, 1, 3, 1, 2, true),
+            (16, 16, 16, 3, 1, 1, true),
+            (40, 40, 40, 5, 2, 1, true),
+            (6, 20, 2, 1, 1, 1, true),
+            (8, 24, 1, 3, 1, 1, true),
+            (8, 64, 1, 3, 1, 1, true),
+            (24, 24, 24, 3, 1, 1, true),
+            (12, 12, 12, 3, 1, 1, true),
+            (32, 32, 32, 3, 2, 1, true),
+            (3, 8, 1, 3, 1, 1, false),
+            (5, 70, 1, 3, 2, 1, false),
+            (4, 36, 1, 3, 1, 2, false),
+            (16, 112, 1, 1, 1, 1, false),
+            (7, 52, 1, 1, 2, 1, false),
+            (9, 5, 1, 2, 1, 1, false),
         ];
-        for (cin, cout, groups, kernel, stride, dilation) in cases {
+        for (cin, cout, groups, kernel, stride, dilation, same) in cases {
             let p = Conv {
-                batch: 1,
+                batch: 2,
                 windows: [
                     Window::UNIT,
-                    window(7, kernel, stride, dilation),
-                    window(9, kernel, stride, dilation),
+                    window(7, kernel, stride, dilation, same),
+                    window(9, kernel, stride, dilation, same),
                 ],
                 cin,
                 cout,

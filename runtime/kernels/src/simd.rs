@@ -122,3 +122,16 @@ pub(crate) unsafe fn bias_vector<V: Vector>(bias: Option<*const f32>, col: usize
         None => V::splat(0.0),
     }
 }
+
+/// Asks the cache for the line holding `p`: a hint with no effect on results, and no
+/// fault for any address.
+#[inline(always)]
+pub(crate) fn prefetch(p: *const f32) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch reads nothing and cannot fault; SSE is in every x86-64.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}

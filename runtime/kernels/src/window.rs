@@ -55,6 +55,16 @@ impl Window {
         lo..hi
     }
 
+    /// True when every tap of every output lands inside the input: no padding, and the
+    /// last window ends inside (Keras's `valid`, or an input padded beforehand).
+    pub const fn is_valid(&self) -> bool {
+        self.pad_before == 0
+            && (self.output == 0
+                || (self.output - 1) * self.stride
+                    + (self.kernel.saturating_sub(1)) * self.dilation
+                    < self.input)
+    }
+
     /// Input position of tap `k` of output `o`, for `k` in [`Window::taps`]`(o)`.
     #[inline(always)]
     pub const fn at(&self, o: usize, k: usize) -> usize {
