@@ -2,9 +2,11 @@
 //! Keras keeps it.
 
 use crate::act::Act;
+use crate::conv::{conv_in, Conv};
 use crate::isa::Isa;
 use crate::lanes::Vector;
 use crate::simd::{bias_vector, part_mut};
+use crate::window::Window;
 
 /// A dense layer with fixed sizes.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -46,6 +48,25 @@ pub fn dense_in<I: Isa>(
     {
         return;
     }
+    if p.rows >= 3 {
+        // Three rows and more: the convolution's pixel tiles, a 1x1 convolution over the
+        // rows with the same `[k, n]` weights, share each weight load among six rows.
+        let rows = Window {
+            input: p.rows,
+            output: p.rows,
+            ..Window::UNIT
+        };
+        let c = Conv {
+            batch: 1,
+            windows: [Window::UNIT, Window::UNIT, rows],
+            cin: k,
+            cout: n,
+            groups: 1,
+            act: p.act,
+        };
+        conv_in::<I>(isa, &c, x, w, bias, y);
+        return;
+    }
     let (xp, wp, yp, bp) = (
         x.as_ptr(),
         w.as_ptr(),
@@ -53,8 +74,7 @@ pub fn dense_in<I: Isa>(
         bias.map(<[f32]>::as_ptr),
     );
     if I::FMA {
-        // Pairs of rows share each weight load, for layers applied over time steps
-        // or positions; the full blocks are the ones that pay for it.
+        // Two rows share each weight load; the full blocks are the ones that pay for it.
         let paired = if n >= fused::block_columns::<I>() {
             p.rows / 2 * 2
         } else {
