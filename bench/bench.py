@@ -23,6 +23,8 @@ import numpy as np  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURES = os.path.join(HERE, "..", "tests", "fixtures")
+# keras.applications models too large to commit, made by tests/make_applications.sh.
+APPLICATIONS = os.path.join(HERE, "..", "target", "applications")
 KERAC = "kerac (model!)"
 PEERS = ["onnxruntime", "tflite", "tensorflow"]
 
@@ -38,10 +40,19 @@ def models(only):
     return out
 
 
+def model_file(name):
+    """The model's k3.keras: a committed fixture, else a made keras.applications model."""
+    for root in (FIXTURES, APPLICATIONS):
+        path = os.path.join(root, name, "k3.keras")
+        if os.path.exists(path):
+            return path
+    raise FileNotFoundError(f"{name}: no k3.keras; bash tests/make_applications.sh makes it")
+
+
 def load_keras(name):
     import keras
 
-    m = keras.saving.load_model(os.path.join(FIXTURES, name, "k3.keras"))
+    m = keras.saving.load_model(model_file(name))
     m(np.zeros((1,) + tuple(m.inputs[0].shape[1:]), np.float32))
     return m
 

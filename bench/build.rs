@@ -25,7 +25,15 @@ fn main() {
     {
         let (name, label) = line.split_once(char::is_whitespace).unwrap();
         let label = label.trim();
-        let file = format!("../tests/fixtures/{name}/k3.keras");
+        // Committed fixtures, else the keras.applications models made under
+        // target/applications (bench/run.sh makes them).
+        let file = ["../tests/fixtures", "../target/applications"]
+            .iter()
+            .map(|dir| format!("{dir}/{name}/k3.keras"))
+            .find(|f| root.join(f).exists())
+            .unwrap_or_else(|| {
+                panic!("{name}: no k3.keras under tests/fixtures or target/applications; bash tests/make_applications.sh makes the large models")
+            });
         println!("cargo:rerun-if-changed={file}");
         let graph = kerac_compiler::load(&root.join(&file), None, &Default::default())
             .unwrap_or_else(|e| panic!("{file}: {e}"));
