@@ -167,10 +167,12 @@ pub fn conv_in<I: Isa>(
 fn valid<I: Isa>(isa: I, p: &Conv, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
     let [wd, wh, ww] = p.windows;
     let pixels = p.batch * wd.output * wh.output * ww.output;
+    // No axis is empty when there are pixels; `max(1)` spares the divisions a panic path.
+    let (wo, ho, dout) = (ww.output.max(1), wh.output.max(1), wd.output.max(1));
     let base = |q: usize| {
-        let (r, ow) = (q / ww.output, q % ww.output);
-        let (r, oh) = (r / wh.output, r % wh.output);
-        let (b, od) = (r / wd.output, r % wd.output);
+        let (r, ow) = (q / wo, q % wo);
+        let (r, oh) = (r / ho, r % ho);
+        let (b, od) = (r / dout, r % dout);
         (((b * wd.input + od * wd.stride) * wh.input + oh * wh.stride) * ww.input + ow * ww.stride)
             * p.cin
     };

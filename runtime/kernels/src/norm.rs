@@ -55,21 +55,20 @@ fn per_position<const P: usize>(
         return;
     }
     if p.inner == 1 {
-        for (y, x) in y.chunks_exact_mut(p.n).zip(x.chunks_exact(p.n)) {
-            f(params.map(|q| q.get(..p.n).unwrap_or(&[])), x, y);
+        for o in 0..p.outer {
+            let at = o * p.n..(o + 1) * p.n;
+            if let (Some(x), Some(y)) = (x.get(at.clone()), y.get_mut(at)) {
+                f(params.map(|q| q.get(..p.n).unwrap_or(&[])), x, y);
+            }
         }
         return;
     }
-    let mut runs = y
-        .chunks_exact_mut(p.inner)
-        .zip(x.chunks_exact(p.inner))
-        .enumerate();
-    for _ in 0..p.outer {
+    for o in 0..p.outer {
         for j in 0..p.n {
-            let Some((_, (y, x))) = runs.next() else {
-                return;
-            };
-            f(params.map(|q| q.get(j..j + 1).unwrap_or(&[])), x, y);
+            let at = (o * p.n + j) * p.inner..(o * p.n + j + 1) * p.inner;
+            if let (Some(x), Some(y)) = (x.get(at.clone()), y.get_mut(at)) {
+                f(params.map(|q| q.get(j..j + 1).unwrap_or(&[])), x, y);
+            }
         }
     }
 }

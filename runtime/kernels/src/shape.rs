@@ -101,7 +101,7 @@ impl AxisMap {
                 ]
             }
             AxisMap::Crop { before, .. } => [(before + o, 1.0), (0, 0.0)],
-            AxisMap::Nearest { scale, .. } => [(o / scale, 1.0), (0, 0.0)],
+            AxisMap::Nearest { scale, .. } => [(o / scale.max(1), 1.0), (0, 0.0)],
             AxisMap::Bilinear { scale, input, .. } => {
                 let pos = crate::act::fmax((o as f32 + 0.5) / scale as f32 - 0.5, 0.0);
                 let lo = pos as usize;
@@ -151,7 +151,11 @@ pub fn resample(p: &Resample, x: &[f32], y: &mut [f32]) {
         for d in 0..od {
             for h in 0..oh {
                 for w in 0..ow {
-                    let out = &mut y[at..at + c];
+                    // `get`: out of line, the optimiser may not see the length checks
+                    // above, and an index would leave a panic path.
+                    let Some(out) = y.get_mut(at..at + c) else {
+                        return;
+                    };
                     out.fill(0.0);
                     for (sd, wd) in p.axes[0].taps(d) {
                         for (sh, wh) in p.axes[1].taps(h) {
@@ -164,7 +168,8 @@ pub fn resample(p: &Resample, x: &[f32], y: &mut [f32]) {
                                     continue;
                                 }
                                 let xi = (((b * id + sd) * ih + sh) * iw + sw) * c;
-                                for (o, &v) in out.iter_mut().zip(&x[xi..xi + c]) {
+                                let xs = x.get(xi..xi + c).unwrap_or(&[]);
+                                for (o, &v) in out.iter_mut().zip(xs) {
                                     *o += weight * v;
                                 }
                             }
@@ -192,9 +197,6 @@ fn pad_or_crop(p: &Resample, x: &[f32], y: &mut [f32]) {
         _ => None,
     };
     let ow = p.axes[2].len();
-    if ow * c == 0 {
-        return;
-    }
     // Along the width: `zeros` first, then `take` inputs from position `from`.
     let (zeros, take, from) = match p.axes[2] {
         AxisMap::Pad { before, input, len } => {
@@ -203,11 +205,14 @@ fn pad_or_crop(p: &Resample, x: &[f32], y: &mut [f32]) {
         AxisMap::Crop { before, len } => (0, len, before),
         _ => (0, 0, 0),
     };
-    let mut rows = y.chunks_exact_mut(ow * c);
+    let mut at = 0;
     for b in 0..p.batch {
         for d in 0..p.axes[0].len() {
             for h in 0..p.axes[1].len() {
-                let Some(row) = rows.next() else { return };
+                let Some(row) = y.get_mut(at..at + ow * c) else {
+                    return;
+                };
+                at += ow * c;
                 let run = match (source(&p.axes[0], d), source(&p.axes[1], h)) {
                     (Some(sd), Some(sh)) => {
                         let xi = (((b * id + sd) * ih + sh) * iw + from) * c;
