@@ -52,7 +52,7 @@ fn main() {
         let outputs: Vec<String> = plan
             .outputs
             .iter()
-            .map(|p| plan.values[p.value].len.to_string())
+            .map(|p| plan.buffers[p.buffer].len.to_string())
             .collect();
         writeln!(
             code,

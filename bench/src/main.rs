@@ -173,7 +173,8 @@ fn largest_layers(bench: &Bench, x: &[f32], peak: Option<f64>) -> Result<Value, 
     let input =
         ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(bench.input_shapes[0]), x[..len].to_vec())
             .map_err(|e| e.to_string())?;
-    let times = exec::profile(&plan, &[input], 2000).map_err(|e| e.to_string())?;
+    let isa = kerac::Dispatch::detect(kerac::Level::Avx512);
+    let times = exec::profile(&plan, isa, &[input], 2000).map_err(|e| e.to_string())?;
     let mut out = serde_json::Map::new();
     for (kind, pick) in [
         (

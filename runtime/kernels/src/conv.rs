@@ -159,35 +159,72 @@ pub fn conv_in<I: Isa>(
 }
 
 /// A convolution all of whose taps are inside the input ([`Window::is_valid`] on every
-/// axis), one group: an implicit matrix product over tiles of `TILE` output pixels taken
-/// in order across rows, images and the batch, so that small maps (4x4 at the end of a
-/// ResNet) share each weight load among as many pixels as wide ones. A last tile of
-/// fewer pixels repeats its last pixel and stores only its own.
+/// axis), one group: an implicit matrix product over tiles of output pixels taken in
+/// order across rows, images and the batch, so that small maps (4x4 at the end of a
+/// ResNet) share each weight load among as many pixels as wide ones. Tiles are `TILE`
+/// pixels, or `NARROW_TILE` where the output channels fill at most the registers one
+/// block of `TILE` would leave idle. A last tile of fewer pixels repeats its last pixel
+/// and stores only its own.
 #[inline(always)]
 fn valid<I: Isa>(isa: I, p: &Conv, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+    let l = <I::F>::LANES;
+    if p.cout <= if l == 16 { 2 * l } else { l } {
+        valid_tiles::<I, NARROW_TILE>(isa, p, x, w, bias, y);
+    } else {
+        valid_tiles::<I, TILE>(isa, p, x, w, bias, y);
+    }
+}
+
+/// [`valid`] in tiles of `M` pixels.
+#[inline(always)]
+fn valid_tiles<I: Isa, const M: usize>(
+    isa: I,
+    p: &Conv,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
     let [wd, wh, ww] = p.windows;
     let pixels = p.batch * wd.output * wh.output * ww.output;
-    // No axis is empty when there are pixels; `max(1)` spares the divisions a panic path.
-    let (wo, ho, dout) = (ww.output.max(1), wh.output.max(1), wd.output.max(1));
-    let base = |q: usize| {
-        let (r, ow) = (q / wo, q % wo);
-        let (r, oh) = (r / ho, r % ho);
-        let (b, od) = (r / dout, r % dout);
-        (((b * wd.input + od * wd.stride) * wh.input + oh * wh.stride) * ww.input + ow * ww.stride)
-            * p.cin
-    };
     let (xp, wp, yp, bp) = (
         x.as_ptr(),
         w.as_ptr(),
         y.as_mut_ptr(),
         bias.map(<[f32]>::as_ptr),
     );
+    // The next pixel's position, stepped with carries rather than divided out of its
+    // index: out of line, the divisions by axis lengths cost more than a small tile.
+    let (mut ow, mut oh, mut od) = (0, 0, 0);
+    let mut image = 0;
     let mut first = 0;
     while first < pixels {
-        let count = (pixels - first).min(TILE);
-        let mut bases = [0; TILE];
+        let count = (pixels - first).min(M);
+        let mut bases = [0; M];
+        let mut last = 0;
         for (t, b) in bases.iter_mut().enumerate() {
-            *b = base(first + t.min(count - 1));
+            // A short last tile repeats its last pixel.
+            if t >= count {
+                *b = last;
+                continue;
+            }
+            last = ((image + od * wd.stride * wh.input + oh * wh.stride) * ww.input
+                + ow * ww.stride)
+                * p.cin;
+            *b = last;
+            ow += 1;
+            if ow == ww.output {
+                ow = 0;
+                oh += 1;
+                if oh == wh.output {
+                    oh = 0;
+                    od += 1;
+                    if od == wd.output {
+                        od = 0;
+                        image += wd.input * wh.input;
+                    }
+                }
+            }
         }
         let tile = Tile {
             bases,
@@ -197,12 +234,12 @@ fn valid<I: Isa>(isa: I, p: &Conv, x: &[f32], w: &[f32], bias: Option<&[f32]>, y
         // SAFETY: `conv_in` checked x, w, y and bias against the geometry; every pixel
         // of the tile is an output pixel, and a valid window keeps its taps inside x.
         unsafe {
-            let mut co = columns::<I::F>(p, xp, wp, bp, yp, &tile, 0);
+            let mut co = columns::<I::F, M>(p, xp, wp, bp, yp, &tile, 0);
             if <I::H>::LANES < <I::F>::LANES {
-                co = columns::<I::H>(p, xp, wp, bp, yp, &tile, co);
+                co = columns::<I::H, M>(p, xp, wp, bp, yp, &tile, co);
             }
             if 1 < <I::H>::LANES {
-                columns::<crate::lanes::S>(p, xp, wp, bp, yp, &tile, co);
+                columns::<crate::lanes::S, M>(p, xp, wp, bp, yp, &tile, co);
             }
         }
         // SAFETY: the tile's pixels were just written, inside y.
@@ -212,13 +249,17 @@ fn valid<I: Isa>(isa: I, p: &Conv, x: &[f32], w: &[f32], bias: Option<&[f32]>, y
     }
 }
 
+/// Pixels per tile of [`valid`] for narrow outputs: 12 accumulators of one register (16
+/// register names), or 24 of two (AVX-512's 32).
+const NARROW_TILE: usize = 12;
+
 /// Weight rows ahead that [`valid_block`] asks the cache for.
 const PREFETCH_ROWS: usize = 16;
 
 /// Output pixels computed together by [`valid`]: where each reads the input, and the
 /// pixels to store.
-struct Tile {
-    bases: [usize; TILE],
+struct Tile<const M: usize> {
+    bases: [usize; M],
     first: usize,
     count: usize,
 }
@@ -230,13 +271,13 @@ struct Tile {
 /// # Safety
 /// As for [`valid_block`], for every block it runs.
 #[inline(always)]
-unsafe fn columns<V: Vector>(
+unsafe fn columns<V: Vector, const M: usize>(
     p: &Conv,
     xp: *const f32,
     wp: *const f32,
     bias: Option<*const f32>,
     yp: *mut f32,
-    tile: &Tile,
+    tile: &Tile<M>,
     mut co: usize,
 ) -> usize {
     let (l, cout) = (V::LANES, p.cout);
@@ -244,23 +285,23 @@ unsafe fn columns<V: Vector>(
     unsafe {
         if l == 16 {
             while co + 4 * l <= cout {
-                valid_block::<V, 4>(p, xp, wp, bias, yp, tile, co);
+                valid_block::<V, 4, M>(p, xp, wp, bias, yp, tile, co);
                 co += 4 * l;
             }
             match (cout - co) / l {
-                3 => valid_block::<V, 3>(p, xp, wp, bias, yp, tile, co),
-                2 => valid_block::<V, 2>(p, xp, wp, bias, yp, tile, co),
-                1 => valid_block::<V, 1>(p, xp, wp, bias, yp, tile, co),
+                3 => valid_block::<V, 3, M>(p, xp, wp, bias, yp, tile, co),
+                2 => valid_block::<V, 2, M>(p, xp, wp, bias, yp, tile, co),
+                1 => valid_block::<V, 1, M>(p, xp, wp, bias, yp, tile, co),
                 _ => {}
             }
             co += (cout - co) / l * l;
         } else {
             while co + 2 * l <= cout {
-                valid_block::<V, 2>(p, xp, wp, bias, yp, tile, co);
+                valid_block::<V, 2, M>(p, xp, wp, bias, yp, tile, co);
                 co += 2 * l;
             }
             if co + l <= cout {
-                valid_block::<V, 1>(p, xp, wp, bias, yp, tile, co);
+                valid_block::<V, 1, M>(p, xp, wp, bias, yp, tile, co);
                 co += l;
             }
         }
@@ -268,8 +309,8 @@ unsafe fn columns<V: Vector>(
     co
 }
 
-/// `NV` registers of output channels from `co` for the `TILE` pixels of `tile`, in
-/// `TILE x NV` accumulators: each weight register loaded serves `TILE` pixels. The sums
+/// `NV` registers of output channels from `co` for the `M` pixels of `tile`, in
+/// `M x NV` accumulators: each weight register loaded serves `M` pixels. The sums
 /// run bias first, then the taps and channels in order: without FMA, the portable
 /// loop's order.
 ///
@@ -277,13 +318,13 @@ unsafe fn columns<V: Vector>(
 /// `p` is valid on every axis and one group; x, w, y and bias hold what `p` needs;
 /// `tile` holds output pixels; `co + NV * V::LANES <= p.cout`; `V`'s ISA is enabled.
 #[inline(always)]
-unsafe fn valid_block<V: Vector, const NV: usize>(
+unsafe fn valid_block<V: Vector, const NV: usize, const M: usize>(
     p: &Conv,
     xp: *const f32,
     wp: *const f32,
     bias: Option<*const f32>,
     yp: *mut f32,
-    tile: &Tile,
+    tile: &Tile<M>,
     co: usize,
 ) {
     let [wd, wh, ww] = p.windows;
@@ -291,7 +332,7 @@ unsafe fn valid_block<V: Vector, const NV: usize>(
     // SAFETY (the whole body): offsets stay inside x, w, y and bias by the contract.
     unsafe {
         let b: [V; NV] = core::array::from_fn(|j| bias_vector(bias, co + j * l));
-        let mut acc = [b; TILE];
+        let mut acc = [b; M];
         // Undilated taps of a window row are one contiguous run in x and in w.
         let (runs, run) = if ww.dilation == 1 {
             (1, ww.kernel * cin)
@@ -305,8 +346,7 @@ unsafe fn valid_block<V: Vector, const NV: usize>(
                     let off = (row + kw * ww.dilation) * cin;
                     let tap = (kd * wh.kernel + kh) * ww.kernel + kw;
                     let wrow = wp.add(tap * cin * cout + co);
-                    let xs: [*const f32; TILE] =
-                        core::array::from_fn(|t| xp.add(tile.bases[t] + off));
+                    let xs: [*const f32; M] = core::array::from_fn(|t| xp.add(tile.bases[t] + off));
                     for ci in 0..run {
                         let wr = wrow.add(ci * cout);
                         // Rows of w are `cout` apart: a stride the hardware prefetcher
@@ -315,7 +355,7 @@ unsafe fn valid_block<V: Vector, const NV: usize>(
                             crate::simd::prefetch(wr.add(PREFETCH_ROWS * cout + line));
                         }
                         let wv: [V; NV] = core::array::from_fn(|j| V::load(wr.add(j * l)));
-                        for t in 0..TILE {
+                        for t in 0..M {
                             let v = V::splat(*xs[t].add(ci));
                             for j in 0..NV {
                                 acc[t][j] = v.mul_add(wv[j], acc[t][j]);
