@@ -207,6 +207,13 @@ fn largest_layers(bench: &Bench, x: &[f32], peak: Option<f64>) -> Result<Value, 
     Ok(Value::Object(out))
 }
 
+/// Time kerac gets per backend and model: `--runs` calls, cut at four times a peer's
+/// time and at least 20 s, so that a real architecture (milliseconds a call) takes
+/// seconds rather than an hour, while the small models still make every call.
+fn kerac_seconds(o: &Options) -> f64 {
+    (4.0 * o.seconds).max(20.0)
+}
+
 fn main() -> std::process::ExitCode {
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -289,7 +296,7 @@ fn run() -> Result<(), String> {
         .map_err(io)?;
         let times = {
             let mut views: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
-            time_calls(o.runs, None, |i| {
+            time_calls(o.runs, Some(kerac_seconds(&o)), |i| {
                 let _ = model.run(black_box(&[x(i)]), &mut views);
             })
         };
@@ -317,7 +324,7 @@ fn run() -> Result<(), String> {
             }
             diff = diff.max(max_abs_diff(&out, r));
         }
-        let times = time_calls(o.runs, None, |i| {
+        let times = time_calls(o.runs, Some(kerac_seconds(&o)), |i| {
             black_box(object(i, &mut out, &mut scratch));
         });
         tools.insert(format!("kerac (object, {})", bench.target), json!({"samples": write_samples(&o.results, bench.name, "kerac_object", &times).map_err(io)?, "max_abs_diff": diff}));
