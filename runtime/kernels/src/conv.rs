@@ -159,32 +159,12 @@ pub fn conv_in<I: Isa>(
 }
 
 /// A convolution all of whose taps are inside the input ([`Window::is_valid`] on every
-/// axis), one group: an implicit matrix product over tiles of output pixels taken in
-/// order across rows, images and the batch, so that small maps (4x4 at the end of a
-/// ResNet) share each weight load among as many pixels as wide ones. Tiles are `TILE`
-/// pixels, or `NARROW_TILE` where the output channels fill at most the registers one
-/// block of `TILE` would leave idle. A last tile of fewer pixels repeats its last pixel
-/// and stores only its own.
+/// axis), one group: an implicit matrix product over tiles of `TILE` output pixels taken
+/// in order across rows, images and the batch, so that small maps (4x4 at the end of a
+/// ResNet) share each weight load among as many pixels as wide ones. A last tile of
+/// fewer pixels repeats its last pixel and stores only its own.
 #[inline(always)]
 fn valid<I: Isa>(isa: I, p: &Conv, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
-    let l = <I::F>::LANES;
-    if p.cout <= if l == 16 { 2 * l } else { l } {
-        valid_tiles::<I, NARROW_TILE>(isa, p, x, w, bias, y);
-    } else {
-        valid_tiles::<I, TILE>(isa, p, x, w, bias, y);
-    }
-}
-
-/// [`valid`] in tiles of `M` pixels.
-#[inline(always)]
-fn valid_tiles<I: Isa, const M: usize>(
-    isa: I,
-    p: &Conv,
-    x: &[f32],
-    w: &[f32],
-    bias: Option<&[f32]>,
-    y: &mut [f32],
-) {
     let [wd, wh, ww] = p.windows;
     let pixels = p.batch * wd.output * wh.output * ww.output;
     let (xp, wp, yp, bp) = (
@@ -199,8 +179,8 @@ fn valid_tiles<I: Isa, const M: usize>(
     let mut image = 0;
     let mut first = 0;
     while first < pixels {
-        let count = (pixels - first).min(M);
-        let mut bases = [0; M];
+        let count = (pixels - first).min(TILE);
+        let mut bases = [0; TILE];
         let mut last = 0;
         for (t, b) in bases.iter_mut().enumerate() {
             // A short last tile repeats its last pixel.
@@ -234,12 +214,12 @@ fn valid_tiles<I: Isa, const M: usize>(
         // SAFETY: `conv_in` checked x, w, y and bias against the geometry; every pixel
         // of the tile is an output pixel, and a valid window keeps its taps inside x.
         unsafe {
-            let mut co = columns::<I::F, M>(p, xp, wp, bp, yp, &tile, 0);
+            let mut co = columns::<I::F>(p, xp, wp, bp, yp, &tile, 0);
             if <I::H>::LANES < <I::F>::LANES {
-                co = columns::<I::H, M>(p, xp, wp, bp, yp, &tile, co);
+                co = columns::<I::H>(p, xp, wp, bp, yp, &tile, co);
             }
             if 1 < <I::H>::LANES {
-                columns::<crate::lanes::S, M>(p, xp, wp, bp, yp, &tile, co);
+                columns::<crate::lanes::S>(p, xp, wp, bp, yp, &tile, co);
             }
         }
         // SAFETY: the tile's pixels were just written, inside y.
@@ -249,17 +229,13 @@ fn valid_tiles<I: Isa, const M: usize>(
     }
 }
 
-/// Pixels per tile of [`valid`] for narrow outputs: 12 accumulators of one register (16
-/// register names), or 24 of two (AVX-512's 32).
-const NARROW_TILE: usize = 12;
-
 /// Weight rows ahead that [`valid_block`] asks the cache for.
 const PREFETCH_ROWS: usize = 16;
 
 /// Output pixels computed together by [`valid`]: where each reads the input, and the
 /// pixels to store.
-struct Tile<const M: usize> {
-    bases: [usize; M],
+struct Tile {
+    bases: [usize; TILE],
     first: usize,
     count: usize,
 }
@@ -271,13 +247,13 @@ struct Tile<const M: usize> {
 /// # Safety
 /// As for [`valid_block`], for every block it runs.
 #[inline(always)]
-unsafe fn columns<V: Vector, const M: usize>(
+unsafe fn columns<V: Vector>(
     p: &Conv,
     xp: *const f32,
     wp: *const f32,
     bias: Option<*const f32>,
     yp: *mut f32,
-    tile: &Tile<M>,
+    tile: &Tile,
     mut co: usize,
 ) -> usize {
     let (l, cout) = (V::LANES, p.cout);
@@ -285,23 +261,26 @@ unsafe fn columns<V: Vector, const M: usize>(
     unsafe {
         if l == 16 {
             while co + 4 * l <= cout {
-                valid_block::<V, 4, M>(p, xp, wp, bias, yp, tile, co);
+                valid_block::<V, 4>(p, xp, wp, bias, yp, tile, co);
                 co += 4 * l;
             }
-            match (cout - co) / l {
-                3 => valid_block::<V, 3, M>(p, xp, wp, bias, yp, tile, co),
-                2 => valid_block::<V, 2, M>(p, xp, wp, bias, yp, tile, co),
-                1 => valid_block::<V, 1, M>(p, xp, wp, bias, yp, tile, co),
-                _ => {}
-            }
-            co += (cout - co) / l * l;
-        } else {
-            while co + 2 * l <= cout {
-                valid_block::<V, 2, M>(p, xp, wp, bias, yp, tile, co);
+            // Three registers left run as two and one: one block width fewer for
+            // every step to inline.
+            if co + 2 * l <= cout {
+                valid_block::<V, 2>(p, xp, wp, bias, yp, tile, co);
                 co += 2 * l;
             }
             if co + l <= cout {
-                valid_block::<V, 1, M>(p, xp, wp, bias, yp, tile, co);
+                valid_block::<V, 1>(p, xp, wp, bias, yp, tile, co);
+                co += l;
+            }
+        } else {
+            while co + 2 * l <= cout {
+                valid_block::<V, 2>(p, xp, wp, bias, yp, tile, co);
+                co += 2 * l;
+            }
+            if co + l <= cout {
+                valid_block::<V, 1>(p, xp, wp, bias, yp, tile, co);
                 co += l;
             }
         }
@@ -309,8 +288,8 @@ unsafe fn columns<V: Vector, const M: usize>(
     co
 }
 
-/// `NV` registers of output channels from `co` for the `M` pixels of `tile`, in
-/// `M x NV` accumulators: each weight register loaded serves `M` pixels. The sums
+/// `NV` registers of output channels from `co` for the `TILE` pixels of `tile`, in
+/// `TILE x NV` accumulators: each weight register loaded serves `TILE` pixels. The sums
 /// run bias first, then the taps and channels in order: without FMA, the portable
 /// loop's order.
 ///
@@ -318,13 +297,13 @@ unsafe fn columns<V: Vector, const M: usize>(
 /// `p` is valid on every axis and one group; x, w, y and bias hold what `p` needs;
 /// `tile` holds output pixels; `co + NV * V::LANES <= p.cout`; `V`'s ISA is enabled.
 #[inline(always)]
-unsafe fn valid_block<V: Vector, const NV: usize, const M: usize>(
+unsafe fn valid_block<V: Vector, const NV: usize>(
     p: &Conv,
     xp: *const f32,
     wp: *const f32,
     bias: Option<*const f32>,
     yp: *mut f32,
-    tile: &Tile<M>,
+    tile: &Tile,
     co: usize,
 ) {
     let [wd, wh, ww] = p.windows;
@@ -332,7 +311,7 @@ unsafe fn valid_block<V: Vector, const NV: usize, const M: usize>(
     // SAFETY (the whole body): offsets stay inside x, w, y and bias by the contract.
     unsafe {
         let b: [V; NV] = core::array::from_fn(|j| bias_vector(bias, co + j * l));
-        let mut acc = [b; M];
+        let mut acc = [b; TILE];
         // Undilated taps of a window row are one contiguous run in x and in w.
         let (runs, run) = if ww.dilation == 1 {
             (1, ww.kernel * cin)
@@ -346,7 +325,8 @@ unsafe fn valid_block<V: Vector, const NV: usize, const M: usize>(
                     let off = (row + kw * ww.dilation) * cin;
                     let tap = (kd * wh.kernel + kh) * ww.kernel + kw;
                     let wrow = wp.add(tap * cin * cout + co);
-                    let xs: [*const f32; M] = core::array::from_fn(|t| xp.add(tile.bases[t] + off));
+                    let xs: [*const f32; TILE] =
+                        core::array::from_fn(|t| xp.add(tile.bases[t] + off));
                     for ci in 0..run {
                         let wr = wrow.add(ci * cout);
                         // Rows of w are `cout` apart: a stride the hardware prefetcher
@@ -355,7 +335,7 @@ unsafe fn valid_block<V: Vector, const NV: usize, const M: usize>(
                             crate::simd::prefetch(wr.add(PREFETCH_ROWS * cout + line));
                         }
                         let wv: [V; NV] = core::array::from_fn(|j| V::load(wr.add(j * l)));
-                        for t in 0..M {
+                        for t in 0..TILE {
                             let v = V::splat(*xs[t].add(ci));
                             for j in 0..NV {
                                 acc[t][j] = v.mul_add(wv[j], acc[t][j]);
