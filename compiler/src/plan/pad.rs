@@ -14,30 +14,41 @@ pub fn pad_convolutions(plan: &mut Plan) {
     let mut steps = Vec::with_capacity(plan.steps.len());
     for mut step in std::mem::take(&mut plan.steps) {
         if let Kernel::Conv { p, .. } = &mut step.kernel {
-            if p.groups == 1 && !p.windows.iter().all(Window::is_valid) {
-                let axes = p.windows.map(|w| AxisMap::Pad {
-                    before: w.pad_before,
-                    input: w.input,
-                    len: padded(&w),
-                });
+            // Sizes from a file may be huge: any count that overflows leaves the
+            // convolution on its edge path, unpadded.
+            let lens = p.windows.map(|w| padded(&w));
+            let floats = |lens: [Option<usize>; 3]| {
+                lens.iter()
+                    .try_fold(p.batch.checked_mul(p.cin)?, |n, &l| n.checked_mul(l?))
+            };
+            let len = floats(lens);
+            let input = floats(p.windows.map(|w| Some(w.input)));
+            // A window far wider than its input ("same" with a huge kernel) would pad
+            // mostly zeros and multiply them; it keeps the edge path too.
+            let worth = matches!((len, input), (Some(len), Some(input)) if len / 4 <= input);
+            if p.groups == 1 && !p.windows.iter().all(Window::is_valid) && worth {
+                let (Some(len), [Some(d), Some(h), Some(w)]) = (len, lens) else {
+                    steps.push(step);
+                    continue;
+                };
+                let axes =
+                    [(p.windows[0], d), (p.windows[1], h), (p.windows[2], w)].map(|(w, len)| {
+                        AxisMap::Pad {
+                            before: w.pad_before,
+                            input: w.input,
+                            len,
+                        }
+                    });
                 let pad = Resample {
                     batch: p.batch,
                     input: p.windows.map(|w| w.input),
                     axes,
                     channels: p.cin,
                 };
-                let len = p.batch * axes.iter().map(AxisMap::len).product::<usize>() * p.cin;
-                let input = p.batch * p.windows.iter().map(|w| w.input).product::<usize>() * p.cin;
-                // A window far wider than its input ("same" with a huge kernel) would
-                // pad mostly zeros and multiply them; it keeps the edge path instead.
-                if len > 4 * input.max(1) {
-                    steps.push(step);
-                    continue;
-                }
                 plan.buffers.push(Buffer { len, offset: 0 });
                 let padded_input = plan.buffers.len() - 1;
-                for w in &mut p.windows {
-                    w.input = padded(w);
+                for (w, len) in p.windows.iter_mut().zip([d, h, w]) {
+                    w.input = len;
                     w.pad_before = 0;
                 }
                 steps.push(Step {
@@ -57,9 +68,13 @@ pub fn pad_convolutions(plan: &mut Plan) {
 
 /// The input length a window reads with its padding: up to the last tap of its last
 /// output, which may stop short of the input's end (a strided window can leave it).
-fn padded(w: &Window) -> usize {
+/// `None` where the count overflows.
+fn padded(w: &Window) -> Option<usize> {
     if w.output == 0 {
-        return 0;
+        return Some(0);
     }
-    (w.output - 1) * w.stride + (w.kernel.max(1) - 1) * w.dilation + 1
+    (w.output - 1)
+        .checked_mul(w.stride)?
+        .checked_add((w.kernel.max(1) - 1).checked_mul(w.dilation)?)?
+        .checked_add(1)
 }
