@@ -7,7 +7,7 @@
 
 use super::activation::Activation;
 use super::geometry::{
-    check_channels_last, check_work, lift3, per_axis, spatial_input, window, Window,
+    check_channels_last, check_work, checked_window, lift3, per_axis, spatial_input, window, Window,
 };
 use super::{elements, int_or_list, BuildFn, LayerCtx, Lowered, Op};
 use crate::bail;
@@ -593,14 +593,14 @@ fn build_transpose<const R: usize>(ctx: &mut LayerCtx) -> Result<Lowered> {
         } else {
             0
         };
-        w.push(Window {
+        w.push(checked_window(Window {
             input: out_len,
             output: input,
             kernel: k,
             stride: s,
             dilation: d,
             pad_before,
-        });
+        })?);
     }
     let windows = lift3(&w, Window::UNIT);
     let mut kshape = g.kernel.clone();

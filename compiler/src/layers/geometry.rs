@@ -47,7 +47,7 @@ pub fn window(
             bail!("padding `{other}` is not one of valid, same, causal")
         }
     };
-    Ok(Window {
+    checked_window(Window {
         input,
         output,
         kernel,
@@ -55,6 +55,24 @@ pub fn window(
         dilation,
         pad_before,
     })
+}
+
+/// Refuses a window whose padded extent or kernel span passes [`MAX_WORK`]: the kernels'
+/// position arithmetic (`input + pad_before`, `o * stride + k * dilation`) then cannot
+/// overflow. A span that large (a huge `dilation_rate`) reads only padding anyway.
+pub fn checked_window(w: Window) -> Result<Window> {
+    let extent = (w.input as u128 + w.pad_before as u128)
+        .max(w.output as u128 * w.stride as u128 + w.kernel as u128 * w.dilation as u128);
+    if extent > MAX_WORK as u128 {
+        bail!(
+            "window of kernel {} with dilation {} and stride {} over length {} spans more than {MAX_WORK} positions",
+            w.kernel,
+            w.dilation,
+            w.stride,
+            w.input
+        );
+    }
+    Ok(w)
 }
 
 /// The most multiply-adds (or window taps) one layer call may take: far beyond any

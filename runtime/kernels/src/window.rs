@@ -40,9 +40,14 @@ impl Window {
         if self.dilation == 0 {
             return 0..0;
         }
-        let start = o * self.stride;
+        // The compiler bounds every extent far below `usize::MAX`; saturating keeps a
+        // hand-built window free of an overflow panic all the same.
+        let start = o.saturating_mul(self.stride);
         let lo = self.pad_before.saturating_sub(start);
-        let hi = (self.input + self.pad_before).saturating_sub(start);
+        let hi = self
+            .input
+            .saturating_add(self.pad_before)
+            .saturating_sub(start);
         // Undilated windows (nearly all) skip the two divisions, which would cost more
         // than a small pixel's arithmetic: this runs once per output position and axis.
         let (lo, hi) = if self.dilation == 1 {
@@ -60,8 +65,9 @@ impl Window {
     pub const fn is_valid(&self) -> bool {
         self.pad_before == 0
             && (self.output == 0
-                || (self.output - 1) * self.stride
-                    + (self.kernel.saturating_sub(1)) * self.dilation
+                || (self.output - 1)
+                    .saturating_mul(self.stride)
+                    .saturating_add(self.kernel.saturating_sub(1).saturating_mul(self.dilation))
                     < self.input)
     }
 
