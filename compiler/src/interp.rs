@@ -8,6 +8,16 @@ use ndarray::ArrayD;
 
 /// Runs the model once at its compiled batch size. `inputs` are in Keras's order.
 pub fn run(graph: &Graph, inputs: &[ArrayD<f32>]) -> Result<Vec<ArrayD<f32>>> {
+    run_observed(graph, inputs, |_, _| {})
+}
+
+/// As [`run`], calling `after_node(i, outputs)` with the outputs of each node
+/// `graph.nodes[i]` as it is computed.
+pub fn run_observed(
+    graph: &Graph,
+    inputs: &[ArrayD<f32>],
+    mut after_node: impl FnMut(usize, &[ArrayD<f32>]),
+) -> Result<Vec<ArrayD<f32>>> {
     if inputs.len() != graph.inputs.len() {
         bail!(
             "the model has {} inputs, {} were given",
@@ -49,6 +59,7 @@ pub fn run(graph: &Graph, inputs: &[ArrayD<f32>]) -> Result<Vec<ArrayD<f32>>> {
             .collect::<Result<_>>()
             .map_err(|e| e.in_layer(&node.name, &node.class))?;
         let outputs = node.op.eval(&args);
+        after_node(i, &outputs);
         for (&t, y) in node.outputs.iter().zip(outputs) {
             debug_assert_eq!(
                 y.shape(),

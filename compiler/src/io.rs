@@ -26,6 +26,26 @@ pub struct IoTensor {
     pub data: Vec<f32>,
 }
 
+/// One Keras layer's output for every sample (the `--layers` extension of kerac-io/1).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LayerTensor {
+    /// The layer's name; inside nested models, `outer/inner/layer`.
+    pub name: String,
+    /// The layer's class, for reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
+    /// Which call of a shared layer (0, the first, when absent).
+    #[serde(default)]
+    pub call: usize,
+    /// Which of the layer's outputs (0 when absent).
+    #[serde(default)]
+    pub output: usize,
+    /// Number of samples, then one sample's shape.
+    pub shape: Vec<usize>,
+    /// Values, row-major.
+    pub data: Vec<f32>,
+}
+
 /// A kerac-io/1 file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct IoFile {
@@ -48,6 +68,9 @@ pub struct IoFile {
     /// Relative tolerance, when not the default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rtol: Option<f64>,
+    /// Every layer's output, in graph order, when recorded with `--layers`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<LayerTensor>,
 }
 
 impl IoFile {
@@ -63,16 +86,19 @@ impl IoFile {
                     .in_file(path),
             );
         }
-        for t in file.inputs.iter().chain(&file.outputs) {
-            let n = t.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-            if n != Some(t.data.len()) {
-                return Err(Error::new(format!(
-                    "`{}` has shape {:?} but {} values",
-                    t.name,
-                    t.shape,
-                    t.data.len()
-                ))
-                .in_file(path));
+        let tensors = file.inputs.iter().chain(&file.outputs);
+        let tensors = tensors.map(|t| (&t.name, &t.shape, t.data.len())).chain(
+            file.layers
+                .iter()
+                .map(|t| (&t.name, &t.shape, t.data.len())),
+        );
+        for (name, shape, len) in tensors {
+            let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+            if n != Some(len) {
+                return Err(
+                    Error::new(format!("`{name}` has shape {shape:?} but {len} values"))
+                        .in_file(path),
+                );
             }
         }
         Ok(file)
@@ -89,13 +115,9 @@ pub fn input_shapes(inputs: &[IoTensor]) -> std::collections::HashMap<String, Ve
         .collect()
 }
 
-/// Runs every sample of `inputs` through `run`, `graph.batch` samples at a time, and
-/// returns the outputs with the samples' axis first.
-pub fn run_samples(
-    graph: &Graph,
-    inputs: &[IoTensor],
-    mut run: impl FnMut(&[ArrayD<f32>]) -> Result<Vec<ArrayD<f32>>>,
-) -> Result<Vec<IoTensor>> {
+/// Recorded inputs cut into the model's batches (`graph.batch` samples each), after
+/// checking their count and shapes; also returns the number of samples.
+pub fn batches(graph: &Graph, inputs: &[IoTensor]) -> Result<(usize, Vec<Vec<ArrayD<f32>>>)> {
     if inputs.len() != graph.inputs.len() {
         bail!(
             "the model has {} inputs, the file gives {}",
@@ -129,6 +151,33 @@ pub fn run_samples(
             graph.batch
         );
     }
+    (0..samples)
+        .step_by(graph.batch.max(1))
+        .map(|start| {
+            inputs
+                .iter()
+                .zip(&graph.inputs)
+                .map(|(t, port)| {
+                    let shape = graph.shape(port.tensor);
+                    let per: usize = shape[1..].iter().product();
+                    let data = t.data[start * per..(start + graph.batch) * per].to_vec();
+                    ArrayD::from_shape_vec(IxDyn(shape), data)
+                        .map_err(|e| Error::new(e.to_string()))
+                })
+                .collect()
+        })
+        .collect::<Result<_>>()
+        .map(|b| (samples, b))
+}
+
+/// Runs every sample of `inputs` through `run`, `graph.batch` samples at a time, and
+/// returns the outputs with the samples' axis first.
+pub fn run_samples(
+    graph: &Graph,
+    inputs: &[IoTensor],
+    mut run: impl FnMut(&[ArrayD<f32>]) -> Result<Vec<ArrayD<f32>>>,
+) -> Result<Vec<IoTensor>> {
+    let (samples, batches) = batches(graph, inputs)?;
     let mut outputs: Vec<IoTensor> = graph
         .outputs
         .iter()
@@ -142,18 +191,8 @@ pub fn run_samples(
             }
         })
         .collect();
-    for start in (0..samples).step_by(graph.batch.max(1)) {
-        let batch: Vec<ArrayD<f32>> = inputs
-            .iter()
-            .zip(&graph.inputs)
-            .map(|(t, port)| {
-                let shape = graph.shape(port.tensor);
-                let per: usize = shape[1..].iter().product();
-                let data = t.data[start * per..(start + graph.batch) * per].to_vec();
-                ArrayD::from_shape_vec(IxDyn(shape), data).map_err(|e| Error::new(e.to_string()))
-            })
-            .collect::<Result<_>>()?;
-        for (out, y) in outputs.iter_mut().zip(run(&batch)?) {
+    for batch in &batches {
+        for (out, y) in outputs.iter_mut().zip(run(batch)?) {
             out.data.extend(y.iter());
         }
     }
@@ -200,32 +239,44 @@ pub fn compare(actual: &[IoTensor], reference: &IoFile) -> Result<Vec<Comparison
                     k.shape
                 );
             }
-            let mut c = Comparison {
-                name: k.name.clone(),
-                max_abs: 0.0,
-                max_rel: 0.0,
-                mismatches: 0,
-                total: a.data.len(),
-            };
-            for (&y, &r) in a.data.iter().zip(&k.data) {
-                let (y, r) = (y as f64, r as f64);
-                let err = (y - r).abs();
-                let err = if err.is_nan() && !(y.is_nan() && r.is_nan()) {
-                    f64::INFINITY
-                } else if err.is_nan() {
-                    0.0
-                } else {
-                    err
-                };
-                c.max_abs = c.max_abs.max(err);
-                if r != 0.0 {
-                    c.max_rel = c.max_rel.max(err / r.abs());
-                }
-                if err > atol + rtol * r.abs() {
-                    c.mismatches += 1;
-                }
-            }
-            Ok(c)
+            Ok(compare_values(&k.name, &a.data, &k.data, atol, rtol))
         })
         .collect()
+}
+
+/// Compares `actual` values with `reference` ones (of the same length) under
+/// `|y - k| <= atol + rtol * |k|`; a NaN matches only a NaN.
+pub fn compare_values(
+    name: &str,
+    actual: &[f32],
+    reference: &[f32],
+    atol: f64,
+    rtol: f64,
+) -> Comparison {
+    let mut c = Comparison {
+        name: name.to_string(),
+        max_abs: 0.0,
+        max_rel: 0.0,
+        mismatches: 0,
+        total: actual.len(),
+    };
+    for (&y, &r) in actual.iter().zip(reference) {
+        let (y, r) = (y as f64, r as f64);
+        let err = (y - r).abs();
+        let err = if err.is_nan() && !(y.is_nan() && r.is_nan()) {
+            f64::INFINITY
+        } else if err.is_nan() {
+            0.0
+        } else {
+            err
+        };
+        c.max_abs = c.max_abs.max(err);
+        if r != 0.0 {
+            c.max_rel = c.max_rel.max(err / r.abs());
+        }
+        if err > atol + rtol * r.abs() {
+            c.mismatches += 1;
+        }
+    }
+    c
 }

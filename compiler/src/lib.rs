@@ -8,6 +8,7 @@
 //! ```
 
 pub mod bench;
+pub mod diagnose;
 pub mod emit;
 pub mod error;
 pub mod graph;

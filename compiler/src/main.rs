@@ -7,7 +7,7 @@ use kerac_compiler::emit::header::{header, HeaderInfo};
 use kerac_compiler::io::{self, IoFile};
 use kerac_compiler::plan::{self, Plan};
 use kerac_compiler::report::Report;
-use kerac_compiler::{bench, interp, BuildOptions, Dispatch, Error, Graph, Level};
+use kerac_compiler::{bench, diagnose, interp, BuildOptions, Dispatch, Error, Graph, Level};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -100,14 +100,27 @@ enum Command {
         stream: bool,
     },
     /// Compare a model's outputs with recorded Keras outputs; exits 0 only if all match.
+    /// Where the reference holds every layer's output (`kerac_record --layers`), also
+    /// compares layer by layer and names the first layer that disagrees.
     Check {
         #[command(flatten)]
         model: ModelArgs,
         /// Recorded inputs and outputs (kerac-io/1 JSON).
-        #[arg(long)]
-        reference: PathBuf,
+        #[arg(long, required_unless_present = "against")]
+        reference: Option<PathBuf>,
         #[arg(long, value_enum, default_value_t = Backend::Jit)]
         backend: Backend,
+        /// Compare the backend with the interpreter layer by layer instead, on the
+        /// reference's inputs or seeded random ones (no Keras needed); exits 0 only if
+        /// every layer matches.
+        #[arg(long, value_enum)]
+        against: Option<Against>,
+        /// Random samples for `--against` without a reference.
+        #[arg(long, default_value_t = 2)]
+        samples: usize,
+        /// Seed of the random samples.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
     /// Time a model at its batch size on random inputs: latency percentiles and FLOP/s.
     Bench {
@@ -154,8 +167,15 @@ enum Emit {
     Obj,
 }
 
-/// Which implementation runs the model.
+/// What `check --against` compares the backend with.
 #[derive(Clone, Copy, ValueEnum)]
+enum Against {
+    /// The reference interpreter.
+    Interp,
+}
+
+/// Which code runs the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Backend {
     /// Native code compiled in memory by Cranelift: what `compile --emit obj` writes.
     Jit,
@@ -163,6 +183,16 @@ enum Backend {
     Interp,
     /// The compiled plan on the runtime's kernels: what generated code runs.
     Plan,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Jit => "jit",
+            Backend::Interp => "interp",
+            Backend::Plan => "plan",
+        }
+    }
 }
 
 impl ModelArgs {
@@ -286,7 +316,18 @@ fn execute(command: Command) -> Result<ExitCode, Error> {
             model,
             reference,
             backend,
+            against: Some(Against::Interp),
+            samples,
+            seed,
+        } => check_against_interp(model, reference, backend, samples, seed),
+        Command::Check {
+            model,
+            reference: Some(reference),
+            backend,
+            against: None,
+            ..
         } => check(model, reference, backend),
+        Command::Check { .. } => Err(Error::new("give --reference or --against")),
     }
 }
 
@@ -519,6 +560,7 @@ fn run(
         outputs,
         atol: None,
         rtol: None,
+        layers: Vec::new(),
     };
     let text = serde_json::to_string(&result).map_err(|e| Error::new(e.to_string()))?;
     match output {
@@ -544,11 +586,71 @@ fn check(model: ModelArgs, reference: PathBuf, backend: Backend) -> Result<ExitC
         );
         ok &= c.mismatches == 0;
     }
+    if !file.layers.is_empty() {
+        let report = with_source(&graph, backend, |source| {
+            diagnose::against_reference(&graph, source, &file, backend.name())
+        })
+        .map_err(|e| e.in_file(&reference))?;
+        println!("\n{report}");
+    }
     Ok(if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `kerac check --against interp`: a backend against the interpreter, layer by layer.
+fn check_against_interp(
+    model: ModelArgs,
+    reference: Option<PathBuf>,
+    backend: Backend,
+    samples: usize,
+    seed: u64,
+) -> Result<ExitCode, Error> {
+    let file = reference.as_deref().map(IoFile::read).transpose()?;
+    let graph = model.load(file.as_ref())?;
+    let inputs = match &file {
+        Some(f) => f.inputs.clone(),
+        None => diagnose::seeded_inputs(&graph, samples.max(1), seed)?,
+    };
+    let tolerance = (
+        file.as_ref().and_then(|f| f.atol).unwrap_or(io::ATOL),
+        file.as_ref().and_then(|f| f.rtol).unwrap_or(io::RTOL),
+    );
+    let report = with_source(&graph, backend, |source| {
+        diagnose::against_interp(&graph, source, &inputs, tolerance, backend.name())
+    })
+    .map_err(|e| match &reference {
+        Some(r) => e.in_file(r),
+        None => e,
+    })?;
+    print!("{report}");
+    Ok(if report.first_divergence().is_none() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Calls `f` with the layer-output source of `backend`.
+fn with_source<T>(
+    graph: &Graph,
+    backend: Backend,
+    f: impl FnOnce(diagnose::Source<'_>) -> Result<T, Error>,
+) -> Result<T, Error> {
+    match backend {
+        Backend::Interp => f(diagnose::Source::Interp),
+        Backend::Plan => {
+            let plan = Plan::new(graph)?;
+            f(diagnose::Source::Plan(&plan))
+        }
+        Backend::Jit => {
+            let plan = Plan::new(graph)?;
+            let mut jit = Jit::new(&plan)?;
+            f(diagnose::Source::Jit(&plan, &mut jit))
+        }
+    }
 }
 
 /// Times each plan step on its own and prints its rate against one core's peak.

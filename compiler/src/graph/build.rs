@@ -402,7 +402,9 @@ impl Builder<'_> {
                 .collect();
             let lowered = build(&OpCtx::new(&layer.config, self.dialect, &shapes, &options))?;
             let name = format!("{prefix}{}", layer.name);
-            return self.add_node(name, op.clone(), call, inputs, lowered, 0);
+            let outputs = self.add_node(name, op.clone(), call, inputs, lowered, 0)?;
+            self.set_settings(settings(&options));
+            return Ok(outputs);
         }
         let build = layers::lookup(&layer.class).ok_or_else(|| Error::new("unsupported layer"))?;
         // A mask travelling with the first input goes to the layers that apply it, as
@@ -443,6 +445,7 @@ impl Builder<'_> {
         let produced_mask = lowered.mask;
         let name = format!("{prefix}{}", layer.name);
         let outputs = self.add_node(name, layer.class.clone(), call, inputs, lowered, params)?;
+        self.set_settings(settings(&layer.config));
         match (produced_mask, mask) {
             (Some(i), _) => {
                 if let (Some(&out), Some(&m)) = (outputs.first(), outputs.get(i)) {
@@ -463,6 +466,13 @@ impl Builder<'_> {
             (None, None) => {}
         }
         Ok(outputs)
+    }
+
+    /// Sets the [`Node::settings`] of the node just added.
+    fn set_settings(&mut self, settings: String) {
+        if let Some(node) = self.nodes.last_mut() {
+            node.settings = settings;
+        }
     }
 
     /// Adds a built layer or operation call as a node; returns its output tensors.
@@ -492,9 +502,56 @@ impl Builder<'_> {
             inputs: inputs.to_vec(),
             outputs: outputs.clone(),
             params: if call == 0 { params } else { 0 },
+            settings: String::new(),
         });
         Ok(outputs)
     }
+}
+
+/// The options of a layer config or operation call that decide what it computes, as
+/// `key=value` pairs: what a user checks first when that layer disagrees with Keras.
+/// Names, dtypes and training-only options (initializers, regularizers, constraints)
+/// are left out, and tensors are shown as `<tensor>`.
+fn settings(config: &Value) -> String {
+    const SKIP: &[&str] = &[
+        "name",
+        "trainable",
+        "dtype",
+        "build_config",
+        "seed",
+        "autocast",
+        "activity_regularizer",
+    ];
+    let skipped = |k: &str| {
+        SKIP.contains(&k)
+            || k.ends_with("_initializer")
+            || k.ends_with("_regularizer")
+            || k.ends_with("_constraint")
+    };
+    let mut parts = Vec::new();
+    let mut add = |key: &str, v: &Value| {
+        let text = if v.get("__input__").is_some() {
+            "<tensor>".to_string()
+        } else {
+            crate::keras::config::short(v)
+        };
+        parts.push(format!("{key}={text}"));
+    };
+    if let Some(args) = config.get("__args").and_then(Value::as_array) {
+        for (i, v) in args.iter().enumerate() {
+            add(&format!("arg{i}"), v);
+        }
+        if let Some(kwargs) = config.get("__kwargs").and_then(Value::as_object) {
+            for (k, v) in kwargs.iter().filter(|(k, _)| !skipped(k)) {
+                add(k, v);
+            }
+        }
+    } else if let Some(map) = config.as_object() {
+        for (k, v) in map.iter().filter(|(k, _)| !skipped(k)) {
+            add(k, v);
+        }
+    }
+    parts.join(", ")
 }
 
 /// Only float32 computation matches Keras to float32 rounding; say so for the rest.

@@ -41,6 +41,8 @@ pub struct Node {
     pub outputs: Vec<usize>,
     /// Parameters this call's layer owns (0 for later calls of a shared layer).
     pub params: usize,
+    /// The options that decide what it computes, as `key=value` pairs, for reports.
+    pub settings: String,
 }
 
 /// A model input or output: Keras's name and the tensor.

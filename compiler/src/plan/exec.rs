@@ -59,6 +59,48 @@ pub fn run_with(
         .collect()
 }
 
+/// As [`run_with`] on a fresh arena, calling `after_step(k, arena)` once step `k` has
+/// run: the arena then holds the values of the step's [`Step::taps`].
+pub fn run_observed(
+    plan: &Plan,
+    isa: Dispatch,
+    inputs: &[ArrayD<f32>],
+    after_step: impl FnMut(usize, &[f32]),
+) -> Result<()> {
+    if inputs.len() != plan.inputs.len() {
+        bail!(
+            "the model has {} inputs, {} were given",
+            plan.inputs.len(),
+            inputs.len()
+        );
+    }
+    let mut arena = vec![0f32; plan.arena_floats];
+    write_inputs(plan, &mut arena, inputs)?;
+    isa.run(Observed {
+        plan,
+        arena: &mut arena,
+        after_step,
+    })
+}
+
+/// [`run_observed`] with one ISA's kernels.
+struct Observed<'a, F> {
+    plan: &'a Plan,
+    arena: &'a mut [f32],
+    after_step: F,
+}
+
+impl<F: FnMut(usize, &[f32])> WithIsa for Observed<'_, F> {
+    type Output = Result<()>;
+    fn with<I: Isa>(mut self, isa: I) -> Result<()> {
+        for (k, step) in self.plan.steps.iter().enumerate() {
+            call(isa, self.plan, step, self.arena)?;
+            (self.after_step)(k, self.arena);
+        }
+        Ok(())
+    }
+}
+
 /// Copies the inputs into their arena regions, checking their shapes.
 fn write_inputs(plan: &Plan, arena: &mut [f32], inputs: &[ArrayD<f32>]) -> Result<()> {
     for (port, x) in plan.inputs.iter().zip(inputs) {

@@ -135,5 +135,7 @@ fn absorb(plan: &mut Plan, i: usize, j: usize) {
     let step = &mut plan.steps[i];
     step.output = absorbed.output;
     step.flops += absorbed.flops;
+    // The producer's own output is no longer written: only the last layer's remains.
+    step.taps = absorbed.taps;
     step.layers = format!("{} + {}", step.layers, absorbed.layers);
 }

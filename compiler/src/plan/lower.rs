@@ -1,9 +1,9 @@
 //! Graph to plan: each node's op emits its kernel calls through [`Lower`].
 
-use super::{Buffer, BufferId, Kernel, Plan, Port, Step, WeightData, WeightId};
+use super::{Buffer, BufferId, Kernel, Plan, Port, Step, Tap, WeightData, WeightId};
 use crate::bail;
 use crate::error::{Error, Result};
-use crate::graph::{Graph, Shape};
+use crate::graph::{Graph, Node, Shape};
 use kerac::merge::RANK;
 use kerac::norm::Strided;
 
@@ -72,6 +72,7 @@ impl Lower<'_> {
             inputs,
             output,
             flops,
+            taps: Vec::new(),
         });
     }
 
@@ -138,6 +139,30 @@ pub fn broadcast_strides(shape: &[usize], out: &[usize; RANK]) -> Result<[usize;
     Ok(strides)
 }
 
+/// Records output `i` of `node` as a tap: read after the node's last step, or, for an
+/// output that shares an earlier buffer (a reshape), right after the step that wrote
+/// that buffer, while its contents are certainly intact.
+fn tap(plan: &mut Plan, node: &Node, i: usize, shape: &Shape, buffer: BufferId, first: usize) {
+    let step = if plan.steps.len() > first {
+        plan.steps.len() - 1
+    } else {
+        match plan.steps.iter().rposition(|s| s.output == buffer) {
+            Some(k) => k,
+            None => return,
+        }
+    };
+    plan.taps.push(Tap {
+        layer: node.name.clone(),
+        call: node.call,
+        output: i,
+        shape: shape.clone(),
+        buffer,
+    });
+    let id = plan.taps.len() - 1;
+    plan.steps[step].taps.push(id);
+}
+
+/// Lowers a graph to kernel calls, one node at a time in graph order.
 pub(super) fn lower(graph: &Graph) -> Result<Plan> {
     let mut plan = Plan {
         name: graph.name.clone(),
@@ -150,6 +175,7 @@ pub(super) fn lower(graph: &Graph) -> Result<Plan> {
         arena_floats: 0,
         lower_bound_floats: 0,
         state: Vec::new(),
+        taps: Vec::new(),
     };
     let mut value_of: Vec<Option<BufferId>> = vec![None; graph.tensors.len()];
     for port in &graph.inputs {
@@ -167,6 +193,7 @@ pub(super) fn lower(graph: &Graph) -> Result<Plan> {
         });
     }
     for node in &graph.nodes {
+        let steps_before = plan.steps.len();
         let inputs = node
             .inputs
             .iter()
@@ -193,10 +220,13 @@ pub(super) fn lower(graph: &Graph) -> Result<Plan> {
         node.op
             .lower(&mut l)
             .map_err(|e| e.in_layer(&node.name, &node.class).in_file(&graph.source))?;
+        let outputs = l.outputs;
         for (i, &t) in node.outputs.iter().enumerate() {
-            value_of[t] = Some(l.outputs[i].ok_or_else(|| {
+            let buffer = outputs[i].ok_or_else(|| {
                 Error::new("lowering produced no output").in_layer(&node.name, &node.class)
-            })?);
+            })?;
+            value_of[t] = Some(buffer);
+            tap(&mut plan, node, i, graph.shape(t), buffer, steps_before);
         }
     }
     for port in &graph.outputs {

@@ -294,6 +294,25 @@ pub struct Step {
     pub output: BufferId,
     /// FLOPs of the call.
     pub flops: u64,
+    /// The [`Plan::taps`] whose values are complete once this step has run: the outputs
+    /// of its last Keras layer, for comparing a model layer by layer.
+    pub taps: Vec<usize>,
+}
+
+/// One Keras layer output as the plan holds it: where to read it, and after which
+/// step ([`Step::taps`]). Layers fused into a later one have no tap of their own.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tap {
+    /// The layer's name (`outer/inner/layer` inside nested models).
+    pub layer: String,
+    /// Which call of a shared layer (0 for the first).
+    pub call: usize,
+    /// Which of the layer's outputs.
+    pub output: usize,
+    /// Shape, batch first.
+    pub shape: Shape,
+    /// The buffer holding it, in Keras's row-major order.
+    pub buffer: BufferId,
 }
 
 /// Where a recurrent step finds its optional inputs: positions in [`Step::inputs`]
@@ -375,6 +394,8 @@ pub struct Plan {
     /// Values that keep their contents between calls (recurrent state when
     /// streaming); a zeroed arena is the initial state.
     pub state: Vec<BufferId>,
+    /// Keras layer outputs that can be read between steps.
+    pub taps: Vec<Tap>,
 }
 
 /// Floats between buffer offsets: 32 bytes, one AVX2 vector.

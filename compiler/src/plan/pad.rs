@@ -57,6 +57,7 @@ pub fn pad_convolutions(plan: &mut Plan) {
                     inputs: step.inputs.clone(),
                     output: padded_input,
                     flops: 0,
+                    taps: Vec::new(),
                 });
                 step.inputs = vec![padded_input];
             }

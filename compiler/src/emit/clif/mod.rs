@@ -581,6 +581,51 @@ impl Jit {
 }
 
 impl Jit {
+    /// Runs `plan` (the plan this was compiled from) one step function at a time,
+    /// calling `after_step(k, arena)` once step `k` has run: the arena then holds the
+    /// values of the step's [`crate::plan::Step::taps`].
+    pub fn run_observed(
+        &mut self,
+        plan: &Plan,
+        inputs: &[ArrayD<f32>],
+        mut after_step: impl FnMut(usize, &[f32]),
+    ) -> Result<()> {
+        if plan.steps.len() != self.steps.len()
+            || self.scratch.len() * 16 < scratch_bytes(plan)
+            || inputs.len() != plan.inputs.len()
+        {
+            bail!("the inputs or the plan do not fit this compiled model");
+        }
+        let floats = plan.arena_floats;
+        for (port, x) in plan.inputs.iter().zip(inputs) {
+            if x.shape() != port.shape.as_slice() {
+                bail!(
+                    "input `{}` has shape {:?}, the model expects {:?}",
+                    port.name,
+                    x.shape(),
+                    port.shape
+                );
+            }
+            let v = &plan.buffers[port.buffer];
+            // SAFETY: the scratch holds at least `arena_floats` floats (checked above),
+            // u128-aligned, and nothing else borrows it.
+            let arena = unsafe {
+                std::slice::from_raw_parts_mut(self.scratch.as_mut_ptr().cast::<f32>(), floats)
+            };
+            for (dst, &src) in arena[v.offset..v.offset + v.len].iter_mut().zip(x.iter()) {
+                *dst = src;
+            }
+        }
+        for k in 0..self.steps.len() {
+            self.run_step(k);
+            // SAFETY: as above; the step has returned, so its writes are done.
+            let arena =
+                unsafe { std::slice::from_raw_parts(self.scratch.as_ptr().cast::<f32>(), floats) };
+            after_step(k, arena);
+        }
+        Ok(())
+    }
+
     /// Forgets a streaming model's recurrent state (zeroes the scratch memory, which
     /// holds it): the next call starts a new sequence.
     pub fn reset_state(&mut self) {
