@@ -147,7 +147,7 @@ pub fn draw_op(
     let x = tref(input);
     let k = rng.unit() * 2.0;
     let rank = shape.len();
-    match rng.below(9) {
+    match rng.below(10) {
         0 => {
             let class = rng.pick(&["Add", "Subtract", "Multiply", "Maximum", "Minimum"]);
             if rng.below(2) == 0 {
@@ -206,6 +206,12 @@ pub fn draw_op(
         5 => {
             let class = rng.pick(&["Mean", "Sum", "Max", "Min"]);
             let axis = 1 + rng.below(rank.saturating_sub(1).max(1));
+            // Axes apart (the first and the last after the batch) where there are some.
+            let axis = if rank >= 4 && rng.below(2) == 0 {
+                json!([1, rank - 1])
+            } else {
+                json!(axis)
+            };
             b.add_op(
                 "numpy",
                 class,
@@ -229,6 +235,25 @@ pub fn draw_op(
             index.extend((2..rank).map(|_| json!({"class_name": "__slice__", "config": {"start": null, "stop": null, "step": null}})));
             index.push(json!({"class_name": "__slice__", "config": {"start": start, "stop": null, "step": step}}));
             b.add_op("numpy", "GetItem", json!({}), vec![x, json!(index)])
+        }
+        8 => {
+            // where with a constant per-channel mask; the other side a constant or a
+            // tensor of the same shape, on either side.
+            let c = *shape.last().unwrap_or(&1);
+            let mask: Vec<bool> = (0..c).map(|_| rng.below(2) == 0).collect();
+            let mask =
+                json!({"class_name": "__numpy__", "config": {"value": mask, "dtype": "bool"}});
+            let same: Vec<&(String, Vec<usize>)> =
+                others.iter().filter(|(_, s)| s == shape).collect();
+            let other = match rng.below(2) {
+                0 => json!(k),
+                _ => tref(&same[rng.below(same.len())].0),
+            };
+            if rng.below(2) == 0 {
+                b.add_op("numpy", "Where", json!({}), vec![mask, x, other])
+            } else {
+                b.add_op("numpy", "Where", json!({}), vec![mask, other, x])
+            }
         }
         _ => {
             let c = *shape.last().unwrap_or(&1);

@@ -372,42 +372,52 @@ impl Op for AffineOp {
         2 * self.elements as u64
     }
     fn lower(&self, l: &mut Lower) -> Result<()> {
-        // Bring scale and offset to one per-sample parameter shape, then view the
-        // input along that shape's non-unit axes.
-        let param: Vec<usize> = self
-            .scale
-            .shape()
-            .iter()
-            .zip(self.offset.shape())
-            .map(|(&a, &b)| a.max(b))
-            .collect();
-        let expand = |a: &ArrayD<f32>| -> Result<Vec<f32>> {
-            a.broadcast(IxDyn(&param))
-                .map(|v| v.iter().copied().collect())
-                .ok_or_else(|| Error::new("scale and offset shapes do not broadcast"))
-        };
-        let (mut scale, mut offset) = (expand(&self.scale)?, expand(&self.offset)?);
-        let mut axes: Vec<usize> = param
-            .iter()
-            .enumerate()
-            .filter(|(_, &d)| d != 1)
-            .map(|(i, _)| i + 1)
-            .collect();
-        let rank = l.input_shapes[0].len();
-        if axes.is_empty() && rank > 1 {
-            // A scalar spread over the last axis: a per-channel map folds into the
-            // Dense or Conv before it.
-            let channels = l.input_shapes[0][rank - 1];
-            scale = vec![scale[0]; channels];
-            offset = vec![offset[0]; channels];
-            axes.push(rank - 1);
-        }
-        let p = l.input_shapes[0].strided(&axes)?;
-        let scale = l.weight("scale", scale);
-        let offset = l.weight("offset", offset);
-        l.unary(Kernel::ScaleShift { p, scale, offset }, self.flops());
+        let kernel = scale_shift(l, &self.scale, &self.offset)?;
+        l.unary(kernel, self.flops());
         Ok(())
     }
+}
+
+/// The kernel of `x * scale + offset` over input 0 of `l`, `scale` and `offset` shaped to
+/// broadcast against one sample.
+pub(crate) fn scale_shift(
+    l: &mut Lower,
+    scale: &ArrayD<f32>,
+    offset: &ArrayD<f32>,
+) -> Result<Kernel> {
+    // Bring scale and offset to one per-sample parameter shape, then view the input
+    // along that shape's non-unit axes.
+    let param: Vec<usize> = scale
+        .shape()
+        .iter()
+        .zip(offset.shape())
+        .map(|(&a, &b)| a.max(b))
+        .collect();
+    let expand = |a: &ArrayD<f32>| -> Result<Vec<f32>> {
+        a.broadcast(IxDyn(&param))
+            .map(|v| v.iter().copied().collect())
+            .ok_or_else(|| Error::new("scale and offset shapes do not broadcast"))
+    };
+    let (mut scale, mut offset) = (expand(scale)?, expand(offset)?);
+    let mut axes: Vec<usize> = param
+        .iter()
+        .enumerate()
+        .filter(|(_, &d)| d != 1)
+        .map(|(i, _)| i + 1)
+        .collect();
+    let rank = l.input_shapes[0].len();
+    if axes.is_empty() && rank > 1 {
+        // A scalar spread over the last axis: a per-channel map folds into the Dense
+        // or Conv before it.
+        let channels = l.input_shapes[0][rank - 1];
+        scale = vec![scale[0]; channels];
+        offset = vec![offset[0]; channels];
+        axes.push(rank - 1);
+    }
+    let p = l.input_shapes[0].strided(&axes)?;
+    let scale = l.weight("scale", scale);
+    let offset = l.weight("offset", offset);
+    Ok(Kernel::ScaleShift { p, scale, offset })
 }
 
 /// `x * scale + offset`, both shaped to broadcast against one sample of `shape`.

@@ -36,6 +36,7 @@ pub const OPERATIONS: &[(&str, BuildFn)] = &[
     ("ZerosLike", |ctx| unary(ctx, Activation::Fill(0.0))),
     ("OnesLike", |ctx| unary(ctx, Activation::Fill(1.0))),
     ("FullLike", full_like),
+    ("Where", where_),
     ("Matmul", matmul),
     ("Einsum", einsum),
     ("Exp", |ctx| named(ctx, "exponential")),
@@ -77,14 +78,10 @@ fn binary(ctx: &OpCtx, fold: Fold) -> Result<Lowered> {
     }
 }
 
-/// A tensor of `shape` folded with a constant; `constant_first` for `c - x` and the
-/// like.
-fn with_constant(
-    shape: &Shape,
-    fold: Fold,
-    c: ArrayD<f32>,
-    constant_first: bool,
-) -> Result<Lowered> {
+/// A constant against one sample of a tensor of `shape`: broadcasting it must leave
+/// the tensor's shape as it is, and it must hold one value for every sample. Leading
+/// axes are dropped down to the sample's rank.
+fn per_sample(shape: &Shape, c: ArrayD<f32>) -> Result<ArrayD<f32>> {
     let out = broadcast(&[shape.clone(), c.shape().to_vec()])?;
     if &out != shape {
         bail!(
@@ -92,9 +89,6 @@ fn with_constant(
             c.shape()
         );
     }
-    // The constant against one sample: leading axes dropped down to the sample's rank,
-    // which must be 1 (the same constant for every sample).
-    let rank = shape.len() - 1;
     let mut dims: Vec<usize> = vec![1; shape.len().saturating_sub(c.ndim())];
     dims.extend(c.shape());
     if dims[0] != 1 {
@@ -103,9 +97,125 @@ fn with_constant(
             c.shape()
         );
     }
-    let sample = c
-        .into_shape_with_order(IxDyn(&dims[1..]))
-        .map_err(|e| Error::new(e.to_string()))?;
+    c.into_shape_with_order(IxDyn(&dims[1..]))
+        .map_err(|e| Error::new(e.to_string()))
+}
+
+/// `where(condition, x, y)` with a constant condition: `x` where it holds, `y` where
+/// not. With one side constant this is `x * m + (1 - m) * y` for the 0/1 mask `m`,
+/// one scale-and-shift; with both sides tensors, two and a sum. Both are exact for
+/// finite values (a product with 0 or 1 and a sum with 0 round nothing).
+fn where_(ctx: &OpCtx) -> Result<Lowered> {
+    let Arg::Const(condition) = ctx.arg(0, &["condition"])? else {
+        bail!("where with a condition computed from tensors is not supported; kerac supports a constant condition");
+    };
+    let mask = condition.mapv(|v| if v != 0.0 { 1.0f32 } else { 0.0 });
+    let x = ctx.arg(1, &["x1", "x"])?;
+    let y = ctx.arg(2, &["x2", "y"])?;
+    let ones = |m: &ArrayD<f32>| m.mapv(|v| 1.0 - v);
+    match (x, y) {
+        (Arg::Tensor(a), Arg::Const(c)) => {
+            let shape = ctx.shape(a)?;
+            let m = per_sample(shape, mask)?;
+            let c = per_sample(shape, c)?;
+            let offset = &ones(&m) * &c;
+            check_finite(&c)?;
+            Ok(affine(m, offset, shape.clone()))
+        }
+        (Arg::Const(c), Arg::Tensor(b)) => {
+            let shape = ctx.shape(b)?;
+            let m = per_sample(shape, mask)?;
+            let c = per_sample(shape, c)?;
+            check_finite(&c)?;
+            let offset = &m * &c;
+            Ok(affine(ones(&m), offset, shape.clone()))
+        }
+        (Arg::Tensor(a), Arg::Tensor(b)) => {
+            let (sa, sb) = (ctx.shape(a)?, ctx.shape(b)?);
+            if sa != sb {
+                bail!("where over tensors of shapes {sa:?} and {sb:?}: kerac supports tensors of one shape");
+            }
+            let mask = per_sample(sa, mask)?;
+            Ok(Lowered::one(WhereOp { mask }, sa.clone()))
+        }
+        (Arg::Const(_), Arg::Const(_)) => Err(Error::new(
+            "both sides of where are constants; expected at least one tensor",
+        )),
+    }
+}
+
+fn check_finite(c: &ArrayD<f32>) -> Result<()> {
+    match c.iter().find(|v| !v.is_finite()) {
+        Some(v) => Err(Error::new(format!("the constant {v} is not finite"))),
+        None => Ok(()),
+    }
+}
+
+/// `where(m, a, b)` over two tensors of one shape, `m` a constant 0/1 mask against one
+/// sample.
+#[derive(Debug)]
+struct WhereOp {
+    mask: ArrayD<f32>,
+}
+
+impl Op for WhereOp {
+    fn eval(&self, inputs: &[&ArrayD<f32>]) -> Vec<ArrayD<f32>> {
+        let mut out = inputs[0].clone();
+        for (mut sample, other) in out.outer_iter_mut().zip(inputs[1].outer_iter()) {
+            ndarray::Zip::from(&mut sample)
+                .and(&other)
+                .and_broadcast(&self.mask)
+                .for_each(|v, &b, &m| {
+                    if m == 0.0 {
+                        *v = b;
+                    }
+                });
+        }
+        vec![out]
+    }
+    fn flops(&self) -> u64 {
+        0
+    }
+    fn lower(&self, l: &mut Lower) -> Result<()> {
+        let shape = l.output_shapes[0].clone();
+        let n: usize = shape.iter().product();
+        let zeros = ArrayD::<f32>::zeros(self.mask.raw_dim());
+        let keep = self.mask.clone();
+        let other = self.mask.mapv(|v| 1.0 - v);
+        let (a, b) = (l.inputs[0], l.inputs[1]);
+        let kept = l.temp(n);
+        let k = crate::layers::core::scale_shift(l, &keep, &zeros)?;
+        l.step(k, vec![a], kept, 2 * n as u64);
+        let others = l.temp(n);
+        let k = crate::layers::core::scale_shift(l, &other, &zeros)?;
+        l.step(k, vec![b], others, 2 * n as u64);
+        let padded = crate::plan::lower::padded(&shape)?;
+        let strides = crate::plan::lower::broadcast_strides(&shape, &padded)?;
+        let out = l.output(0);
+        l.step(
+            Kernel::Merge {
+                fold: Fold::Add,
+                shape: padded,
+                strides: vec![strides, strides],
+            },
+            vec![kept, others],
+            out,
+            n as u64,
+        );
+        Ok(())
+    }
+}
+
+/// A tensor of `shape` folded with a constant; `constant_first` for `c - x` and the
+/// like.
+fn with_constant(
+    shape: &Shape,
+    fold: Fold,
+    c: ArrayD<f32>,
+    constant_first: bool,
+) -> Result<Lowered> {
+    let rank = shape.len() - 1;
+    let sample = per_sample(shape, c)?;
     let ones = || ArrayD::<f32>::ones(IxDyn(&vec![1; rank]));
     let zeros = || ArrayD::<f32>::zeros(IxDyn(&vec![1; rank]));
     let scalar = sample.len() == 1;

@@ -57,6 +57,8 @@ const KERAS2_NAMES: &[(&str, &str)] = &[
     ("math.log", "Log"),
     ("math.reciprocal", "Reciprocal"),
     ("zeros_like", "ZerosLike"),
+    ("where", "Where"),
+    ("compat.v1.where_v2", "Where"),
     ("ones_like", "OnesLike"),
     ("math.maximum", "Maximum"),
     ("math.minimum", "Minimum"),

@@ -326,6 +326,18 @@ impl Slice {
         self.shape.push(len);
         self.strides.push(stride);
     }
+
+    /// The strided copy that computes it.
+    fn kernel(&self) -> Result<Kernel> {
+        let shape = padded(&self.shape)?;
+        let mut strides = [0; RANK];
+        strides[RANK - self.strides.len()..].copy_from_slice(&self.strides);
+        Ok(Kernel::StridedCopy(kerac::shape::Strided {
+            shape,
+            strides,
+            offset: self.offset,
+        }))
+    }
 }
 
 impl Op for Slice {
@@ -357,17 +369,7 @@ impl Op for Slice {
         0
     }
     fn lower(&self, l: &mut Lower) -> Result<()> {
-        let shape = padded(&self.shape)?;
-        let mut strides = [0; RANK];
-        strides[RANK - self.strides.len()..].copy_from_slice(&self.strides);
-        l.unary(
-            Kernel::StridedCopy(kerac::shape::Strided {
-                shape,
-                strides,
-                offset: self.offset,
-            }),
-            0,
-        );
+        l.unary(self.kernel()?, 0);
         Ok(())
     }
 }
@@ -377,7 +379,8 @@ const SUM: u8 = 1;
 const MAX: u8 = 2;
 const MIN: u8 = 3;
 
-/// Mean, sum, max or min over adjacent axes (not the batch).
+/// Mean, sum, max or min over any axes but the batch. Axes that are not adjacent are
+/// first gathered to the end (a strided copy), so one pooling kernel reduces them.
 fn reduce<const KIND: u8>(ctx: &OpCtx) -> Result<Lowered> {
     let input = only_input(ctx)?;
     let axes = match ctx.axes(Some(1), &["axis"])? {
@@ -392,9 +395,7 @@ fn reduce<const KIND: u8>(ctx: &OpCtx) -> Result<Lowered> {
     let (Some(&first), Some(&last)) = (axes.first(), axes.last()) else {
         return Ok(same_layout(input.clone()));
     };
-    if last - first + 1 != axes.len() {
-        bail!("reducing over axes {axes:?} is supported for adjacent axes only");
-    }
+    let adjacent = last - first + 1 == axes.len();
     let keepdims = ctx.flag(Some(2), &["keepdims"], false);
     let out: Shape = input
         .iter()
@@ -405,12 +406,39 @@ fn reduce<const KIND: u8>(ctx: &OpCtx) -> Result<Lowered> {
             (true, false) => None,
         })
         .collect();
-    let op = ReduceOp {
-        kind: KIND,
-        outer: input[..first].iter().product(),
-        n: input[first..=last].iter().product(),
-        inner: input[last + 1..].iter().product(),
-        out_shape: out.clone(),
+    let n: usize = axes.iter().map(|&a| input[a]).product();
+    let op = if adjacent {
+        ReduceOp {
+            kind: KIND,
+            gather: None,
+            outer: input[..first].iter().product(),
+            n,
+            inner: input[last + 1..].iter().product(),
+            out_shape: out.clone(),
+        }
+    } else {
+        let mut in_strides = vec![1usize; input.len()];
+        for i in (0..input.len() - 1).rev() {
+            in_strides[i] = in_strides[i + 1] * input[i + 1];
+        }
+        let order: Vec<usize> = (0..input.len())
+            .filter(|a| !axes.contains(a))
+            .chain(axes.iter().copied())
+            .collect();
+        let gather = Slice {
+            shape: order.iter().map(|&a| input[a]).collect(),
+            strides: order.iter().map(|&a| in_strides[a]).collect(),
+            offset: 0,
+        };
+        padded(&gather.shape)?;
+        ReduceOp {
+            kind: KIND,
+            gather: Some(gather),
+            outer: layers::elements(input)? / n.max(1),
+            n,
+            inner: 1,
+            out_shape: out.clone(),
+        }
     };
     Ok(Lowered::one(op, out))
 }
@@ -419,6 +447,8 @@ fn reduce<const KIND: u8>(ctx: &OpCtx) -> Result<Lowered> {
 #[derive(Debug)]
 struct ReduceOp {
     kind: u8,
+    /// The reduced axes moved last, where they are not adjacent.
+    gather: Option<Slice>,
     outer: usize,
     n: usize,
     inner: usize,
@@ -427,7 +457,11 @@ struct ReduceOp {
 
 impl Op for ReduceOp {
     fn eval(&self, inputs: &[&ArrayD<f32>]) -> Vec<ArrayD<f32>> {
-        let x = inputs[0].as_standard_layout();
+        let gathered = self.gather.as_ref().map(|g| g.eval(inputs));
+        let x = match &gathered {
+            Some(g) => g[0].as_standard_layout(),
+            None => inputs[0].as_standard_layout(),
+        };
         let x = x.as_slice().unwrap_or_default();
         let mut out = Vec::with_capacity(self.outer * self.inner);
         for o in 0..self.outer {
@@ -472,8 +506,13 @@ impl Op for ReduceOp {
             let offset = l.weight("offset", vec![0.0]);
             Kernel::ScaleShift { p, scale, offset }
         };
-        let (input, out) = (l.inputs[0], l.output(0));
+        let (mut input, out) = (l.inputs[0], l.output(0));
         let (len_in, len_out) = (self.outer * self.n * self.inner, self.outer * self.inner);
+        if let Some(g) = &self.gather {
+            let gathered = l.temp(len_in);
+            l.step(g.kernel()?, vec![input], gathered, 0);
+            input = gathered;
+        }
         match self.kind {
             MAX => l.step(pool(true), vec![input], out, len_in as u64),
             SUM => {
