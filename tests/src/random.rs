@@ -162,8 +162,12 @@ pub fn draw_op(
             if rng.below(2) == 0 {
                 let values: Vec<f32> = (0..c).map(|_| rng.unit()).collect();
                 let array = json!({"class_name": "__numpy__", "config": {"value": values, "dtype": "float32"}});
-                let class = rng.pick(&["Add", "Multiply", "Subtract"]);
-                b.add_op("numpy", class, json!({}), vec![x, array])
+                let class = rng.pick(&["Add", "Multiply", "Subtract", "Maximum", "Minimum"]);
+                if rng.below(2) == 0 {
+                    b.add_op("numpy", class, json!({}), vec![x, array])
+                } else {
+                    b.add_op("numpy", class, json!({}), vec![array, x])
+                }
             } else {
                 b.add_op("numpy", "Divide", json!({}), vec![x, json!(k.abs() + 0.5)])
             }

@@ -235,22 +235,105 @@ fn with_constant(
             return finite(v).and_then(|_| activation::over(shape, activation));
         }
         (Fold::Maximum | Fold::Minimum, _) => {
-            return Err(Error::new(
-                "maximum and minimum with a constant are supported for a scalar constant only",
-            ))
+            return with_constant_tensor(shape, fold, sample, constant_first)
         }
         (Fold::Divide, true) if scalar => {
             let v = sample.iter().next().copied().unwrap_or(0.0) as f64;
             return finite(v).and_then(|_| activation::over(shape, Activation::DivInto(v)));
         }
-        (Fold::Divide, true) => {
-            return Err(Error::new(
-                "dividing a constant by a tensor is supported for a scalar constant only",
-            ))
-        }
+        (Fold::Divide, true) => return with_constant_tensor(shape, fold, sample, true),
         (Fold::Average, _) => return Err(Error::new("internal: average is not an operation")),
     };
     Ok(affine(scale, offset, shape.clone()))
+}
+
+/// `x ∘ c` (or `c ∘ x`) for a constant `c` that varies across the sample, where no
+/// scale-and-shift or activation computes it (maximum, minimum, a constant divided by a
+/// tensor): `c` is first written out in full, then merged with `x` like two tensors.
+fn with_constant_tensor(
+    shape: &Shape,
+    fold: Fold,
+    sample: ArrayD<f32>,
+    constant_first: bool,
+) -> Result<Lowered> {
+    check_finite(&sample)?;
+    Ok(Lowered::one(
+        ConstantMergeOp {
+            fold,
+            constant: sample,
+            constant_first,
+        },
+        shape.clone(),
+    ))
+}
+
+/// A tensor merged with a constant spread over it.
+#[derive(Debug)]
+struct ConstantMergeOp {
+    fold: Fold,
+    /// Against one sample.
+    constant: ArrayD<f32>,
+    constant_first: bool,
+}
+
+impl Op for ConstantMergeOp {
+    fn eval(&self, inputs: &[&ArrayD<f32>]) -> Vec<ArrayD<f32>> {
+        let mut out = inputs[0].clone();
+        for mut sample in out.outer_iter_mut() {
+            ndarray::Zip::from(&mut sample)
+                .and_broadcast(&self.constant)
+                .for_each(|v, &c| {
+                    let (a, b) = if self.constant_first {
+                        (c, *v)
+                    } else {
+                        (*v, c)
+                    };
+                    *v = match self.fold {
+                        Fold::Maximum => a.max(b),
+                        Fold::Minimum => a.min(b),
+                        Fold::Subtract => a - b,
+                        Fold::Multiply => a * b,
+                        Fold::Divide => a / b,
+                        Fold::Add | Fold::Average => a + b,
+                    };
+                });
+        }
+        vec![out]
+    }
+    fn flops(&self) -> u64 {
+        0
+    }
+    fn lower(&self, l: &mut Lower) -> Result<()> {
+        let shape = l.output_shapes[0].clone();
+        let n: usize = shape.iter().product();
+        let x = l.inputs[0];
+        // Zeros, then the constant added: exactly the constant, whatever `x` holds.
+        let zeros = l.temp(n);
+        l.step(Kernel::Activation(kerac::Act::Fill(0.0)), vec![x], zeros, 0);
+        let constant = l.temp(n);
+        let ones = ArrayD::<f32>::ones(self.constant.raw_dim());
+        let k = crate::layers::core::scale_shift(l, &ones, &self.constant)?;
+        l.step(k, vec![zeros], constant, 2 * n as u64);
+        let padded = crate::plan::lower::padded(&shape)?;
+        let strides = crate::plan::lower::broadcast_strides(&shape, &padded)?;
+        let inputs = if self.constant_first {
+            vec![constant, x]
+        } else {
+            vec![x, constant]
+        };
+        let out = l.output(0);
+        l.step(
+            Kernel::Merge {
+                fold: self.fold,
+                shape: padded,
+                strides: vec![strides, strides],
+            },
+            inputs,
+            out,
+            n as u64,
+        );
+        Ok(())
+    }
 }
 
 fn finite(v: f64) -> Result<()> {
