@@ -98,3 +98,16 @@ fn softmax_axes_named_twice_are_refused() {
     std::fs::write(&path, both.to_string()).unwrap();
     assert!(kerac_compiler::load(&path, None, &BuildOptions::default()).is_ok());
 }
+
+#[test]
+fn group_normalization_of_a_batch_axis_alone_is_refused() {
+    // A rank-1 tensor (a full reduction's output) has no channels to group.
+    let e = error(
+        "group_norm_rank1",
+        &sequential(json!([null]), "GroupNormalization", json!({"groups": 1})),
+    );
+    assert!(
+        e.contains("layer `under_test`") && e.contains("no axis after the batch"),
+        "{e}"
+    );
+}

@@ -140,9 +140,14 @@ fn keras2_constants_stand_first_or_as_keywords() {
 fn operations_name_what_they_refuse() {
     let cases = [
         (
-            "Divide",
-            json!([[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], keras_tensor("x")]),
-            "dividing a constant by a tensor is supported for a scalar constant only",
+            "Where",
+            json!([keras_tensor("x"), keras_tensor("x"), 0.5]),
+            "supports a constant condition",
+        ),
+        (
+            "GetItem",
+            json!([keras_tensor("x"), [{"class_name": "__slice__", "config": {"start": null, "stop": null, "step": null}}, {"class_name": "__slice__", "config": {"start": null, "stop": null, "step": 0}}]]),
+            "step of 0",
         ),
         (
             "Power",
@@ -151,8 +156,8 @@ fn operations_name_what_they_refuse() {
         ),
         (
             "Maximum",
-            json!([keras_tensor("x"), [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]]),
-            "scalar constant",
+            json!([keras_tensor("x"), [[[1.0]], [[2.0]], [[3.0]]]]),
+            "would broadcast the tensor",
         ),
     ];
     for (class, args, expected) in cases {

@@ -232,7 +232,7 @@ pub fn draw_op(
             let last = *shape.last().unwrap_or(&1) as i64;
             let start =
                 rng.below(last.max(1) as usize) as i64 - if rng.below(2) == 0 { last } else { 0 };
-            let step = 1 + rng.below(2);
+            let step = (1 + rng.below(2)) as i64 * if rng.below(3) == 0 { -1 } else { 1 };
             let mut index = vec![
                 json!({"class_name": "__slice__", "config": {"start": null, "stop": null, "step": null}}),
             ];

@@ -139,6 +139,7 @@ variants!(kerac::shape::AxisMap {
         Pad { before, input, len },
         Crop { before, len },
         Nearest { scale, len },
+        Reverse { len },
         Bilinear { scale, input, len },
     ],
 });

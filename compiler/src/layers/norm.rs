@@ -285,6 +285,9 @@ fn build_group_norm(ctx: &mut LayerCtx) -> Result<Lowered> {
     let c: Config = ctx.parse()?;
     let shape = ctx.input()?.clone();
     let rank = shape.len();
+    if rank < 2 {
+        bail!("input {shape:?} has no axis after the batch to normalize");
+    }
     if c.axis.len() != 1 || resolve_axis(c.axis[0], rank)? != rank - 1 {
         bail!(
             "axis {:?} is not supported; expected the last axis (channels_last)",

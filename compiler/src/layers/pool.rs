@@ -5,7 +5,7 @@ use super::geometry::{
     check_channels_last, check_work, lift3, per_axis, spatial_input, window, Window,
 };
 use super::{int_or_list, BuildFn, LayerCtx, Lowered, Op};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::graph::Shape;
 use crate::plan::{Kernel, Lower};
 use ndarray::ArrayD;
@@ -130,7 +130,14 @@ fn build_pool<const R: usize, const MAX: bool>(ctx: &mut LayerCtx) -> Result<Low
     };
     let mut w = Vec::with_capacity(R);
     for i in 0..R {
-        w.push(window(spatial[i], pool[i], strides[i], 1, &c.padding)?);
+        w.push(
+            window(spatial[i], pool[i], strides[i], 1, &c.padding).map_err(|e| {
+                Error::new(format!(
+                    "`pool_size` {} and `strides` {}: {}",
+                    pool[i], strides[i], e.message
+                ))
+            })?,
+        );
     }
     let mut out = vec![batch];
     out.extend(w.iter().map(|w| w.output));

@@ -50,6 +50,7 @@ impl Reference for AxisMap {
                 .map_or(Source::Zero, Source::At),
             AxisMap::Crop { before, .. } => Source::At(before + o),
             AxisMap::Nearest { scale, .. } => Source::At(o / scale),
+            AxisMap::Reverse { len } => Source::At(len - 1 - o),
             AxisMap::Bilinear { scale, input, .. } => {
                 let pos = ((o as f64 + 0.5) / scale as f64 - 0.5).max(0.0);
                 let lo = (pos.floor() as usize).min(input - 1);

@@ -11,6 +11,7 @@ use crate::layers::{self, merge, Lowered, Op};
 use crate::plan::lower::padded;
 use crate::plan::{Kernel, Lower};
 use kerac::merge::RANK;
+use kerac::shape::AxisMap;
 use ndarray::ArrayD;
 use serde_json::{json, Value};
 
@@ -181,7 +182,7 @@ fn stack(ctx: &OpCtx) -> Result<Lowered> {
     Ok(merge::stack(axis, out))
 }
 
-/// `x[...]`: basic indexing (slices with positive steps, integers, `None`, `...`).
+/// `x[...]`: basic indexing (slices with any step, integers, `None`, `...`).
 fn get_item(ctx: &OpCtx) -> Result<Lowered> {
     let input = only_input(ctx)?;
     let key = ctx
@@ -212,6 +213,8 @@ fn get_item(ctx: &OpCtx) -> Result<Lowered> {
     };
     let mut axis = 0;
     let mut ellipsis_seen = false;
+    // Output axes a negative step reverses.
+    let mut reversed = Vec::new();
     for item in &items {
         if is_ellipsis(item) {
             if ellipsis_seen {
@@ -244,9 +247,12 @@ fn get_item(ctx: &OpCtx) -> Result<Lowered> {
             slice.offset += at as usize * stride;
         } else {
             let bounds = item.get("config").unwrap_or(item);
-            let (start, count, step) = slice_bounds(bounds, len)?;
-            if axis == 0 && count != len {
+            let (start, count, step, backwards) = slice_bounds(bounds, len)?;
+            if axis == 0 && (count != len || backwards) {
                 return Err(Error::new("slicing the batch axis is not supported"));
+            }
+            if backwards {
+                reversed.push(slice.shape.len());
             }
             slice.offset += start * stride;
             slice.shape.push(count);
@@ -266,7 +272,59 @@ fn get_item(ctx: &OpCtx) -> Result<Lowered> {
     }
     padded(&slice.shape)?;
     let out = slice.shape.clone();
-    Ok(Lowered::one(slice, out))
+    if reversed.is_empty() {
+        Ok(Lowered::one(slice, out))
+    } else {
+        Ok(Lowered::one(Reversed { slice, reversed }, out))
+    }
+}
+
+/// A slice with negative steps: the positions taken in increasing order by a strided
+/// copy, then each such axis reversed (a resampling that reads it backwards).
+#[derive(Debug)]
+struct Reversed {
+    slice: Slice,
+    /// Output axes read backwards.
+    reversed: Vec<usize>,
+}
+
+impl Op for Reversed {
+    fn eval(&self, inputs: &[&ArrayD<f32>]) -> Vec<ArrayD<f32>> {
+        let mut y = self.slice.eval(inputs).remove(0);
+        for &a in &self.reversed {
+            y.invert_axis(ndarray::Axis(a));
+        }
+        vec![y.as_standard_layout().into_owned()]
+    }
+    fn flops(&self) -> u64 {
+        0
+    }
+    fn lower(&self, l: &mut Lower) -> Result<()> {
+        let shape = &self.slice.shape;
+        let n: usize = shape.iter().product();
+        let mut value = l.temp(n);
+        l.step(self.slice.kernel()?, vec![l.inputs[0]], value, 0);
+        for (i, &a) in self.reversed.iter().enumerate() {
+            let next = if i + 1 == self.reversed.len() {
+                l.output(0)
+            } else {
+                l.temp(n)
+            };
+            let resample = kerac::shape::Resample {
+                batch: shape[..a].iter().product(),
+                input: [1, 1, shape[a]],
+                axes: [
+                    AxisMap::UNIT,
+                    AxisMap::UNIT,
+                    AxisMap::Reverse { len: shape[a] },
+                ],
+                channels: shape[a + 1..].iter().product(),
+            };
+            l.step(Kernel::Resample(resample), vec![value], next, 0);
+            value = next;
+        }
+        Ok(())
+    }
 }
 
 fn is_ellipsis(v: &Value) -> bool {
@@ -275,8 +333,10 @@ fn is_ellipsis(v: &Value) -> bool {
         || v.get("class_name").and_then(Value::as_str) == Some("__ellipsis__")
 }
 
-/// `(start, count, step)` of a Python slice over `len` positions.
-fn slice_bounds(bounds: &Value, len: usize) -> Result<(usize, usize, usize)> {
+/// `(first, count, step, backwards)` of a Python slice over `len` positions: the
+/// positions it selects are `first + i * step` for `i < count`, taken in reverse order
+/// when `backwards` (a negative step).
+fn slice_bounds(bounds: &Value, len: usize) -> Result<(usize, usize, usize, bool)> {
     let get = |k: &str| -> Result<Option<i64>> {
         match bounds.get(k) {
             None | Some(Value::Null) => Ok(None),
@@ -289,28 +349,53 @@ fn slice_bounds(bounds: &Value, len: usize) -> Result<(usize, usize, usize)> {
         }
     };
     let step = get("step")?.unwrap_or(1);
-    if step <= 0 {
-        bail!("slices with step {step} are not supported; steps must be positive");
+    if step == 0 {
+        bail!("a slice step of 0 selects nothing; Python refuses it too");
     }
     let n = len as i64;
+    let backwards = step < 0;
     // A step past the axis selects one value at most; capping it keeps the strides
     // derived from it small.
-    let step = step.min(n.max(1));
+    let size = step.unsigned_abs().min(n.max(1) as u64) as i64;
+    // Python's clamping: into [0, n] going forwards, into [-1, n - 1] going backwards.
+    let (lo, hi) = if backwards { (-1, n - 1) } else { (0, n) };
     let clamp = |v: i64| {
-        if v < 0 {
-            v.saturating_add(n).max(0)
-        } else {
-            v.min(n)
-        }
+        let v = if v < 0 { v.saturating_add(n) } else { v };
+        v.clamp(lo, hi)
     };
-    let start = get("start")?.map_or(0, clamp);
-    let stop = get("stop")?.map_or(n, clamp);
-    let count = if stop > start {
-        (stop - start - 1) / step + 1
+    let (start, stop) = if backwards {
+        (
+            get("start")?.map_or(n - 1, clamp),
+            get("stop")?.map_or(-1, clamp),
+        )
+    } else {
+        (
+            get("start")?.map_or(0, clamp),
+            get("stop")?.map_or(n, clamp),
+        )
+    };
+    let (from, to) = if backwards {
+        (stop, start)
+    } else {
+        (start, stop)
+    };
+    let count = if to > from {
+        (to - from - 1) / size + 1
     } else {
         0
     };
-    Ok((start as usize, count as usize, step as usize))
+    // The lowest position selected.
+    let first = if backwards {
+        start - (count - 1).max(0) * size
+    } else {
+        start
+    };
+    Ok((
+        first.max(0) as usize,
+        count as usize,
+        size as usize,
+        backwards,
+    ))
 }
 
 /// A strided view of the input copied out: slicing and integer indexing.

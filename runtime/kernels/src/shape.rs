@@ -56,6 +56,12 @@ pub enum AxisMap {
         /// Output length.
         len: usize,
     },
+    /// The input backwards: output `o` reads position `len - 1 - o` (a slice with a
+    /// negative step, `x[:, ::-1]`).
+    Reverse {
+        /// Output (and input) length.
+        len: usize,
+    },
     /// Linear interpolation with half-pixel centres, as tf.image.resize does.
     Bilinear {
         /// Upsampling factor.
@@ -77,6 +83,7 @@ impl AxisMap {
             AxisMap::Pad { len, .. }
             | AxisMap::Crop { len, .. }
             | AxisMap::Nearest { len, .. }
+            | AxisMap::Reverse { len }
             | AxisMap::Bilinear { len, .. } => len,
         }
     }
@@ -102,6 +109,7 @@ impl AxisMap {
             }
             AxisMap::Crop { before, .. } => [(before + o, 1.0), (0, 0.0)],
             AxisMap::Nearest { scale, .. } => [(o / scale.max(1), 1.0), (0, 0.0)],
+            AxisMap::Reverse { len } => [(len.saturating_sub(o + 1), 1.0), (0, 0.0)],
             AxisMap::Bilinear { scale, input, .. } => {
                 let pos = crate::act::fmax((o as f32 + 0.5) / scale as f32 - 0.5, 0.0);
                 let lo = pos as usize;

@@ -34,6 +34,7 @@ pub(super) fn resample(fx: &mut Fx, p: &kerac::shape::Resample, x: Addr, y: Addr
                 }
                 AxisMap::Crop { before, .. } => ([(before + o, 1.0), (0, 0.0)], true),
                 AxisMap::Nearest { scale, .. } => ([(o / scale.max(1), 1.0), (0, 0.0)], true),
+                AxisMap::Reverse { len } => ([(len.saturating_sub(o + 1), 1.0), (0, 0.0)], true),
                 AxisMap::Bilinear { scale, input, .. } => {
                     let pos = kerac::act::fmax((o as f32 + 0.5) / scale as f32 - 0.5, 0.0);
                     let lo = (pos as usize).min(input.saturating_sub(1));
