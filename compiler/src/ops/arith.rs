@@ -136,7 +136,8 @@ fn where_(ctx: &OpCtx) -> Result<Lowered> {
                 bail!("where over tensors of shapes {sa:?} and {sb:?}: kerac supports tensors of one shape");
             }
             let mask = per_sample(sa, mask)?;
-            Ok(Lowered::one(WhereOp { mask }, sa.clone()))
+            let elements = crate::layers::elements(sa)?;
+            Ok(Lowered::one(WhereOp { mask, elements }, sa.clone()))
         }
         (Arg::Const(_), Arg::Const(_)) => Err(Error::new(
             "both sides of where are constants; expected at least one tensor",
@@ -156,6 +157,7 @@ fn check_finite(c: &ArrayD<f32>) -> Result<()> {
 #[derive(Debug)]
 struct WhereOp {
     mask: ArrayD<f32>,
+    elements: usize,
 }
 
 impl Op for WhereOp {
@@ -174,7 +176,8 @@ impl Op for WhereOp {
         vec![out]
     }
     fn flops(&self) -> u64 {
-        0
+        // Two scale-and-shifts and a sum.
+        5 * self.elements as u64
     }
     fn lower(&self, l: &mut Lower) -> Result<()> {
         let shape = l.output_shapes[0].clone();
@@ -262,6 +265,7 @@ fn with_constant_tensor(
             fold,
             constant: sample,
             constant_first,
+            elements: crate::layers::elements(shape)?,
         },
         shape.clone(),
     ))
@@ -274,6 +278,7 @@ struct ConstantMergeOp {
     /// Against one sample.
     constant: ArrayD<f32>,
     constant_first: bool,
+    elements: usize,
 }
 
 impl Op for ConstantMergeOp {
@@ -301,7 +306,8 @@ impl Op for ConstantMergeOp {
         vec![out]
     }
     fn flops(&self) -> u64 {
-        0
+        // The shift that writes the constant out, and the merge.
+        3 * self.elements as u64
     }
     fn lower(&self, l: &mut Lower) -> Result<()> {
         let shape = l.output_shapes[0].clone();
