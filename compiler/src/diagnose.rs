@@ -168,6 +168,9 @@ pub struct Row {
     pub settings: String,
     /// Errors against the reference.
     pub comparison: Comparison,
+    /// The largest magnitude in the reference: float32 rounding grows with the terms
+    /// summed, so `max_abs / scale` near 1e-6 is rounding, near 1e-2 a real difference.
+    pub scale: f64,
 }
 
 /// The outcome of a layer-by-layer comparison.
@@ -196,8 +199,8 @@ impl fmt::Display for Report {
         writeln!(f, "{}", self.title)?;
         writeln!(
             f,
-            "{:<32} {:<22} {:>11} {:>11} {:>16}",
-            "layer", "class", "max abs err", "max rel err", "outside tol"
+            "{:<32} {:<22} {:>11} {:>11} {:>13} {:>16}",
+            "layer", "class", "max abs err", "max rel err", "abs err/max|k|", "outside tol"
         )?;
         let first = self
             .first_divergence()
@@ -216,12 +219,18 @@ impl fmt::Display for Report {
             } else {
                 ""
             };
+            let relative = if r.scale > 0.0 {
+                c.max_abs / r.scale
+            } else {
+                c.max_abs
+            };
             writeln!(
                 f,
-                "{name:<32} {:<22} {:>11.3e} {:>11.3e} {:>16}{mark}",
+                "{name:<32} {:<22} {:>11.3e} {:>11.3e} {:>14.3e} {:>16}{mark}",
                 r.class,
                 c.max_abs,
                 c.max_rel,
+                relative,
                 format!("{}/{}", c.mismatches, c.total)
             )?;
         }
@@ -263,11 +272,13 @@ impl fmt::Display for Report {
 }
 
 /// Compares the layer outputs of `source` with those recorded in `reference`, which
-/// must hold layer outputs (`kerac_record --layers`).
+/// must hold layer outputs (`kerac_record --layers`), under `tolerance` (absolute,
+/// relative): the file's own, or the defaults, where `None`.
 pub fn against_reference(
     graph: &Graph,
     source: Source<'_>,
     reference: &IoFile,
+    tolerance: Option<(f64, f64)>,
     backend: &str,
 ) -> Result<Report> {
     if reference.layers.is_empty() {
@@ -284,10 +295,10 @@ pub fn against_reference(
             )
         })
         .collect();
-    let tolerance = (
+    let tolerance = tolerance.unwrap_or((
         reference.atol.unwrap_or(io::ATOL),
         reference.rtol.unwrap_or(io::RTOL),
-    );
+    ));
     report(
         graph,
         format!("{backend} against the layer outputs Keras recorded"),
@@ -360,6 +371,7 @@ fn report(
             output: v.output,
             settings: node.map_or_else(String::new, |n| n.settings.clone()),
             comparison: io::compare_values(&v.layer, &v.data, data, tolerance.0, tolerance.1),
+            scale: data.iter().fold(0.0f64, |m, &k| m.max((k as f64).abs())),
         });
         compared.insert((v.layer.clone(), v.call));
     }
