@@ -102,7 +102,7 @@ impl<F: FnMut(usize, &[f32])> WithIsa for Observed<'_, F> {
 }
 
 /// Copies the inputs into their arena regions, checking their shapes.
-fn write_inputs(plan: &Plan, arena: &mut [f32], inputs: &[ArrayD<f32>]) -> Result<()> {
+pub fn write_inputs(plan: &Plan, arena: &mut [f32], inputs: &[ArrayD<f32>]) -> Result<()> {
     for (port, x) in plan.inputs.iter().zip(inputs) {
         if x.shape() != port.shape.as_slice() {
             bail!(

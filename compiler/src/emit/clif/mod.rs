@@ -597,25 +597,11 @@ impl Jit {
             bail!("the inputs or the plan do not fit this compiled model");
         }
         let floats = plan.arena_floats;
-        for (port, x) in plan.inputs.iter().zip(inputs) {
-            if x.shape() != port.shape.as_slice() {
-                bail!(
-                    "input `{}` has shape {:?}, the model expects {:?}",
-                    port.name,
-                    x.shape(),
-                    port.shape
-                );
-            }
-            let v = &plan.buffers[port.buffer];
-            // SAFETY: the scratch holds at least `arena_floats` floats (checked above),
-            // u128-aligned, and nothing else borrows it.
-            let arena = unsafe {
-                std::slice::from_raw_parts_mut(self.scratch.as_mut_ptr().cast::<f32>(), floats)
-            };
-            for (dst, &src) in arena[v.offset..v.offset + v.len].iter_mut().zip(x.iter()) {
-                *dst = src;
-            }
-        }
+        // SAFETY: the scratch holds at least `arena_floats` floats (checked above),
+        // u128-aligned, and nothing else borrows it while this slice lives.
+        let arena =
+            unsafe { std::slice::from_raw_parts_mut(self.scratch.as_mut_ptr().cast(), floats) };
+        crate::plan::exec::write_inputs(plan, arena, inputs)?;
         for k in 0..self.steps.len() {
             self.run_step(k);
             // SAFETY: as above; the step has returned, so its writes are done.
