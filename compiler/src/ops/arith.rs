@@ -192,20 +192,7 @@ impl Op for WhereOp {
         let others = l.temp(n);
         let k = crate::layers::core::scale_shift(l, &other, &zeros)?;
         l.step(k, vec![b], others, 2 * n as u64);
-        let padded = crate::plan::lower::padded(&shape)?;
-        let strides = crate::plan::lower::broadcast_strides(&shape, &padded)?;
-        let out = l.output(0);
-        l.step(
-            Kernel::Merge {
-                fold: Fold::Add,
-                shape: padded,
-                strides: vec![strides, strides],
-            },
-            vec![kept, others],
-            out,
-            n as u64,
-        );
-        Ok(())
+        merge_into_output(l, Fold::Add, &shape, vec![kept, others])
     }
 }
 
@@ -293,14 +280,7 @@ impl Op for ConstantMergeOp {
                     } else {
                         (*v, c)
                     };
-                    *v = match self.fold {
-                        Fold::Maximum => a.max(b),
-                        Fold::Minimum => a.min(b),
-                        Fold::Subtract => a - b,
-                        Fold::Multiply => a * b,
-                        Fold::Divide => a / b,
-                        Fold::Add | Fold::Average => a + b,
-                    };
+                    *v = self.fold.apply(a, b);
                 });
         }
         vec![out]
@@ -320,26 +300,31 @@ impl Op for ConstantMergeOp {
         let ones = ArrayD::<f32>::ones(self.constant.raw_dim());
         let k = crate::layers::core::scale_shift(l, &ones, &self.constant)?;
         l.step(k, vec![zeros], constant, 2 * n as u64);
-        let padded = crate::plan::lower::padded(&shape)?;
-        let strides = crate::plan::lower::broadcast_strides(&shape, &padded)?;
         let inputs = if self.constant_first {
             vec![constant, x]
         } else {
             vec![x, constant]
         };
-        let out = l.output(0);
-        l.step(
-            Kernel::Merge {
-                fold: self.fold,
-                shape: padded,
-                strides: vec![strides, strides],
-            },
-            inputs,
-            out,
-            n as u64,
-        );
-        Ok(())
+        merge_into_output(l, self.fold, &shape, inputs)
     }
+}
+
+/// Output 0 as `a ∘ b` for two buffers of the output's `shape`.
+fn merge_into_output(l: &mut Lower, fold: Fold, shape: &Shape, inputs: Vec<usize>) -> Result<()> {
+    let padded = crate::plan::lower::padded(shape)?;
+    let strides = crate::plan::lower::broadcast_strides(shape, &padded)?;
+    let out = l.output(0);
+    l.step(
+        Kernel::Merge {
+            fold,
+            shape: padded,
+            strides: vec![strides; inputs.len()],
+        },
+        inputs,
+        out,
+        shape.iter().product::<usize>() as u64,
+    );
+    Ok(())
 }
 
 fn finite(v: f64) -> Result<()> {
