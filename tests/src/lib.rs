@@ -52,11 +52,21 @@ pub fn fixture_dirs(root: &Path) -> Vec<PathBuf> {
 
 /// Every model file of every fixture, in every dialect present.
 pub fn fixtures() -> Vec<Fixture> {
-    let mut out = Vec::new();
     let mut dirs = fixture_dirs(&fixtures_dir());
     if let Some(extra) = extra_fixtures_dir() {
         dirs.extend(fixture_dirs(&extra));
     }
+    fixtures_in(dirs)
+}
+
+/// The committed fixtures only, without `KERAC_EXTRA_FIXTURES`: for the checks that
+/// repeat a backend in another configuration.
+pub fn committed_fixtures() -> Vec<Fixture> {
+    fixtures_in(fixture_dirs(&fixtures_dir()))
+}
+
+fn fixtures_in(dirs: Vec<PathBuf>) -> Vec<Fixture> {
+    let mut out = Vec::new();
     for dir in dirs {
         let name = dir.file_name().unwrap().to_string_lossy().into_owned();
         for file in ["k3.keras", "k3.h5", "k3.json", "k2.h5", "k2.json"] {
@@ -94,8 +104,16 @@ pub fn load(f: &Fixture, reference: &IoFile) -> kerac_compiler::Result<Graph> {
 pub fn mismatches(
     run: impl Fn(&Graph, &[ArrayD<f32>]) -> kerac_compiler::Result<Vec<ArrayD<f32>>>,
 ) -> Vec<String> {
+    mismatches_in(fixtures(), run)
+}
+
+/// [`mismatches`] over `fixtures`.
+pub fn mismatches_in(
+    fixtures: Vec<Fixture>,
+    run: impl Fn(&Graph, &[ArrayD<f32>]) -> kerac_compiler::Result<Vec<ArrayD<f32>>>,
+) -> Vec<String> {
     let mut failures = Vec::new();
-    for f in fixtures() {
+    for f in fixtures {
         let result = (|| {
             let reference = IoFile::read(&f.reference)?;
             let graph = load(&f, &reference)?;

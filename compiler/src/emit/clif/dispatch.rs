@@ -23,6 +23,18 @@ pub(super) fn step(fx: &mut Fx, plan: &Plan, step: &Step) {
     let y = value(step.output);
     let x = xs.first().copied().unwrap_or(y);
     match &step.kernel {
+        // An assembled kernel takes the step's buffers in the order of its listing.
+        Kernel::Dense { w, b, .. } | Kernel::Conv { w, b, .. } if fx.assembled.is_some() => {
+            if let Some(k) = fx.assembled.take() {
+                fx.call_assembled(k, [Some(x), Some(weight(*w)), b.map(weight), Some(y), None]);
+            }
+        }
+        Kernel::Activation(_) | Kernel::Merge { .. } if fx.assembled.is_some() => {
+            if let Some(k) = fx.assembled.take() {
+                let at = |i: usize| xs.get(i).copied();
+                fx.call_assembled(k, [at(0), at(1), at(2), Some(y), at(3)]);
+            }
+        }
         Kernel::Dense { p, w, b } => dense::dense(fx, p, x, weight(*w), b.map(weight), y),
         Kernel::Conv { p, w, b } => conv::conv(fx, p, x, weight(*w), b.map(weight), y),
         Kernel::ConvTranspose { p, w, b } => {

@@ -29,6 +29,18 @@ pub(super) struct Fx<'a> {
     /// function's loops: each loop's body adds one to its own 64-bit counter, so a test
     /// can hold the recorded trip counts against execution.
     pub counters: Option<(Addr, usize)>,
+    /// The step's assembled kernel, where it has one (x86-64 v3 and v4).
+    pub assembled: Option<Assembled>,
+}
+
+/// An assembled kernel a step calls with five pointers and its loop counters.
+pub(super) struct Assembled {
+    pub func: cranelift_codegen::ir::FuncRef,
+    /// Read-only data of its own (a table of where output pixels' windows start), the
+    /// fifth pointer where the step gives none.
+    pub table: Option<cranelift_codegen::ir::GlobalValue>,
+    /// Its loops, in emission order, depths from its own outermost.
+    pub loops: Vec<Loop>,
 }
 
 /// One loop of the generated code: its nesting depth in its function (0 outermost) and
@@ -295,6 +307,45 @@ impl<'a> Fx<'a> {
                 },
             );
         }
+    }
+
+    /// The address `a` as one pointer value.
+    pub fn pointer(&mut self, a: Addr) -> Value {
+        if a.off == 0 {
+            a.base
+        } else {
+            self.b.ins().iadd_imm_s(a.base, a.off * 4)
+        }
+    }
+
+    /// Calls an assembled kernel with the pointers `args` (null where `None`; the
+    /// fifth is the kernel's own table where it has one); its loops join this
+    /// function's, and in a counting build it counts into the counters that follow.
+    pub fn call_assembled(&mut self, k: Assembled, args: [Option<Addr>; 5]) {
+        let ptr = self.b.func.dfg.value_type(self.arena);
+        let mut values = Vec::with_capacity(6);
+        for (i, a) in args.into_iter().enumerate() {
+            let v = match (a, k.table) {
+                (Some(a), _) => self.pointer(a),
+                (None, Some(t)) if i == 4 => self.b.ins().symbol_value(ptr, t),
+                (None, _) => self.b.ins().iconst(ptr, 0),
+            };
+            values.push(v);
+        }
+        let counters = match self.counters {
+            Some((base, first)) => {
+                let at = base.add(2 * (first + self.loops.len()));
+                self.pointer(at)
+            }
+            None => self.b.ins().iconst(ptr, 0),
+        };
+        values.push(counters);
+        self.b.ins().call(k.func, &values);
+        let depth = self.depth;
+        self.loops.extend(k.loops.iter().map(|l| Loop {
+            depth: l.depth + depth,
+            trips: l.trips,
+        }));
     }
 
     /// The address of `ix` floats after `base`.

@@ -11,6 +11,7 @@
 // Laid out like the runtime's kernels: one file per kernel family, `dispatch` the one
 // match on `Kernel`, and leaves (`tape`, `fx`, `simd`, `window`) that import no family.
 mod act;
+mod asm;
 mod attention;
 mod conv;
 mod dense;
@@ -28,6 +29,7 @@ mod window;
 use crate::bail;
 use crate::error::{Error, Result};
 use crate::plan::Plan;
+pub use asm::Wide;
 use cranelift_codegen::ir::{types, AbiParam, InstBuilder, Signature, UserFuncName};
 use cranelift_codegen::isa::{CallConv, OwnedTargetIsa};
 use cranelift_codegen::settings::{self, Configurable};
@@ -43,8 +45,11 @@ use ndarray::{ArrayD, IxDyn};
 pub enum Target {
     /// x86-64 with SSE4.2 (x86-64-v2): 128-bit vectors, no FMA.
     X86_64,
-    /// x86-64 with AVX2 and FMA (x86-64-v3): 128-bit vectors with fused multiply-add.
+    /// x86-64 with AVX2 and FMA (x86-64-v3): 128-bit vectors with fused multiply-add,
+    /// and 256-bit assembled kernels for dense layers and convolutions.
     X86_64V3,
+    /// x86-64 with AVX-512F (x86-64-v4): as v3, with 512-bit assembled kernels.
+    X86_64V4,
     /// 64-bit ARM (NEON, FMA).
     Aarch64,
     /// 64-bit RISC-V, RV64GC: scalar floats with fused multiply-add.
@@ -53,24 +58,63 @@ pub enum Target {
 
 impl Target {
     /// Every target, by the name the command line takes.
-    pub const ALL: [(&'static str, Target); 4] = [
+    pub const ALL: [(&'static str, Target); 5] = [
         ("x86_64", Target::X86_64),
         ("x86_64-v3", Target::X86_64V3),
+        ("x86_64-v4", Target::X86_64V4),
         ("aarch64", Target::Aarch64),
         ("riscv64", Target::Riscv64),
     ];
 
-    /// The target named `name` (as in [`Target::ALL`]).
+    /// The target named `name` (as in [`Target::ALL`]), or `native`: this machine.
     pub fn from_name(name: &str) -> Option<Target> {
+        if name == "native" {
+            return Target::native();
+        }
         Target::ALL
             .iter()
             .find(|(n, _)| *n == name)
             .map(|(_, t)| *t)
     }
 
+    /// The target's name in [`Target::ALL`].
+    pub fn name(self) -> &'static str {
+        Target::ALL
+            .iter()
+            .find(|(_, t)| *t == self)
+            .map_or("?", |(n, _)| n)
+    }
+
+    /// This machine, where it is one of the targets.
+    pub fn native() -> Option<Target> {
+        if cfg!(target_arch = "aarch64") {
+            return Some(Target::Aarch64);
+        }
+        if cfg!(target_arch = "riscv64") {
+            return Some(Target::Riscv64);
+        }
+        if !cfg!(target_arch = "x86_64") {
+            return None;
+        }
+        Some(match Wide::host() {
+            Some(Wide::Avx512) => Target::X86_64V4,
+            Some(Wide::Avx2) => Target::X86_64V3,
+            None => Target::X86_64,
+        })
+    }
+
+    /// The assembled kernels' vector extension, on x86-64 v3 and v4.
+    pub fn wide(self) -> Option<Wide> {
+        match self {
+            Target::X86_64V3 => Some(Wide::Avx2),
+            Target::X86_64V4 => Some(Wide::Avx512),
+            _ => None,
+        }
+    }
+
     fn triple(self) -> &'static str {
         match self {
-            Target::X86_64 | Target::X86_64V3 => "x86_64-unknown-linux-gnu",
+            Target::X86_64 | Target::X86_64V3 | Target::X86_64V4 => "x86_64-unknown-linux-gnu",
             Target::Aarch64 => "aarch64-unknown-linux-gnu",
             Target::Riscv64 => "riscv64gc-unknown-linux-gnu",
         }
@@ -84,21 +128,24 @@ impl Target {
             "has_sse42",
             "has_popcnt",
         ];
+        const V3: [&str; 11] = [
+            "has_sse3",
+            "has_ssse3",
+            "has_sse41",
+            "has_sse42",
+            "has_popcnt",
+            "has_avx",
+            "has_avx2",
+            "has_fma",
+            "has_bmi1",
+            "has_bmi2",
+            "has_lzcnt",
+        ];
         match self {
             Target::X86_64 => &V2,
-            Target::X86_64V3 => &[
-                "has_sse3",
-                "has_ssse3",
-                "has_sse41",
-                "has_sse42",
-                "has_popcnt",
-                "has_avx",
-                "has_avx2",
-                "has_fma",
-                "has_bmi1",
-                "has_bmi2",
-                "has_lzcnt",
-            ],
+            // Cranelift's own code stays at 128 bits on v4 too: only the assembled
+            // kernels use AVX-512.
+            Target::X86_64V3 | Target::X86_64V4 => &V3,
             Target::Aarch64 | Target::Riscv64 => &[],
         }
     }
@@ -107,7 +154,7 @@ impl Target {
     fn shape(self) -> (usize, bool) {
         match self {
             Target::X86_64 => (4, false),
-            Target::X86_64V3 | Target::Aarch64 => (4, true),
+            Target::X86_64V3 | Target::X86_64V4 | Target::Aarch64 => (4, true),
             Target::Riscv64 => (1, true),
         }
     }
@@ -165,6 +212,7 @@ fn define<M: Module>(
     prefix: &str,
     lanes: usize,
     fma: bool,
+    wide: Option<Wide>,
     counting: bool,
 ) -> Result<Defined> {
     let backend = |e: cranelift_module::ModuleError| Error::new(format!("Cranelift: {e}"));
@@ -202,6 +250,47 @@ fn define<M: Module>(
         ctx.func.signature = sig;
         ctx.func.name = UserFuncName::user(0, func.as_u32());
         let gv = data.map(|data| module.declare_data_in_func(data, &mut ctx.func));
+        let len = plan.buffers[step.output].len;
+        let assembled = match wide
+            .and_then(|w| asm::assemble(&step.kernel, len, w, counting).transpose())
+        {
+            None => None,
+            Some(Err(e)) => bail!("assembling step {k} ({}): {e}", step.layers),
+            Some(Ok((listing, table))) => {
+                let mut ksig = Signature::new(call_conv);
+                ksig.params.extend([AbiParam::new(ptr); 6]);
+                let kf = module
+                    .declare_function(&format!("{prefix}_step{k}_kernel"), Linkage::Local, &ksig)
+                    .map_err(backend)?;
+                module
+                    .define_function_bytes(kf, 64, &listing.bytes, &[])
+                    .map_err(backend)?;
+                let table = match table {
+                    Some(starts) => {
+                        let data = module
+                            .declare_data(
+                                &format!("{prefix}_step{k}_pixels"),
+                                Linkage::Local,
+                                false,
+                                false,
+                            )
+                            .map_err(backend)?;
+                        let mut desc = DataDescription::new();
+                        let bytes: Vec<u8> = starts.iter().flat_map(|s| s.to_le_bytes()).collect();
+                        desc.define(bytes.into_boxed_slice());
+                        desc.set_align(64);
+                        module.define_data(data, &desc).map_err(backend)?;
+                        Some(module.declare_data_in_func(data, &mut ctx.func))
+                    }
+                    None => None,
+                };
+                Some(fx::Assembled {
+                    func: module.declare_func_in_func(kf, &mut ctx.func),
+                    table,
+                    loops: listing.loops,
+                })
+            }
+        };
         let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
         let entry = b.create_block();
         b.append_block_params_for_function_params(entry);
@@ -228,6 +317,7 @@ fn define<M: Module>(
                 },
                 counted,
             )),
+            assembled,
         };
         dispatch::step(&mut fx, plan, step);
         fx.b.ins().return_(&[]);
@@ -271,6 +361,7 @@ fn define<M: Module>(
             loops: Vec::new(),
             depth: 0,
             counters: None,
+            assembled: None,
         };
         let arena = |off: usize| Addr {
             base: scratch,
@@ -323,7 +414,7 @@ pub fn object(plan: &Plan, target: Target, prefix: &str) -> Result<Vec<u8>> {
     .map_err(|e| Error::new(format!("Cranelift: {e}")))?;
     let mut module = cranelift_object::ObjectModule::new(builder);
     let (lanes, fma) = target.shape();
-    define(&mut module, plan, prefix, lanes, fma, false)?;
+    define(&mut module, plan, prefix, lanes, fma, target.wide(), false)?;
     let product = module.finish();
     let bytes = product
         .emit()
@@ -400,18 +491,30 @@ pub struct Jit {
 }
 
 impl Jit {
-    /// Compiles `plan` for the host.
+    /// Compiles `plan` for the host, with assembled kernels of its widest vectors
+    /// ([`Wide::host`]).
     pub fn new(plan: &Plan) -> Result<Jit> {
-        Jit::build(plan, false)
+        Jit::with(plan, Wide::host(), false)
     }
 
     /// Compiles `plan` for the host with a counter in every loop body, to check the
     /// loop bounds [`Jit::loops`] reports against what runs ([`Jit::loop_runs`]).
     pub fn counting(plan: &Plan) -> Result<Jit> {
-        Jit::build(plan, true)
+        Jit::with(plan, Wide::host(), true)
     }
 
-    fn build(plan: &Plan, counting: bool) -> Result<Jit> {
+    /// Compiles `plan` for the host with the assembled kernels of `wide` (none: all
+    /// Cranelift code), which the host must run; `counting` as for [`Jit::counting`].
+    pub fn with(plan: &Plan, wide: Option<Wide>, counting: bool) -> Result<Jit> {
+        if let Some(w) = wide {
+            if Wide::host().is_none_or(|h| h == Wide::Avx2 && w == Wide::Avx512) {
+                bail!("this machine does not run {w:?}");
+            }
+        }
+        Jit::build(plan, wide, counting)
+    }
+
+    fn build(plan: &Plan, wide: Option<Wide>, counting: bool) -> Result<Jit> {
         let host = cranelift_native::builder()
             .map_err(|e| Error::new(format!("this machine has no Cranelift backend: {e}")))?;
         let isa = host
@@ -423,7 +526,7 @@ impl Jit {
             isa,
             cranelift_module::default_libcall_names(),
         ));
-        let defined = define(&mut module, plan, "kerac", lanes, fma, counting)?;
+        let defined = define(&mut module, plan, "kerac", lanes, fma, wide, counting)?;
         module
             .finalize_definitions()
             .map_err(|e| Error::new(format!("Cranelift: {e}")))?;

@@ -1,0 +1,257 @@
+//! Depthwise convolutions (one output per input channel), padded or not: output
+//! positions go by runs along each axis whose taps inside the input are the same (the
+//! edges, and the interior between them), so padding costs no test and no wasted
+//! multiply. Within a run, tiles of six adjacent pixels keep `6 x NV` channel vectors
+//! in registers; each weight vector loaded serves the six, and the inputs are the
+//! FMAs' memory operands. The sums run bias first, then the taps in order, as the
+//! runtime's depthwise tiles do.
+//!
+//! Registers: rdi x and rcx y (the sample's first pixel), rsi w, rdx bias, r9 the
+//! loop counters; rax and rbx the x (at the run's first tap) and y of the current row
+//! of a run, r10 and r11 those of the current tile, r15 the first channel of a block,
+//! in bytes.
+
+use super::{disp, vectors, Asm, Ctl, Listing, Refused, Wide, M, R};
+use crate::emit::clif::tape::Tape;
+use crate::emit::clif::window::{segments, tame};
+use iced_x86::code_asm::*;
+use kerac::window::Window;
+use kerac::Act;
+
+/// Output pixels per tile.
+const TILE: usize = 6;
+/// Taps a listing unrolls at most (a 7x7 window has 49).
+const MAX_TAPS: usize = 64;
+/// Frame slots of the loop counters: samples, depth, rows and tiles.
+const SLOTS: [i32; 4] = [8, 16, 24, 32];
+
+/// A depthwise convolution, one output per channel.
+pub(in crate::emit::clif) struct Depthwise {
+    batch: usize,
+    windows: [Window; 3],
+    channels: usize,
+    bias: bool,
+    act: Act,
+}
+
+impl Depthwise {
+    /// `p` where it is depthwise with a depth multiplier of 1 and its offsets fit
+    /// 32-bit displacements.
+    pub fn new(p: &kerac::conv::Conv, bias: bool) -> Option<Depthwise> {
+        let groups = p.groups.max(1);
+        if groups == 1 || p.cin != groups || p.cout != groups {
+            return None;
+        }
+        let windows = p.windows.each_ref().map(tame);
+        let taps = windows
+            .iter()
+            .try_fold(1usize, |n, w| n.checked_mul(w.kernel))?;
+        // Both buffers, and the strides over them, within a displacement's reach.
+        let floats = |len: fn(&Window) -> usize| {
+            windows
+                .iter()
+                .try_fold(p.cin.checked_mul(4)?, |n, w| n.checked_mul(len(w).max(1)))
+        };
+        let near = |b: Option<usize>| b.is_some_and(|b| b < 1 << 30);
+        let spans = windows.iter().all(|w| {
+            near(
+                w.stride
+                    .checked_mul(w.output)
+                    .and_then(|s| s.checked_mul(p.cin * 4)),
+            ) && near(
+                w.dilation
+                    .checked_mul(w.kernel)
+                    .and_then(|s| s.checked_add(w.pad_before))
+                    .and_then(|s| s.checked_mul(p.cin * 4)),
+            )
+        });
+        if taps > MAX_TAPS
+            || p.cin == 0
+            || !near(floats(|w| w.input))
+            || !near(floats(|w| w.output))
+            || !spans
+        {
+            return None;
+        }
+        Some(Depthwise {
+            batch: p.batch,
+            windows,
+            channels: p.cin,
+            bias,
+            act: p.act,
+        })
+    }
+
+    /// The kernel `(x, w, bias, y, -, counters)`.
+    pub fn assemble(&self, wide: Wide, counting: bool) -> R<Listing> {
+        let tape = (self.act != Act::Linear).then(|| Tape::trace(|x| self.act.eval_lanes(x)));
+        let consts = super::act_constants(tape.as_ref());
+        let mut asm = Asm::new(wide, counting, consts.clone())?;
+        if let Some(t) = &tape {
+            if !super::fits(wide, &consts, t, &super::spare(wide, &[0]))? {
+                return Err(Refused::NoRoom);
+            }
+        }
+        let c = self.channels;
+        let tail = c % wide.lanes();
+        if tail != 0 {
+            asm.set_mask(tail)?;
+        }
+        let [wd, wh, ww] = self.windows;
+        let px = c * 4;
+        // Bytes between x's and y's rows, planes and samples.
+        let xs = [wh.input * ww.input * px, ww.input * px, px];
+        let ys = [wh.output * ww.output * px, ww.output * px, px];
+        let x_sample = wd.input * xs[0];
+        let y_sample = wd.output * ys[0];
+        let [sd, sh, sw] = self.windows.each_ref().map(segments);
+        let act = tape.as_ref();
+        asm.repeat(self.batch, Ctl::Stack(SLOTS[0]), |asm| {
+            for (d0, dn, dt) in &sd {
+                for (h0, hn, ht) in &sh {
+                    for (w0, wn, wt) in &sw {
+                        // x at the run's first output and first tap inside, y at the
+                        // run's first output.
+                        let first = [
+                            (wd, *d0, dt.start),
+                            (wh, *h0, ht.start),
+                            (ww, *w0, wt.start),
+                        ];
+                        let mut xoff: i64 = 0;
+                        for (axis, (w, o, k)) in first.iter().enumerate() {
+                            let at = (o * w.stride + k * w.dilation) as i64 - w.pad_before as i64;
+                            xoff += at * xs[axis] as i64;
+                        }
+                        let yoff = d0 * ys[0] + h0 * ys[1] + w0 * ys[2];
+                        let xoff = i32::try_from(xoff).map_err(|_| Refused::Far)?;
+                        asm.x().lea(rax, qword_ptr(rdi + xoff))?;
+                        asm.x().lea(rbx, qword_ptr(rcx + disp(yoff)?))?;
+                        // Taps inside, as byte offsets from the first, and their rows of w.
+                        let mut taps = Vec::new();
+                        for kd in dt.clone() {
+                            for kh in ht.clone() {
+                                for kw in wt.clone() {
+                                    let x = (kd - dt.start) * wd.dilation * xs[0]
+                                        + (kh - ht.start) * wh.dilation * xs[1]
+                                        + (kw - wt.start) * ww.dilation * xs[2];
+                                    let w = ((kd * wh.kernel + kh) * ww.kernel + kw) * px;
+                                    taps.push((x, w));
+                                }
+                            }
+                        }
+                        let run = Run {
+                            taps: &taps,
+                            pixel: ww.stride * px,
+                        };
+                        asm.repeat(*dn, Ctl::Stack(SLOTS[1]), |asm| {
+                            asm.repeat(*hn, Ctl::Stack(SLOTS[2]), |asm| {
+                                asm.x().mov(r10, rax)?;
+                                asm.x().mov(r11, rbx)?;
+                                asm.repeat(wn / TILE, Ctl::Stack(SLOTS[3]), |asm| {
+                                    self.tile(asm, &run, TILE, act)?;
+                                    asm.x().add(r10, disp(TILE * run.pixel)?)?;
+                                    asm.x().add(r11, disp(TILE * px)?)?;
+                                    Ok(())
+                                })?;
+                                if wn % TILE > 0 {
+                                    self.tile(asm, &run, wn % TILE, act)?;
+                                }
+                                asm.x().add(rax, disp(wh.stride * xs[1])?)?;
+                                asm.x().add(rbx, disp(ys[1])?)?;
+                                Ok(())
+                            })?;
+                            // Back to the run's first row, one plane on.
+                            let x_back =
+                                wd.stride as i64 * xs[0] as i64 - (hn * wh.stride * xs[1]) as i64;
+                            let y_back = ys[0] as i64 - (hn * ys[1]) as i64;
+                            asm.x()
+                                .add(rax, i32::try_from(x_back).map_err(|_| Refused::Far)?)?;
+                            asm.x()
+                                .add(rbx, i32::try_from(y_back).map_err(|_| Refused::Far)?)?;
+                            Ok(())
+                        })?;
+                    }
+                }
+            }
+            asm.x().add(rdi, disp(x_sample)?)?;
+            asm.x().add(rcx, disp(y_sample)?)?;
+            Ok(())
+        })?;
+        asm.finish()
+    }
+
+    /// `tt` adjacent pixels of a run from r10 (x) and r11 (y), every channel block.
+    fn tile(&self, asm: &mut Asm, run: &Run, tt: usize, act: Option<&Tape>) -> R<()> {
+        let l = asm.wide.lanes();
+        let c = self.channels;
+        let nv = vectors(asm.wide, tt);
+        let blocks = c / (nv * l);
+        asm.repeat(blocks, Ctl::Reg(r15, nv * l * 4), |asm| {
+            self.block(asm, run, tt, nv, false, act)
+        })?;
+        // The channels left, in one block whose last vector may be partial: each
+        // input is read once more, not once per leftover vector.
+        let co = blocks * nv * l;
+        if co < c {
+            asm.x().mov(r15, disp(co * 4)? as i64)?;
+            self.block(asm, run, tt, (c - co).div_ceil(l), !(c - co).is_multiple_of(l), act)?;
+        }
+        Ok(())
+    }
+
+    fn block(
+        &self,
+        asm: &mut Asm,
+        run: &Run,
+        tt: usize,
+        nv: usize,
+        masked: bool,
+        act: Option<&Tape>,
+    ) -> R<()> {
+        let l = asm.wide.lanes();
+        let px = self.channels * 4;
+        let acc = |t: usize, j: usize| t * nv + j;
+        let wreg = |j: usize| tt * nv + j;
+        let tmp = tt * nv + nv;
+        let part = |j: usize| masked && j + 1 == nv;
+        for j in 0..nv {
+            if self.bias {
+                asm.load(acc(0, j), M::ix(rdx, r15, disp(j * l * 4)?), part(j))?;
+            } else {
+                asm.zero(acc(0, j))?;
+            }
+            for t in 1..tt {
+                asm.copy(acc(t, j), acc(0, j))?;
+            }
+        }
+        for &(x, w) in run.taps {
+            for j in 0..nv {
+                asm.load(wreg(j), M::ix(rsi, r15, disp(w + j * l * 4)?), part(j))?;
+            }
+            for t in 0..tt {
+                for j in 0..nv {
+                    let at = M::ix(r10, r15, disp(x + t * run.pixel + j * l * 4)?);
+                    asm.fma_mem(acc(t, j), wreg(j), at, part(j), tmp)?;
+                }
+            }
+        }
+        let mut outs = Vec::new();
+        for t in 0..tt {
+            for j in 0..nv {
+                outs.push((
+                    acc(t, j),
+                    M::ix(r11, r15, disp(t * px + j * l * 4)?),
+                    part(j),
+                ));
+            }
+        }
+        asm.store_all(act, &outs)
+    }
+}
+
+/// The taps of a run of output positions: `(x, w)` byte offsets of each from the
+/// first, and the bytes between adjacent pixels' windows.
+struct Run<'a> {
+    taps: &'a [(usize, usize)],
+    pixel: usize,
+}

@@ -1,0 +1,288 @@
+//! Dense layers and single-group convolutions whose taps all lie inside their input
+//! (every padded convolution, once the plan has padded its input): an implicit matrix
+//! product. Output pixels go in tiles of six, in order across rows, images and the
+//! batch, so small maps share each weight load as wide ones do; each tile keeps
+//! `6 x NV` vectors of output channels in registers while the taps stream past, as the
+//! runtime's `conv::valid` does. A table in the object holds where each pixel's window
+//! starts in the input, so the listing needs no division and no branch on position.
+//!
+//! Registers: rdi x, rsi w, rdx bias, rcx y (the tile's first pixel), r8 the table
+//! (the tile's first entry), r9 the loop counters; rax rbx rbp r10 r11 r12 the tile's
+//! pixels in x, r13 the weight row, r14 the index along a run of taps, r15 the first
+//! output channel of a block, in bytes.
+
+use super::{disp, fits, spare, vectors, Asm, Ctl, Listing, Refused, Wide, M, R};
+use crate::emit::clif::tape::Tape;
+use iced_x86::code_asm::*;
+use kerac::Act;
+
+/// Output pixels per tile.
+const TILE: usize = 6;
+const PIXEL: [AsmRegister64; TILE] = [rax, rbx, rbp, r10, r11, r12];
+const PIXEL32: [AsmRegister32; TILE] = [eax, ebx, ebp, r10d, r11d, r12d];
+/// Weight rows ahead that a block asks the cache for, as the runtime does.
+const PREFETCH_ROWS: usize = 16;
+/// Runs of taps unrolled into one listing at most (a 3-D 3x3x3 window has 9).
+const MAX_RUNS: usize = 64;
+
+/// `y[p] = act(bias + sum over runs r, i < run of x[start[p] + runs[r] + i] * w[r * run + i])`
+/// for every output pixel `p`, rows of `w` and `y` being `n` floats.
+pub(in crate::emit::clif) struct Gemm {
+    /// Output pixels.
+    pub pixels: usize,
+    /// Output channels.
+    pub n: usize,
+    /// Where each pixel's window starts in x, in bytes: the table.
+    pub starts: Vec<u32>,
+    /// Where each run of taps starts from a window's start, in bytes.
+    pub runs: Vec<usize>,
+    /// Floats of x (and rows of w) in one run.
+    pub run: usize,
+    pub bias: bool,
+    pub act: Act,
+}
+
+impl Gemm {
+    /// A dense layer: one pixel per row, one run over its inputs.
+    pub fn dense(p: &kerac::dense::Dense, bias: bool) -> Option<Gemm> {
+        let starts = (0..p.rows)
+            .map(|r| u32::try_from(r.checked_mul(p.k)?.checked_mul(4)?).ok())
+            .collect::<Option<Vec<u32>>>()?;
+        Gemm {
+            pixels: p.rows,
+            n: p.n,
+            starts,
+            runs: vec![0],
+            run: p.k,
+            bias,
+            act: p.act,
+        }
+        .checked()
+    }
+
+    /// A single-group convolution valid on every axis (`None` for any other).
+    pub fn conv(p: &kerac::conv::Conv, bias: bool) -> Option<Gemm> {
+        let windows = p.windows.each_ref().map(crate::emit::clif::window::tame);
+        if p.groups.max(1) != 1 || !windows.iter().all(|w| w.is_valid()) {
+            return None;
+        }
+        let [wd, wh, ww] = windows;
+        let cin = p.cin;
+        let pixels = p
+            .batch
+            .checked_mul(wd.output)?
+            .checked_mul(wh.output)?
+            .checked_mul(ww.output)?;
+        if pixels > 1 << 24 {
+            return None;
+        }
+        let mut starts = Vec::with_capacity(pixels);
+        for b in 0..p.batch {
+            for od in 0..wd.output {
+                for oh in 0..wh.output {
+                    for ow in 0..ww.output {
+                        let image = b.checked_mul(wd.input)?.checked_mul(wh.input)?;
+                        let row = image
+                            .checked_add(od.checked_mul(wd.stride)?.checked_mul(wh.input)?)?
+                            .checked_add(oh.checked_mul(wh.stride)?)?;
+                        let at = row
+                            .checked_mul(ww.input)?
+                            .checked_add(ow.checked_mul(ww.stride)?)?
+                            .checked_mul(cin)?
+                            .checked_mul(4)?;
+                        starts.push(u32::try_from(at).ok()?);
+                    }
+                }
+            }
+        }
+        // Undilated taps of a window row are one run in x and in w.
+        let (widths, run) = if ww.dilation == 1 {
+            (1, ww.kernel.checked_mul(cin)?)
+        } else {
+            (ww.kernel, cin)
+        };
+        let mut runs = Vec::new();
+        for kd in 0..wd.kernel {
+            for kh in 0..wh.kernel {
+                for kw in 0..widths {
+                    if runs.len() == MAX_RUNS {
+                        return None;
+                    }
+                    let rows = kd
+                        .checked_mul(wd.dilation)?
+                        .checked_mul(wh.input)?
+                        .checked_add(kh.checked_mul(wh.dilation)?)?;
+                    let at = rows
+                        .checked_mul(ww.input)?
+                        .checked_add(kw.checked_mul(ww.dilation)?)?
+                        .checked_mul(cin)?
+                        .checked_mul(4)?;
+                    runs.push(at);
+                }
+            }
+        }
+        Gemm {
+            pixels,
+            n: p.cout,
+            starts,
+            runs,
+            run,
+            bias,
+            act: p.act,
+        }
+        .checked()
+    }
+
+    /// Only products whose offsets fit 32-bit displacements, and that do anything.
+    fn checked(self) -> Option<Gemm> {
+        let far = |b: Option<usize>| b.is_none_or(|b| i32::try_from(b).is_err());
+        let row = self.n.checked_mul(4);
+        let last_run = self.runs.iter().max().copied().unwrap_or(0);
+        let reach = self
+            .run
+            .checked_mul(4)
+            .and_then(|r| r.checked_add(last_run));
+        let wrows = row.and_then(|r| r.checked_mul(self.run.checked_add(PREFETCH_ROWS + 8)?));
+        let tile = row.and_then(|r| r.checked_mul(TILE));
+        if self.pixels == 0 || self.n == 0 || self.run == 0 || far(reach) || far(wrows) || far(tile)
+        {
+            return None;
+        }
+        Some(self)
+    }
+
+    /// The kernel `(x, w, bias, y, table, counters)`.
+    pub fn assemble(&self, wide: Wide, counting: bool) -> R<Listing> {
+        let tape = (self.act != Act::Linear).then(|| Tape::trace(|x| self.act.eval_lanes(x)));
+        let consts = super::act_constants(tape.as_ref());
+        let mut asm = Asm::new(wide, counting, consts.clone())?;
+        let tail = self.n % wide.lanes();
+        if tail != 0 {
+            asm.set_mask(tail)?;
+        }
+        // Where an activation does not fit beside a block's accumulators, the block
+        // stores them and applies it to the stored vectors one at a time; where it does
+        // not fit even so, the step keeps its Cranelift code.
+        if let Some(t) = &tape {
+            if !fits(wide, &consts, t, &spare(wide, &[0]))? {
+                return Err(Refused::NoRoom);
+            }
+        }
+        let act = tape.as_ref();
+        asm.repeat(self.pixels / TILE, Ctl::Stack(0), |asm| {
+            self.tile(asm, TILE, act)?;
+            asm.x().add(r8, (TILE * 4) as i32)?;
+            asm.x().add(rcx, disp(TILE * self.n * 4)?)?;
+            Ok(())
+        })?;
+        let rest = self.pixels % TILE;
+        if rest > 0 {
+            self.tile(&mut asm, rest, act)?;
+        }
+        asm.finish()
+    }
+
+    /// One tile of `tt` pixels: every block of output channels.
+    fn tile(&self, asm: &mut Asm, tt: usize, act: Option<&Tape>) -> R<()> {
+        for t in 0..tt {
+            asm.x().mov(PIXEL32[t], dword_ptr(r8 + (4 * t) as i32))?;
+            asm.x().add(PIXEL[t], rdi)?;
+        }
+        let l = asm.wide.lanes();
+        let nv = vectors(asm.wide, tt);
+        let blocks = self.n / (nv * l);
+        asm.repeat(blocks, Ctl::Reg(r15, nv * l * 4), |asm| {
+            self.block(asm, tt, nv, false, act)
+        })?;
+        // The channels left, in one block whose last vector may be partial: each
+        // input is read once more, not once per leftover vector.
+        let co = blocks * nv * l;
+        if co < self.n {
+            asm.x().mov(r15, disp(co * 4)? as i64)?;
+            self.block(
+                asm,
+                tt,
+                (self.n - co).div_ceil(l),
+                !(self.n - co).is_multiple_of(l),
+                act,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// `nv` vectors of output channels from r15 for the tile's `tt` pixels; the last
+    /// vector only partly (the lane mask) when `masked`.
+    fn block(
+        &self,
+        asm: &mut Asm,
+        tt: usize,
+        nv: usize,
+        masked: bool,
+        act: Option<&Tape>,
+    ) -> R<()> {
+        let (l, n) = (asm.wide.lanes(), self.n);
+        let acc = |t: usize, j: usize| t * nv + j;
+        let wreg = |j: usize| tt * nv + j;
+        let xreg = tt * nv + nv;
+        let part = |j: usize| masked && j + 1 == nv;
+        asm.x().lea(r13, qword_ptr(rsi + r15))?;
+        // Bias first, then the taps in order: the runtime's order of the sums.
+        for j in 0..nv {
+            if self.bias {
+                asm.load(acc(0, j), M::ix(rdx, r15, disp(j * l * 4)?), part(j))?;
+            } else {
+                asm.zero(acc(0, j))?;
+            }
+            for t in 1..tt {
+                asm.copy(acc(t, j), acc(0, j))?;
+            }
+        }
+        let lines = (nv * l * 4).div_ceil(64);
+        let unroll = self.run.min(4);
+        let trips = self.run / unroll;
+        let rest = self.run % unroll;
+        // One row of weights against every pixel's input: `u` rows into the run,
+        // x at `x_off` bytes from r14.
+        let row = |asm: &mut Asm, u: usize, x_off: usize| -> R<()> {
+            for line in 0..lines {
+                asm.prefetch(M::at(r13, disp((PREFETCH_ROWS + u) * n * 4 + line * 64)?))?;
+            }
+            for j in 0..nv {
+                asm.load(wreg(j), M::at(r13, disp(u * n * 4 + j * l * 4)?), part(j))?;
+            }
+            for (t, &p) in PIXEL.iter().enumerate().take(tt) {
+                asm.bcast(xreg, M::ix(p, r14, disp(x_off + u * 4)?))?;
+                for j in 0..nv {
+                    asm.fma(acc(t, j), xreg, wreg(j))?;
+                }
+            }
+            Ok(())
+        };
+        for &start in &self.runs {
+            asm.repeat(trips, Ctl::Reg(r14, unroll * 4), |asm| {
+                for u in 0..unroll {
+                    row(asm, u, start)?;
+                }
+                asm.x().add(r13, disp(unroll * n * 4)?)?;
+                Ok(())
+            })?;
+            // r14 ends at the loop's end, or stays 0 where the body ran unlooped.
+            let at = if trips >= 2 { trips * unroll * 4 } else { 0 };
+            for u in 0..rest {
+                row(asm, u, start + trips * unroll * 4 - at)?;
+            }
+            if rest > 0 {
+                asm.x().add(r13, disp(rest * n * 4)?)?;
+            }
+        }
+        let mut outs = Vec::new();
+        for t in 0..tt {
+            for j in 0..nv {
+                let at = M::ix(rcx, r15, disp(t * n * 4 + j * l * 4)?);
+                outs.push((acc(t, j), at, part(j)));
+            }
+        }
+        asm.store_all(act, &outs)?;
+        Ok(())
+    }
+}
