@@ -1,7 +1,7 @@
 //! The `kerac` command. Argument parsing and printing only; the work is in the library.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use kerac_compiler::emit::clif::{self, Jit, Target};
+use kerac_compiler::emit::clif::{self, Jit, Target, Wide};
 
 use kerac_compiler::emit::header::{header, HeaderInfo};
 use kerac_compiler::io::{self, IoFile};
@@ -84,7 +84,7 @@ enum Command {
         #[arg(long, default_value = "Model")]
         name: String,
         /// Machine the object is for (obj): x86_64 (x86-64-v2: SSE4.2), x86_64-v3
-        /// (AVX2, FMA), aarch64, riscv64.
+        /// (AVX2, FMA), x86_64-v4 (AVX-512F), aarch64, riscv64, or native (this one).
         #[arg(long, default_value = "x86_64")]
         target: String,
         /// Where to write the C header (obj); `<output>.h` when absent.
@@ -417,10 +417,12 @@ fn compile_object(
     let machine = Target::from_name(&target).ok_or_else(|| {
         let names: Vec<&str> = Target::ALL.iter().map(|(n, _)| *n).collect();
         Error::new(format!(
-            "unknown target `{target}`; expected one of {}",
+            "unknown target `{target}`; expected one of {} or native",
             names.join(", ")
         ))
     })?;
+    // The header names the target `native` stood for.
+    let target = machine.name();
     let output =
         output.ok_or_else(|| Error::new("--emit obj writes a file: give it with -o model.o"))?;
     let graph = model.load_as(None, stream)?;
@@ -431,7 +433,7 @@ fn compile_object(
         &HeaderInfo {
             prefix: &prefix,
             source: &model.model.display().to_string(),
-            target: &target,
+            target,
             params: graph.params(),
         },
     );
@@ -514,6 +516,7 @@ fn bench_model(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let warmup = runs.min(1000);
+    let mut jit_steps = None;
     let stats = match backend {
         Backend::Jit => {
             let mut jit = Jit::new(&plan)?;
@@ -528,9 +531,20 @@ fn bench_model(
                 &mut outs.iter_mut().map(Vec::as_mut_slice).collect::<Vec<_>>(),
             )?;
             let mut views: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
-            bench::measure(runs, warmup, || {
+            let stats = bench::measure(runs, warmup, || {
                 let _ = jit.run(&ins, &mut views);
-            })
+            });
+            if steps {
+                // Each step function alone, on what the last call left in the scratch:
+                // the instructions it runs do not depend on the data.
+                jit_steps = Some((
+                    (0..plan.steps.len())
+                        .map(|k| bench::measure(runs, warmup, || jit.run_step(k)).median_ns)
+                        .collect::<Vec<f64>>(),
+                    Wide::host(),
+                ));
+            }
+            stats
         }
         Backend::Plan => {
             let mut arena = Vec::new();
@@ -550,7 +564,20 @@ fn bench_model(
     );
     print!("{}", stats.to_text(plan.flops()));
     if steps {
-        print_step_profile(&plan, isa, &arrays, runs)?;
+        let (times, kind) = match jit_steps {
+            Some((times, wide)) => (
+                times,
+                format!(
+                    "JIT step functions, {}",
+                    wide.map_or("128-bit vectors only".into(), |w| format!("{w:?} kernels"))
+                ),
+            ),
+            None => (
+                plan::exec::profile(&plan, isa, &arrays, runs)?,
+                format!("runtime kernels, {}", isa.level().name()),
+            ),
+        };
+        print_step_profile(&plan, &times, &kind);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -682,29 +709,23 @@ fn with_source<T>(
     }
 }
 
-/// Times each plan step on its own and prints its rate against one core's peak.
-fn print_step_profile(
-    plan: &Plan,
-    isa: Dispatch,
-    inputs: &[ndarray::ArrayD<f32>],
-    runs: usize,
-) -> Result<(), Error> {
-    let times = plan::exec::profile(plan, isa, inputs, runs)?;
+/// Prints each plan step's time (`times`, from `kind` of code) and its rate against
+/// one core's peak.
+fn print_step_profile(plan: &Plan, times: &[f64], kind: &str) {
     let measured = bench::measured_peak();
     let peak = measured.map(|(flops, _)| flops);
     match measured {
         Some((p, widest)) => println!(
-            "\nsteps (runtime kernels, {}), measured peak of one core ({widest} FMAs) {:.1} GFLOP/s:",
-            isa.level().name(),
+            "\nsteps ({kind}), measured peak of one core ({widest} FMAs) {:.1} GFLOP/s:",
             p / 1e9
         ),
-        None => println!("\nsteps (runtime kernels, {}):", isa.level().name()),
+        None => println!("\nsteps ({kind}):"),
     }
     println!(
         "{:>4}  {:<14} {:>12} {:>10} {:>8} {:>7}  layers",
         "step", "kernel", "FLOPs", "median", "GFLOP/s", "% peak"
     );
-    for (i, (step, ns)) in plan.steps.iter().zip(&times).enumerate() {
+    for (i, (step, ns)) in plan.steps.iter().zip(times).enumerate() {
         let rate = step.flops as f64 / ns.max(1.0);
         let share = peak.map_or("-".into(), |p| format!("{:.1}", 100.0 * rate * 1e9 / p));
         println!(
@@ -717,7 +738,6 @@ fn print_step_profile(
             step.layers
         );
     }
-    Ok(())
 }
 
 /// Runs this program's hidden `count-instructions` under Valgrind's callgrind and reads
