@@ -21,10 +21,13 @@ pub struct Bench {
     input_shapes: &'static [&'static [usize]],
     output_lens: &'static [usize],
     rust: fn() -> Box<dyn kerac::Model>,
-    object: unsafe extern "C" fn(*const *const f32, *const *mut f32, *mut u8) -> i32,
+    /// The Cranelift objects, by target, narrowest first.
+    objects: &'static [(&'static str, ObjectFn)],
     scratch_bytes: usize,
-    target: &'static str,
 }
+
+/// An object's `<prefix>_predict`.
+type ObjectFn = unsafe extern "C" fn(*const *const f32, *const *mut f32, *mut u8) -> i32;
 
 include!(concat!(env!("OUT_DIR"), "/models.rs"));
 
@@ -302,32 +305,36 @@ fn run() -> Result<(), String> {
         };
         tools.insert("kerac (model!)".into(), json!({"samples": write_samples(&o.results, bench.name, "kerac_rust", &times).map_err(io)?, "max_abs_diff": 0.0}));
 
-        // kerac, Cranelift object.
-        let mut scratch = vec![0u128; bench.scratch_bytes.div_ceil(16).max(1)];
-        let mut out = vec![0f32; out_len];
-        let object = |i: usize, out: &mut Vec<f32>, scratch: &mut Vec<u128>| {
-            let mut ptrs = Vec::with_capacity(bench.output_lens.len());
-            let mut at = 0;
-            for &n in bench.output_lens {
-                ptrs.push(out[at..].as_mut_ptr());
-                at += n;
+        // kerac, Cranelift objects.
+        for &(target, predict) in bench.objects {
+            let mut scratch = vec![0u128; bench.scratch_bytes.div_ceil(16).max(1)];
+            let mut out = vec![0f32; out_len];
+            let object = |i: usize, out: &mut Vec<f32>, scratch: &mut Vec<u128>| {
+                let mut ptrs = Vec::with_capacity(bench.output_lens.len());
+                let mut at = 0;
+                for &n in bench.output_lens {
+                    ptrs.push(out[at..].as_mut_ptr());
+                    at += n;
+                }
+                let ins = [x(i).as_ptr()];
+                // SAFETY: the object's predict reads one input of `in_len` floats, writes
+                // the outputs' lengths into `out`, and uses `scratch_bytes` of 16-aligned
+                // scratch.
+                unsafe { predict(ins.as_ptr(), ptrs.as_ptr(), scratch.as_mut_ptr().cast()) }
+            };
+            let mut diff = 0f64;
+            for (i, r) in reference.iter().enumerate() {
+                if object(i, &mut out, &mut scratch) != 0 {
+                    return Err(format!("{}: the object's predict failed", bench.name));
+                }
+                diff = diff.max(max_abs_diff(&out, r));
             }
-            let ins = [x(i).as_ptr()];
-            // SAFETY: the object's predict reads one input of `in_len` floats, writes the
-            // outputs' lengths into `out`, and uses `scratch_bytes` of 16-aligned scratch.
-            unsafe { (bench.object)(ins.as_ptr(), ptrs.as_ptr(), scratch.as_mut_ptr().cast()) }
-        };
-        let mut diff = 0f64;
-        for (i, r) in reference.iter().enumerate() {
-            if object(i, &mut out, &mut scratch) != 0 {
-                return Err(format!("{}: the object's predict failed", bench.name));
-            }
-            diff = diff.max(max_abs_diff(&out, r));
+            let times = time_calls(o.runs, Some(kerac_seconds(&o)), |i| {
+                black_box(object(i, &mut out, &mut scratch));
+            });
+            let file = format!("kerac_object_{}", target.replace('-', "_"));
+            tools.insert(format!("kerac (object, {target})"), json!({"samples": write_samples(&o.results, bench.name, &file, &times).map_err(io)?, "max_abs_diff": diff}));
         }
-        let times = time_calls(o.runs, Some(kerac_seconds(&o)), |i| {
-            black_box(object(i, &mut out, &mut scratch));
-        });
-        tools.insert(format!("kerac (object, {})", bench.target), json!({"samples": write_samples(&o.results, bench.name, "kerac_object", &times).map_err(io)?, "max_abs_diff": diff}));
 
         // tract, on the ONNX file bench.py exported.
         let onnx = o.results.join(format!("models/{}.onnx", bench.name));
