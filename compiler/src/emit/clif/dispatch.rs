@@ -29,7 +29,9 @@ pub(super) fn step(fx: &mut Fx, plan: &Plan, step: &Step) {
                 fx.call_assembled(k, [Some(x), Some(weight(*w)), b.map(weight), Some(y), None]);
             }
         }
-        Kernel::Activation(_) | Kernel::Merge { .. } if fx.assembled.is_some() => {
+        Kernel::Activation(_) | Kernel::Merge { .. } | Kernel::Pool(_) | Kernel::GlobalPool(_)
+            if fx.assembled.is_some() =>
+        {
             if let Some(k) = fx.assembled.take() {
                 let at = |i: usize| xs.get(i).copied();
                 fx.call_assembled(k, [at(0), at(1), at(2), Some(y), at(3)]);

@@ -1,16 +1,18 @@
-//! Depthwise convolutions (one output per input channel), padded or not: output
-//! positions go by runs along each axis whose taps inside the input are the same (the
-//! edges, and the interior between them), so padding costs no test and no wasted
-//! multiply. Within a run, tiles of six adjacent pixels keep `6 x NV` channel vectors
-//! in registers; each weight vector loaded serves the six, and the inputs are the
-//! FMAs' memory operands. The sums run bias first, then the taps in order, as the
-//! runtime's depthwise tiles do.
+//! Windows over each channel on its own: depthwise convolutions (one output per input
+//! channel) and max and average pooling, padded or not. Output positions go by runs
+//! along each axis whose taps inside the input are the same (the edges, and the
+//! interior between them), so padding costs no test and no wasted operation, and an
+//! average's divisor is a constant of its run. Within a run, tiles of six adjacent
+//! pixels keep `6 x NV` channel vectors in registers; each weight vector loaded serves
+//! the six, and the inputs are the FMAs' memory operands. The sums run bias first, then
+//! the taps in order, as the runtime's depthwise tiles and pooling do.
 //!
 //! Registers: rdi x and rcx y (the sample's first pixel), rsi w, rdx bias, r9 the
 //! loop counters; rax and rbx the x (at the run's first tap) and y of the current row
 //! of a run, r10 and r11 those of the current tile, r15 the first channel of a block,
 //! in bytes.
 
+use super::elementwise::Binary;
 use super::{disp, vectors, Asm, Ctl, Listing, Refused, Wide, M, R};
 use crate::emit::clif::tape::Tape;
 use crate::emit::clif::window::{segments, tame};
@@ -25,16 +27,41 @@ const MAX_TAPS: usize = 64;
 /// Frame slots of the loop counters: samples, depth, rows and tiles.
 const SLOTS: [i32; 4] = [8, 16, 24, 32];
 
-/// A depthwise convolution, one output per channel.
+/// What a window computes per channel.
+#[derive(Clone, Copy, PartialEq)]
+enum Op {
+    /// Bias (or zero), then the weighted sum of the taps, then the activation.
+    Depthwise { bias: bool, act: Act },
+    /// The largest tap.
+    Max,
+    /// The mean of the taps inside the input.
+    Average,
+}
+
+/// A depthwise convolution or a pooling window.
 pub(in crate::emit::clif) struct Depthwise {
     batch: usize,
     windows: [Window; 3],
     channels: usize,
-    bias: bool,
-    act: Act,
+    op: Op,
 }
 
 impl Depthwise {
+    /// Max or average pooling.
+    pub fn pool(p: &kerac::pool::Pool) -> Option<Depthwise> {
+        let conv = kerac::conv::Conv {
+            batch: p.batch,
+            windows: p.windows,
+            cin: p.channels,
+            cout: p.channels,
+            groups: p.channels,
+            act: Act::Linear,
+        };
+        let mut d = Depthwise::new(&conv, false)?;
+        d.op = if p.max { Op::Max } else { Op::Average };
+        Some(d)
+    }
+
     /// `p` where it is depthwise with a depth multiplier of 1 and its offsets fit
     /// 32-bit displacements.
     pub fn new(p: &kerac::conv::Conv, bias: bool) -> Option<Depthwise> {
@@ -77,15 +104,33 @@ impl Depthwise {
             batch: p.batch,
             windows,
             channels: p.cin,
-            bias,
-            act: p.act,
+            op: Op::Depthwise { bias, act: p.act },
         })
     }
 
     /// The kernel `(x, w, bias, y, -, counters)`.
     pub fn assemble(&self, wide: Wide, counting: bool) -> R<Listing> {
-        let tape = (self.act != Act::Linear).then(|| Tape::trace(|x| self.act.eval_lanes(x)));
-        let consts = super::act_constants(tape.as_ref());
+        let tape = match self.op {
+            Op::Depthwise { act, .. } if act != Act::Linear => {
+                Some(Tape::trace(|x| act.eval_lanes(x)))
+            }
+            _ => None,
+        };
+        let mut consts = super::act_constants(tape.as_ref());
+        consts.push(f32::NEG_INFINITY.to_bits());
+        let [sd, sh, sw] = self.windows.each_ref().map(segments);
+        if self.op == Op::Average {
+            for (_, _, dt) in &sd {
+                for (_, _, ht) in &sh {
+                    for (_, _, wt) in &sw {
+                        let bits = scale(dt.len() * ht.len() * wt.len()).to_bits();
+                        if !consts.contains(&bits) {
+                            consts.push(bits);
+                        }
+                    }
+                }
+            }
+        }
         let mut asm = Asm::new(wide, counting, consts.clone())?;
         if let Some(t) = &tape {
             if !super::fits(wide, &consts, t, &super::spare(wide, &[0]))? {
@@ -104,7 +149,6 @@ impl Depthwise {
         let ys = [wh.output * ww.output * px, ww.output * px, px];
         let x_sample = wd.input * xs[0];
         let y_sample = wd.output * ys[0];
-        let [sd, sh, sw] = self.windows.each_ref().map(segments);
         let act = tape.as_ref();
         asm.repeat(self.batch, Ctl::Stack(SLOTS[0]), |asm| {
             for (d0, dn, dt) in &sd {
@@ -142,6 +186,7 @@ impl Depthwise {
                         let run = Run {
                             taps: &taps,
                             pixel: ww.stride * px,
+                            scale: scale(taps.len()),
                         };
                         asm.repeat(*dn, Ctl::Stack(SLOTS[1]), |asm| {
                             asm.repeat(*hn, Ctl::Stack(SLOTS[2]), |asm| {
@@ -194,7 +239,14 @@ impl Depthwise {
         let co = blocks * nv * l;
         if co < c {
             asm.x().mov(r15, disp(co * 4)? as i64)?;
-            self.block(asm, run, tt, (c - co).div_ceil(l), !(c - co).is_multiple_of(l), act)?;
+            self.block(
+                asm,
+                run,
+                tt,
+                (c - co).div_ceil(l),
+                !(c - co).is_multiple_of(l),
+                act,
+            )?;
         }
         Ok(())
     }
@@ -215,23 +267,52 @@ impl Depthwise {
         let tmp = tt * nv + nv;
         let part = |j: usize| masked && j + 1 == nv;
         for j in 0..nv {
-            if self.bias {
-                asm.load(acc(0, j), M::ix(rdx, r15, disp(j * l * 4)?), part(j))?;
-            } else {
-                asm.zero(acc(0, j))?;
+            match self.op {
+                Op::Depthwise { bias: true, .. } => {
+                    asm.load(acc(0, j), M::ix(rdx, r15, disp(j * l * 4)?), part(j))?
+                }
+                Op::Max => {
+                    let low = asm.constant(f32::NEG_INFINITY.to_bits());
+                    asm.load(acc(0, j), low, false)?
+                }
+                _ => asm.zero(acc(0, j))?,
             }
             for t in 1..tt {
                 asm.copy(acc(t, j), acc(0, j))?;
             }
         }
         for &(x, w) in run.taps {
-            for j in 0..nv {
-                asm.load(wreg(j), M::ix(rsi, r15, disp(w + j * l * 4)?), part(j))?;
+            if let Op::Depthwise { .. } = self.op {
+                for j in 0..nv {
+                    asm.load(wreg(j), M::ix(rsi, r15, disp(w + j * l * 4)?), part(j))?;
+                }
             }
             for t in 0..tt {
                 for j in 0..nv {
                     let at = M::ix(r10, r15, disp(x + t * run.pixel + j * l * 4)?);
-                    asm.fma_mem(acc(t, j), wreg(j), at, part(j), tmp)?;
+                    match self.op {
+                        Op::Depthwise { .. } => {
+                            asm.fma_mem(acc(t, j), wreg(j), at, part(j), tmp)?
+                        }
+                        // max(v, acc), as the runtime's `fmax(v, acc)`.
+                        Op::Max => {
+                            asm.load(tmp, at, part(j))?;
+                            asm.binary(Binary::Max, acc(t, j), tmp, acc(t, j))?;
+                        }
+                        Op::Average => {
+                            asm.load(tmp, at, part(j))?;
+                            asm.binary(Binary::Add, acc(t, j), acc(t, j), tmp)?;
+                        }
+                    }
+                }
+            }
+        }
+        if self.op == Op::Average {
+            let s = asm.constant(run.scale.to_bits());
+            asm.load(tmp, s, false)?;
+            for t in 0..tt {
+                for j in 0..nv {
+                    asm.binary(Binary::Mul, acc(t, j), acc(t, j), tmp)?;
                 }
             }
         }
@@ -250,8 +331,14 @@ impl Depthwise {
 }
 
 /// The taps of a run of output positions: `(x, w)` byte offsets of each from the
-/// first, and the bytes between adjacent pixels' windows.
+/// first, the bytes between adjacent pixels' windows, and an average's factor.
 struct Run<'a> {
     taps: &'a [(usize, usize)],
     pixel: usize,
+    scale: f32,
+}
+
+/// The factor of a mean over `count` taps, as the runtime computes it.
+fn scale(count: usize) -> f32 {
+    1.0 / count.max(1) as f32
 }

@@ -7,7 +7,7 @@
 //! through the outer axes), y in rcx (then r11), r9 the loop counters, r14 the index
 //! along the inner axis in bytes.
 
-use super::{disp, spare, Asm, Ctl, Listing, Wide, M, R};
+use super::{disp, spare, Asm, Ctl, Listing, Refused, Wide, M, R};
 use crate::emit::clif::tape::Tape;
 use iced_x86::code_asm::*;
 use kerac::merge::{Fold, RANK};
@@ -174,9 +174,83 @@ impl Merge {
     }
 }
 
+/// Global max or average pooling: per sample and channel, over every position.
+pub(in crate::emit::clif) struct GlobalPool(pub kerac::pool::GlobalPool);
+
+impl GlobalPool {
+    /// The kernel `(x, -, -, y, -, counters)`, where its offsets fit displacements.
+    pub fn assemble(&self, wide: Wide, counting: bool) -> R<Listing> {
+        let p = &self.0;
+        let px = p.channels * 4;
+        let sample = p.positions.checked_mul(px).ok_or(Refused::Far)?;
+        let low = f32::NEG_INFINITY.to_bits();
+        let scale = (1.0 / p.positions.max(1) as f32).to_bits();
+        let mut asm = Asm::new(wide, counting, vec![low, scale])?;
+        let l = wide.lanes();
+        if !p.channels.is_multiple_of(l) {
+            asm.set_mask(p.channels % l)?;
+        }
+        let nv = super::vectors(wide, 1);
+        let block = |asm: &mut Asm, nv: usize, masked: bool| -> R<()> {
+            let part = |j: usize| masked && j + 1 == nv;
+            asm.x().lea(r13, qword_ptr(rdi + r15))?;
+            for j in 0..nv {
+                if p.max {
+                    let c = asm.constant(low);
+                    asm.load(j, c, false)?;
+                } else {
+                    asm.zero(j)?;
+                }
+            }
+            asm.repeat(p.positions, Ctl::Reg(r14, px), |asm| {
+                for j in 0..nv {
+                    asm.load(nv, M::ix(r13, r14, disp(j * l * 4)?), part(j))?;
+                    if p.max {
+                        // max(v, acc), as the runtime's `fmax(v, acc)`.
+                        asm.binary(Binary::Max, j, nv, j)?;
+                    } else {
+                        asm.binary(Binary::Add, j, j, nv)?;
+                    }
+                }
+                Ok(())
+            })?;
+            if !p.max {
+                let c = asm.constant(scale);
+                asm.load(nv, c, false)?;
+                for j in 0..nv {
+                    asm.binary(Binary::Mul, j, j, nv)?;
+                }
+            }
+            for j in 0..nv {
+                asm.store(M::ix(rcx, r15, disp(j * l * 4)?), j, part(j))?;
+            }
+            Ok(())
+        };
+        asm.repeat(p.batch, Ctl::Stack(8), |asm| {
+            let blocks = p.channels / (nv * l);
+            asm.repeat(blocks, Ctl::Reg(r15, nv * l * 4), |asm| {
+                block(asm, nv, false)
+            })?;
+            let co = blocks * nv * l;
+            if co < p.channels {
+                asm.x().mov(r15, disp(co * 4)? as i64)?;
+                block(
+                    asm,
+                    (p.channels - co).div_ceil(l),
+                    !(p.channels - co).is_multiple_of(l),
+                )?;
+            }
+            asm.x().add(rdi, disp(sample)?)?;
+            asm.x().add(rcx, disp(px)?)?;
+            Ok(())
+        })?;
+        asm.finish()
+    }
+}
+
 /// A two-operand vector operation.
 #[derive(Clone, Copy)]
-enum Binary {
+pub(super) enum Binary {
     Add,
     Sub,
     Mul,
@@ -189,7 +263,7 @@ enum Binary {
 
 impl Asm {
     /// `d = a op b` on registers.
-    fn binary(&mut self, op: Binary, d: usize, a: usize, b: usize) -> R<()> {
+    pub(super) fn binary(&mut self, op: Binary, d: usize, a: usize, b: usize) -> R<()> {
         use super::{YMM, ZMM};
         macro_rules! both {
             ($ins:ident) => {

@@ -448,8 +448,8 @@ impl Asm {
 
 /// The assembled kernel of a plan step whose output is `len` floats, and its table of
 /// window starts where it has one, for the steps that have one: dense layers,
-/// single-group convolutions valid on every axis, depthwise convolutions, activations
-/// and merges. `None` also where an offset is too far for a displacement or an
+/// single-group convolutions valid on every axis, depthwise convolutions, pooling,
+/// activations and merges. `None` also where an offset is too far for a displacement or an
 /// activation too large for the registers: the step keeps its Cranelift code.
 pub(super) fn assemble(
     kernel: &crate::plan::Kernel,
@@ -467,6 +467,10 @@ pub(super) fn assemble(
             None => depthwise::Depthwise::new(p, b.is_some())
                 .map(|d| (d.assemble(wide, counting), None)),
         },
+        Kernel::Pool(p) => {
+            depthwise::Depthwise::pool(p).map(|d| (d.assemble(wide, counting), None))
+        }
+        Kernel::GlobalPool(p) => Some((elementwise::GlobalPool(*p).assemble(wide, counting), None)),
         Kernel::Activation(act) => Some((
             elementwise::Activation { len, act: *act }.assemble(wide, counting),
             None,
