@@ -144,8 +144,9 @@ enum Command {
         /// share of one core's measured peak.
         #[arg(long)]
         steps: bool,
-        /// The widest instruction set the runtime kernels may use (plan backend and
-        /// `--steps`): baseline, avx2 or avx512; the CPU's widest by default.
+        /// The widest instruction set kerac may use: the runtime kernels (plan backend)
+        /// or the JIT's assembled kernels (baseline: none, Cranelift's 128-bit code
+        /// alone): baseline, avx2 or avx512; the CPU's widest by default.
         #[arg(long, value_parser = parse_isa, default_value = "avx512")]
         isa: Level,
     },
@@ -519,7 +520,12 @@ fn bench_model(
     let mut jit_steps = None;
     let stats = match backend {
         Backend::Jit => {
-            let mut jit = Jit::new(&plan)?;
+            let wide = match isa.level() {
+                Level::Avx512 => Wide::host(),
+                Level::Avx2 => Wide::host().map(|_| Wide::Avx2),
+                Level::Baseline => None,
+            };
+            let mut jit = Jit::with(&plan, wide, false)?;
             let ins: Vec<&[f32]> = flat.iter().map(Vec::as_slice).collect();
             let mut outs: Vec<Vec<f32>> = plan
                 .outputs
@@ -541,7 +547,7 @@ fn bench_model(
                     (0..plan.steps.len())
                         .map(|k| bench::measure(runs, warmup, || jit.run_step(k)).median_ns)
                         .collect::<Vec<f64>>(),
-                    Wide::host(),
+                    wide,
                 ));
             }
             stats

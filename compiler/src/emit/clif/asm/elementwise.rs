@@ -97,14 +97,15 @@ impl Merge {
         let n = self.strides.len();
         let scale = (self.fold == Fold::Average).then(|| (1.0 / n as f32).to_bits());
         let mut asm = Asm::new(wide, counting, scale.into_iter().collect())?;
-        for (p, a) in PTRS.iter().zip(ARGS).take(n) {
-            asm.x().mov(*p, a)?;
-        }
-        asm.x().mov(r11, rcx)?;
+        // The mask first: setting it takes eax.
         let inner = self.dims.last().map_or(1, |&d| self.shape[d]);
         if !inner.is_multiple_of(wide.lanes()) {
             asm.set_mask(inner % wide.lanes())?;
         }
+        for (p, a) in PTRS.iter().zip(ARGS).take(n) {
+            asm.x().mov(*p, a)?;
+        }
+        asm.x().mov(r11, rcx)?;
         self.level(&mut asm, 0, scale)?;
         asm.finish()
     }

@@ -278,7 +278,8 @@ impl Asm {
         &mut self.a
     }
 
-    /// Sets the lane mask for vectors of `n < lanes` floats.
+    /// Sets the lane mask for vectors of `n < lanes` floats; takes eax, so listings set
+    /// it before they load pointers.
     pub fn set_mask(&mut self, n: usize) -> R<()> {
         match self.wide {
             Wide::Avx2 => {
