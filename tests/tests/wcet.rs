@@ -2,6 +2,9 @@
 //! - every loop's trip count, multiplied through its enclosing loops, is how many times
 //!   its body runs: a counting build of the same code (a counter in every loop body)
 //!   runs each fixture and the counters must equal the report;
+//! - the assembled x86-64 kernels, read back as machine code, branch only to close
+//!   their loops: one backward `jne` per loop and one `ret`, at both widths, whether
+//!   or not this CPU runs them (Valgrind does not decode AVX-512);
 //! - every benchmark model gets a full report, and under Valgrind the instructions of
 //!   every step are the same for every kind of input.
 
@@ -66,6 +69,70 @@ fn trip_counts_hold(wide: Option<Wide>) -> usize {
         checked += claimed.len();
     }
     checked
+}
+
+/// Every branch in an assembled kernel is the back-edge of one of its loops, so its
+/// path depends on its constants alone; checked on the code itself, for both widths.
+#[test]
+fn assembled_kernels_branch_only_to_close_their_loops() {
+    use iced_x86::{Decoder, DecoderOptions, Mnemonic};
+    let mut kernels = 0;
+    for f in kerac_conformance::committed_fixtures() {
+        let reference = kerac_compiler::io::IoFile::read(&f.reference).unwrap();
+        let graph = kerac_conformance::load(&f, &reference).unwrap();
+        let plan = Plan::new(&graph).unwrap();
+        for wide in [Wide::Avx2, Wide::Avx512] {
+            let listings = kerac_compiler::emit::clif::assembled_kernels(&plan, wide).unwrap();
+            for (step, code, loops) in listings {
+                let at = format!("{} step {step} ({wide:?})", f.label());
+                let mut decoder = Decoder::with_ip(64, &code, 0, DecoderOptions::NONE);
+                let mut back_edges = 0;
+                let mut rets = 0;
+                for ins in &mut decoder {
+                    assert!(
+                        !ins.is_invalid(),
+                        "{at}: undecodable bytes at {:#x}",
+                        ins.ip()
+                    );
+                    let name = format!("{:?}", ins.mnemonic());
+                    match ins.mnemonic() {
+                        Mnemonic::Jne => {
+                            assert!(
+                                ins.near_branch_target() < ins.ip(),
+                                "{at}: a forward branch at {:#x}",
+                                ins.ip()
+                            );
+                            back_edges += 1;
+                        }
+                        Mnemonic::Ret => {
+                            assert_eq!(
+                                ins.next_ip(),
+                                code.len() as u64,
+                                "{at}: ret before the end"
+                            );
+                            rets += 1;
+                        }
+                        _ => assert!(
+                            !(name.starts_with('J')
+                                || name.starts_with("Call")
+                                || name.starts_with("Loop")
+                                || name.starts_with("Cmov")),
+                            "{at}: {name} at {:#x}",
+                            ins.ip()
+                        ),
+                    }
+                }
+                assert_eq!(
+                    back_edges, loops,
+                    "{at}: branches other than its loops' back-edges"
+                );
+                assert_eq!(rets, 1, "{at}");
+                kernels += 1;
+            }
+        }
+    }
+    assert!(kernels > 200, "only {kernels} assembled kernels read");
+    eprintln!("{kernels} assembled kernels: every branch closes a loop");
 }
 
 const KINDS: &[&str] = &["zeros", "huge", "nan", "denormal", "random"];

@@ -7,9 +7,14 @@
 //! arena), runs every step with constant loop bounds and no data-dependent branch, and
 //! copies the outputs out. Weights sit in read-only data inside the object, and the
 //! object calls nothing outside itself: no libm, no runtime library.
+//!
+//! Cranelift has 128-bit vectors only; on x86-64 v3 and v4 the steps that do most of
+//! the work call kernels assembled here at 256 or 512 bits (`asm`), local functions
+//! of the same module.
 
 // Laid out like the runtime's kernels: one file per kernel family, `dispatch` the one
-// match on `Kernel`, and leaves (`tape`, `fx`, `simd`, `window`) that import no family.
+// match on `Kernel`, and leaves (`tape`, `fx`, `simd`, `window`) that import no family;
+// `asm` holds the assembled x86-64 kernels, one file per listing.
 mod act;
 mod asm;
 mod attention;
@@ -182,6 +187,20 @@ fn isa_for(target: Target) -> Result<OwnedTargetIsa> {
     }
     b.finish(flags(true)?)
         .map_err(|e| Error::new(format!("target {}: {e}", target.triple())))
+}
+
+/// The machine code of each step's assembled kernel for `wide`, with how many loops it
+/// has: `(step, code, loops)`, for the steps that have one. What the objects and the
+/// JIT call, for checks that read the code itself (every branch closes a loop).
+pub fn assembled_kernels(plan: &Plan, wide: Wide) -> Result<Vec<(usize, Vec<u8>, usize)>> {
+    let mut out = Vec::new();
+    for (k, step) in plan.steps.iter().enumerate() {
+        let len = plan.buffers[step.output].len;
+        if let Some((listing, _)) = asm::assemble(&step.kernel, len, wide, false)? {
+            out.push((k, listing.bytes, listing.loops.len()));
+        }
+    }
+    Ok(out)
 }
 
 /// Bytes of scratch the compiled function needs.
