@@ -151,8 +151,15 @@ impl Gemm {
         Some(self)
     }
 
-    /// The kernel `(x, w, bias, y, table, counters)`.
+    /// The kernel `(x, w, bias, y, table, counters)`. Products with 16 outputs or fewer
+    /// run at 256 bits on AVX-512 too: one 512-bit vector would leave a tile six
+    /// accumulators, a broadcast load per FMA, where two 256-bit ones keep twelve.
     pub fn assemble(&self, wide: Wide, counting: bool) -> R<Listing> {
+        let wide = if wide == Wide::Avx512 && self.n <= 16 {
+            Wide::Avx2
+        } else {
+            wide
+        };
         let tape = (self.act != Act::Linear).then(|| Tape::trace(|x| self.act.eval_lanes(x)));
         let consts = super::act_constants(tape.as_ref());
         let mut asm = Asm::new(wide, counting, consts.clone())?;
