@@ -80,16 +80,17 @@ impl Depthwise {
                 .try_fold(p.cin.checked_mul(4)?, |n, w| n.checked_mul(len(w).max(1)))
         };
         let near = |b: Option<usize>| b.is_some_and(|b| b < 1 << 30);
+        let px = p.cin.checked_mul(4)?;
         let spans = windows.iter().all(|w| {
             near(
                 w.stride
                     .checked_mul(w.output)
-                    .and_then(|s| s.checked_mul(p.cin * 4)),
+                    .and_then(|s| s.checked_mul(px)),
             ) && near(
                 w.dilation
                     .checked_mul(w.kernel)
                     .and_then(|s| s.checked_add(w.pad_before))
-                    .and_then(|s| s.checked_mul(p.cin * 4)),
+                    .and_then(|s| s.checked_mul(px)),
             )
         });
         if taps > MAX_TAPS

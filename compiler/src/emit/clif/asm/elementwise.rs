@@ -182,7 +182,7 @@ impl GlobalPool {
     /// The kernel `(x, -, -, y, -, counters)`, where its offsets fit displacements.
     pub fn assemble(&self, wide: Wide, counting: bool) -> R<Listing> {
         let p = &self.0;
-        let px = p.channels * 4;
+        let px = p.channels.checked_mul(4).ok_or(Refused::Far)?;
         let sample = p.positions.checked_mul(px).ok_or(Refused::Far)?;
         let low = f32::NEG_INFINITY.to_bits();
         let scale = (1.0 / p.positions.max(1) as f32).to_bits();
