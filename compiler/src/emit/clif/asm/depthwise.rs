@@ -228,28 +228,10 @@ impl Depthwise {
 
     /// `tt` adjacent pixels of a run from r10 (x) and r11 (y), every channel block.
     fn tile(&self, asm: &mut Asm, run: &Run, tt: usize, act: Option<&Tape>) -> R<()> {
-        let l = asm.wide.lanes();
-        let c = self.channels;
         let nv = vectors(asm.wide, tt);
-        let blocks = c / (nv * l);
-        asm.repeat(blocks, Ctl::Reg(r15, nv * l * 4), |asm| {
-            self.block(asm, run, tt, nv, false, act)
-        })?;
-        // The channels left, in one block whose last vector may be partial: each
-        // input is read once more, not once per leftover vector.
-        let co = blocks * nv * l;
-        if co < c {
-            asm.x().mov(r15, disp(co * 4)? as i64)?;
-            self.block(
-                asm,
-                run,
-                tt,
-                (c - co).div_ceil(l),
-                !(c - co).is_multiple_of(l),
-                act,
-            )?;
-        }
-        Ok(())
+        asm.channel_blocks(self.channels, nv, |asm, nv, masked| {
+            self.block(asm, run, tt, nv, masked, act)
+        })
     }
 
     fn block(

@@ -228,19 +228,7 @@ impl GlobalPool {
             Ok(())
         };
         asm.repeat(p.batch, Ctl::Stack(8), |asm| {
-            let blocks = p.channels / (nv * l);
-            asm.repeat(blocks, Ctl::Reg(r15, nv * l * 4), |asm| {
-                block(asm, nv, false)
-            })?;
-            let co = blocks * nv * l;
-            if co < p.channels {
-                asm.x().mov(r15, disp(co * 4)? as i64)?;
-                block(
-                    asm,
-                    (p.channels - co).div_ceil(l),
-                    !(p.channels - co).is_multiple_of(l),
-                )?;
-            }
+            asm.channel_blocks(p.channels, nv, |asm, nv, masked| block(asm, nv, masked))?;
             asm.x().add(rdi, disp(sample)?)?;
             asm.x().add(rcx, disp(px)?)?;
             Ok(())

@@ -195,26 +195,10 @@ impl Gemm {
             asm.x().mov(PIXEL32[t], dword_ptr(r8 + (4 * t) as i32))?;
             asm.x().add(PIXEL[t], rdi)?;
         }
-        let l = asm.wide.lanes();
         let nv = vectors(asm.wide, tt);
-        let blocks = self.n / (nv * l);
-        asm.repeat(blocks, Ctl::Reg(r15, nv * l * 4), |asm| {
-            self.block(asm, tt, nv, false, act)
-        })?;
-        // The channels left, in one block whose last vector may be partial: each
-        // input is read once more, not once per leftover vector.
-        let co = blocks * nv * l;
-        if co < self.n {
-            asm.x().mov(r15, disp(co * 4)? as i64)?;
-            self.block(
-                asm,
-                tt,
-                (self.n - co).div_ceil(l),
-                !(self.n - co).is_multiple_of(l),
-                act,
-            )?;
-        }
-        Ok(())
+        asm.channel_blocks(self.n, nv, |asm, nv, masked| {
+            self.block(asm, tt, nv, masked, act)
+        })
     }
 
     /// `nv` vectors of output channels from r15 for the tile's `tt` pixels; the last

@@ -372,6 +372,29 @@ impl Asm {
         Ok(())
     }
 
+    /// Runs `block(asm, nv, masked)` over `n` channels from r15 (in bytes): blocks of
+    /// `nv` whole vectors in a loop, then the channels left in one block whose last
+    /// vector may be partial, so each input is read once more, not once per leftover
+    /// vector.
+    pub fn channel_blocks(
+        &mut self,
+        n: usize,
+        nv: usize,
+        mut block: impl FnMut(&mut Asm, usize, bool) -> R<()>,
+    ) -> R<()> {
+        let l = self.wide.lanes();
+        let blocks = n / (nv * l);
+        self.repeat(blocks, Ctl::Reg(r15, nv * l * 4), |asm| {
+            block(asm, nv, false)
+        })?;
+        let co = blocks * nv * l;
+        if co < n {
+            self.a.mov(r15, disp(co * 4)? as i64)?;
+            block(self, (n - co).div_ceil(l), !(n - co).is_multiple_of(l))?;
+        }
+        Ok(())
+    }
+
     /// Asks for the cache line at `m`.
     pub fn prefetch(&mut self, m: M) -> R<()> {
         self.a.prefetcht0(byte_ptr(m.op()))?;
