@@ -102,7 +102,7 @@ impl Asm {
                             Loc::V(r) | Loc::K(r) => r,
                             Loc::C(bits) if needs_reg(op, j) => {
                                 let t = vfree.pop().ok_or(Refused::NoRoom)?;
-                                let m = self.constant(bits);
+                                let m = self.constant(bits)?;
                                 self.load(t, m, false)?;
                                 temps.push(t);
                                 t
@@ -111,10 +111,10 @@ impl Asm {
                         };
                     }
                     let src = |j: usize| match locs[ops[j] as usize] {
-                        Loc::C(bits) if regs[j] == usize::MAX => Src::Mem(self.constant(bits)),
-                        _ => Src::V(regs[j]),
+                        Loc::C(bits) if regs[j] == usize::MAX => self.constant(bits).map(Src::Mem),
+                        _ => Ok(Src::V(regs[j])),
                     };
-                    let srcs: Vec<Src> = (0..ops.len()).map(src).collect();
+                    let srcs: Vec<Src> = (0..ops.len()).map(src).collect::<R<_>>()?;
                     // Operands read for the last time free their registers: the
                     // three-operand forms read every source before writing.
                     let mut seen = Vec::new();
@@ -160,7 +160,7 @@ impl Asm {
             TapeOp::Mul(..) => vop3!(self, vmulps, d, a, srcs[1]),
             TapeOp::Div(..) => vop3!(self, vdivps, d, a, srcs[1]),
             TapeOp::Neg(_) => {
-                let sign = Src::Mem(self.constant(SIGN));
+                let sign = Src::Mem(self.constant(SIGN)?);
                 match self.wide {
                     Wide::Avx2 => vop3!(self, vxorps, d, a, sign),
                     Wide::Avx512 => vop3!(self, vpxord, d, a, sign),
@@ -208,22 +208,22 @@ impl Asm {
             }
             TapeOp::Pow2Minus1(_) => {
                 vop2!(self, vcvttps2dq, d, a);
-                let bias = Src::Mem(self.constant(BIAS));
+                let bias = Src::Mem(self.constant(BIAS)?);
                 vop3!(self, vpaddd, d, d, bias);
                 self.shift(true, d, d)?;
             }
             TapeOp::Exponent(_) => {
                 self.shift(false, d, a)?;
-                let byte = Src::Mem(self.constant(BYTE));
+                let byte = Src::Mem(self.constant(BYTE)?);
                 self.and_or(true, d, d, byte)?;
-                let bias = Src::Mem(self.constant(BIAS));
+                let bias = Src::Mem(self.constant(BIAS)?);
                 vop3!(self, vpsubd, d, d, bias);
                 vop2!(self, vcvtdq2ps, d, d);
             }
             TapeOp::Mantissa(_) => {
-                let keep = Src::Mem(self.constant(MANTISSA));
+                let keep = Src::Mem(self.constant(MANTISSA)?);
                 self.and_or(true, d, a, keep)?;
-                let half = Src::Mem(self.constant(HALF));
+                let half = Src::Mem(self.constant(HALF)?);
                 self.and_or(false, d, d, half)?;
             }
             TapeOp::Input(_) | TapeOp::Const(_) => {}

@@ -255,7 +255,7 @@ impl Depthwise {
                     asm.load(acc(0, j), M::ix(rdx, r15, disp(j * l * 4)?), part(j))?
                 }
                 Op::Max => {
-                    let low = asm.constant(f32::NEG_INFINITY.to_bits());
+                    let low = asm.constant(f32::NEG_INFINITY.to_bits())?;
                     asm.load(acc(0, j), low, false)?
                 }
                 _ => asm.zero(acc(0, j))?,
@@ -291,7 +291,7 @@ impl Depthwise {
             }
         }
         if self.op == Op::Average {
-            let s = asm.constant(run.scale.to_bits());
+            let s = asm.constant(run.scale.to_bits())?;
             asm.load(tmp, s, false)?;
             for t in 0..tt {
                 for j in 0..nv {

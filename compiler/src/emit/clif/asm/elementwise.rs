@@ -159,7 +159,7 @@ impl Merge {
                 }
             }
             if let Some(bits) = scale {
-                let c = asm.constant(bits);
+                let c = asm.constant(bits)?;
                 asm.load(1, c, false)?;
                 asm.binary(Binary::Mul, 0, 0, 1)?;
             }
@@ -197,7 +197,7 @@ impl GlobalPool {
             asm.x().lea(r13, qword_ptr(rdi + r15))?;
             for j in 0..nv {
                 if p.max {
-                    let c = asm.constant(low);
+                    let c = asm.constant(low)?;
                     asm.load(j, c, false)?;
                 } else {
                     asm.zero(j)?;
@@ -216,7 +216,7 @@ impl GlobalPool {
                 Ok(())
             })?;
             if !p.max {
-                let c = asm.constant(scale);
+                let c = asm.constant(scale)?;
                 asm.load(nv, c, false)?;
                 for j in 0..nv {
                     asm.binary(Binary::Mul, j, j, nv)?;

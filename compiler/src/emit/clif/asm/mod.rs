@@ -72,8 +72,11 @@ pub(super) enum Refused {
     NoRoom,
     /// A constant offset does not fit an instruction's 32-bit displacement.
     Far,
-    /// The assembler refused an instruction (a bug here, reported as a refusal).
+    /// The assembler refused an instruction (a bug here, reported as an error).
     Iced(IcedError),
+    /// A listing used a constant it did not put in its frame (a bug here, reported as
+    /// an error).
+    Unregistered(u32),
 }
 
 impl From<IcedError> for Refused {
@@ -207,10 +210,15 @@ impl Asm {
         (FRAME_FIXED + 64 * i) as i32
     }
 
-    /// The frame slot of constant `bits` (registered in [`Asm::new`]).
-    fn constant(&self, bits: u32) -> M {
-        let i = self.consts.iter().position(|&c| c == bits).unwrap_or(0);
-        M::at(rsp, self.const_slot(i))
+    /// The frame slot of constant `bits`, which [`Asm::new`] must have been given: a
+    /// listing that forgot one is refused, never given another constant.
+    fn constant(&self, bits: u32) -> R<M> {
+        let i = self
+            .consts
+            .iter()
+            .position(|&c| c == bits)
+            .ok_or(Refused::Unregistered(bits))?;
+        Ok(M::at(rsp, self.const_slot(i)))
     }
 
     /// Restores the registers and returns; the code and its loops.
@@ -513,7 +521,9 @@ pub(super) fn assemble(
     match listing {
         Ok(listing) => Ok(Some((listing, table))),
         Err(Refused::NoRoom | Refused::Far) => Ok(None),
-        Err(Refused::Iced(e)) => Err(crate::error::Error::new(format!("the assembler: {e}"))),
+        Err(e @ (Refused::Iced(_) | Refused::Unregistered(_))) => {
+            Err(crate::error::Error::new(format!("the assembler: {e}")))
+        }
     }
 }
 
@@ -523,6 +533,9 @@ impl std::fmt::Display for Refused {
             Refused::NoRoom => write!(f, "too few registers"),
             Refused::Far => write!(f, "an offset beyond 2 GiB"),
             Refused::Iced(e) => write!(f, "{e}"),
+            Refused::Unregistered(bits) => {
+                write!(f, "constant {:e} not in the frame", f32::from_bits(*bits))
+            }
         }
     }
 }
