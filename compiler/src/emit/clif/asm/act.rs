@@ -75,22 +75,63 @@ impl Asm {
     /// as its temporaries (`input` too, once read for the last time). Returns the
     /// register that holds the result; [`Refused::NoRoom`] where `free` is too few.
     pub fn act(&mut self, tape: &Tape, input: usize, free: &[usize]) -> R<usize> {
-        let n = tape.ops.len();
-        let mut last = vec![0usize; n];
-        for (i, op) in tape.ops.iter().enumerate() {
-            for o in operands(op) {
-                last[o as usize] = i;
+        Ok(self.interleaved(&[(tape, input)], free)?[0])
+    }
+
+    /// Applies each `(tape, input)`, returning the registers of the results: op by op in
+    /// turn where the registers allow, so that their chains of dependent operations
+    /// overlap (an activation is a chain of some forty: alone, it leaves the vector
+    /// units mostly idle); else by halves, each kept from the next. Inputs are
+    /// distinct registers, outside `free`.
+    pub fn acts(&mut self, work: &[(&Tape, usize)], free: &[usize]) -> R<Vec<usize>> {
+        let mut trial = Asm::new(self.wide, false, self.consts.clone())?;
+        match trial.interleaved(work, free) {
+            Ok(_) => return self.interleaved(work, free),
+            Err(Refused::NoRoom) if work.len() > 1 => {}
+            Err(e) => return Err(e),
+        }
+        // Too many at once: each half at once, the first's results kept from the second.
+        let (a, b) = work.split_at(work.len() / 2);
+        let mut out = self.acts(a, free)?;
+        let avail: Vec<usize> = free.iter().filter(|r| !out.contains(*r)).copied().collect();
+        out.extend(self.acts(b, &avail)?);
+        Ok(out)
+    }
+
+    /// The tapes of `work`, one operation of each in turn.
+    pub(super) fn interleaved(&mut self, work: &[(&Tape, usize)], free: &[usize]) -> R<Vec<usize>> {
+        // The order of emission, and where each operation's value is read last in it.
+        let mut order = Vec::new();
+        let longest = work.iter().map(|w| w.0.ops.len()).max().unwrap_or(0);
+        for i in 0..longest {
+            for (t, w) in work.iter().enumerate() {
+                if i < w.0.ops.len() {
+                    order.push((t, i));
+                }
             }
         }
-        last[tape.result as usize] = usize::MAX;
+        let mut last: Vec<Vec<usize>> = work.iter().map(|w| vec![0; w.0.ops.len()]).collect();
+        for (at, &(t, i)) in order.iter().enumerate() {
+            for o in operands(&work[t].0.ops[i]) {
+                last[t][o as usize] = at;
+            }
+        }
+        for (t, w) in work.iter().enumerate() {
+            last[t][w.0.result as usize] = usize::MAX;
+        }
         let mut vfree: Vec<usize> = free.iter().rev().copied().collect();
         let mut kfree: Vec<usize> = (2..8).rev().collect();
-        let mut locs: Vec<Loc> = Vec::with_capacity(n);
-        for (i, op) in tape.ops.iter().enumerate() {
+        let mut locs: Vec<Vec<Loc>> = work
+            .iter()
+            .map(|w| Vec::with_capacity(w.0.ops.len()))
+            .collect();
+        for (at, &(t, i)) in order.iter().enumerate() {
+            let op = &work[t].0.ops[i];
             let loc = match *op {
-                TapeOp::Input(_) => Loc::V(input),
+                TapeOp::Input(_) => Loc::V(work[t].1),
                 TapeOp::Const(c) => Loc::C(c.to_bits()),
                 _ => {
+                    let locs = &locs[t];
                     // Operands that must sit in registers but are constants get a
                     // temporary first, so that nothing they are loaded into aliases a
                     // live operand.
@@ -119,7 +160,7 @@ impl Asm {
                     // three-operand forms read every source before writing.
                     let mut seen = Vec::new();
                     for &o in &ops {
-                        if last[o as usize] == i && !seen.contains(&o) {
+                        if last[t][o as usize] == at && !seen.contains(&o) {
                             seen.push(o);
                             match locs[o as usize] {
                                 Loc::V(r) => vfree.push(r),
@@ -139,13 +180,16 @@ impl Asm {
                     dst
                 }
             };
-            locs.push(loc);
+            locs[t].push(loc);
         }
-        match locs[tape.result as usize] {
-            Loc::V(r) => Ok(r),
-            // A tape whose result is a constant or a mask is no activation.
-            _ => Err(Refused::NoRoom),
-        }
+        work.iter()
+            .zip(&locs)
+            .map(|(w, locs)| match locs[w.0.result as usize] {
+                Loc::V(r) => Ok(r),
+                // A tape whose result is a constant or a mask is no activation.
+                _ => Err(Refused::NoRoom),
+            })
+            .collect()
     }
 
     fn tape_op(&mut self, op: &TapeOp, dst: Loc, regs: &[usize; 3], srcs: &[Src]) -> R<()> {
