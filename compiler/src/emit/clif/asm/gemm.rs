@@ -11,7 +11,7 @@
 //! pixels in x, r13 the weight row, r14 the index along a run of taps, r15 the first
 //! output channel of a block, in bytes.
 
-use super::{disp, fits, spare, vectors, Asm, Ctl, Listing, Refused, Wide, M, R};
+use super::{disp, fits, sets, spare, vectors, Asm, Ctl, Listing, Refused, Wide, M, R};
 use crate::emit::clif::tape::Tape;
 use iced_x86::code_asm::*;
 use kerac::Act;
@@ -212,9 +212,11 @@ impl Gemm {
         act: Option<&Tape>,
     ) -> R<()> {
         let (l, n) = (asm.wide.lanes(), self.n);
+        let unroll = self.run.min(4);
+        let sets = sets(asm.wide, tt * nv, nv + 1, unroll);
         let acc = |t: usize, j: usize| t * nv + j;
-        let wreg = |j: usize| tt * nv + j;
-        let xreg = tt * nv + nv;
+        let wreg = |j: usize| sets * tt * nv + j;
+        let xreg = sets * tt * nv + nv;
         let part = |j: usize| masked && j + 1 == nv;
         asm.x().lea(r13, qword_ptr(rsi + r15))?;
         // Bias first, then the taps in order: the runtime's order of the sums.
@@ -228,12 +230,14 @@ impl Gemm {
                 asm.copy(acc(t, j), acc(0, j))?;
             }
         }
+        for r in tt * nv..sets * tt * nv {
+            asm.zero(r)?;
+        }
         let lines = (nv * l * 4).div_ceil(64);
-        let unroll = self.run.min(4);
         let trips = self.run / unroll;
         let rest = self.run % unroll;
         // One row of weights against every pixel's input: `u` rows into the run,
-        // x at `x_off` bytes from r14.
+        // x at `x_off` bytes from r14, into the accumulators of set `u % sets`.
         let row = |asm: &mut Asm, u: usize, x_off: usize| -> R<()> {
             for line in 0..lines {
                 asm.prefetch(M::at(r13, disp((PREFETCH_ROWS + u) * n * 4 + line * 64)?))?;
@@ -241,10 +245,11 @@ impl Gemm {
             for j in 0..nv {
                 asm.load(wreg(j), M::at(r13, disp(u * n * 4 + j * l * 4)?), part(j))?;
             }
+            let set = (u % sets) * tt * nv;
             for (t, &p) in PIXEL.iter().enumerate().take(tt) {
                 asm.bcast(xreg, M::ix(p, r14, disp(x_off + u * 4)?))?;
                 for j in 0..nv {
-                    asm.fma(acc(t, j), xreg, wreg(j))?;
+                    asm.fma(set + acc(t, j), xreg, wreg(j))?;
                 }
             }
             Ok(())
@@ -266,6 +271,7 @@ impl Gemm {
                 asm.x().add(r13, disp(rest * n * 4)?)?;
             }
         }
+        asm.fold_sets(sets, tt * nv)?;
         let mut outs = Vec::new();
         for t in 0..tt {
             for j in 0..nv {

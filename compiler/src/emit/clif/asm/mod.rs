@@ -13,6 +13,7 @@ mod act;
 mod depthwise;
 mod elementwise;
 mod gemm;
+mod recurrent;
 
 use super::fx::Loop;
 use super::tape::Tape;
@@ -421,6 +422,38 @@ fn vectors(wide: Wide, tt: usize) -> usize {
     ((wide.usable() - 1) / (tt + 1)).clamp(1, cap)
 }
 
+/// Sets of accumulators a product keeps where `accs` of them alone would leave the FMA
+/// units waiting on each other: a set per row of an unrolled group of `unroll` rows, so
+/// that at least eight chains are in flight, within the registers beside `others`.
+fn sets(wide: Wide, accs: usize, others: usize, unroll: usize) -> usize {
+    [4, 2]
+        .into_iter()
+        .find(|&s| accs < 8 && s <= unroll && s * accs + others <= wide.usable())
+        .unwrap_or(1)
+}
+
+impl Asm {
+    /// Adds accumulator sets `1..sets` (each `n` registers after the last) into set 0,
+    /// pairwise.
+    pub fn fold_sets(&mut self, sets: usize, n: usize) -> R<()> {
+        let mut step = 1;
+        while step < sets {
+            for s in (0..sets).step_by(2 * step) {
+                for r in 0..n {
+                    self.binary(
+                        elementwise::Binary::Add,
+                        s * n + r,
+                        s * n + r,
+                        (s + step) * n + r,
+                    )?;
+                }
+            }
+            step *= 2;
+        }
+        Ok(())
+    }
+}
+
 /// The vector registers an activation may use beside `live` ones: all others but
 /// AVX2's lane mask.
 fn spare(wide: Wide, live: &[usize]) -> Vec<usize> {
@@ -451,18 +484,27 @@ impl Asm {
             return Ok(());
         };
         if fits(self.wide, &self.consts, tape, &spare(self.wide, &live))? {
-            let mut stored = Vec::new();
-            for &(r, at, part) in outs {
-                // The input counts as live: the activation frees it itself after
-                // its last read.
-                let busy: Vec<usize> = live
-                    .iter()
-                    .filter(|x| !stored.contains(*x))
-                    .copied()
-                    .collect();
-                let y = self.act(tape, r, &spare(self.wide, &busy))?;
-                self.store(at, y, part)?;
-                stored.push(r);
+            // As many at once as the registers allow, so that their chains overlap.
+            let mut k = 0;
+            while k < outs.len() {
+                let busy: Vec<usize> = outs[k..].iter().map(|o| o.0).collect();
+                let free = spare(self.wide, &busy);
+                let mut n = outs.len() - k;
+                let work = loop {
+                    let work: Vec<(&Tape, usize)> =
+                        outs[k..k + n].iter().map(|o| (tape, o.0)).collect();
+                    let mut trial = Asm::new(self.wide, false, self.consts.clone())?;
+                    match trial.interleaved(&work, &free) {
+                        Err(Refused::NoRoom) if n > 1 => n = n.div_ceil(2),
+                        Err(e) => return Err(e),
+                        Ok(_) => break work,
+                    }
+                };
+                let ys = self.interleaved(&work, &free)?;
+                for (&(_, at, part), y) in outs[k..k + n].iter().zip(ys) {
+                    self.store(at, y, part)?;
+                }
+                k += n;
             }
             return Ok(());
         }
@@ -481,7 +523,7 @@ impl Asm {
 /// The assembled kernel of a plan step whose output is `len` floats, and its table of
 /// window starts where it has one, for the steps that have one: dense layers,
 /// single-group convolutions valid on every axis, depthwise convolutions, pooling,
-/// activations and merges. `None` also where an offset is too far for a displacement or an
+/// activations, merges and the steps of recurrent layers. `None` also where an offset is too far for a displacement or an
 /// activation too large for the registers: the step keeps its Cranelift code.
 pub(super) fn assemble(
     kernel: &crate::plan::Kernel,
@@ -513,6 +555,9 @@ pub(super) fn assemble(
             strides,
         } => elementwise::Merge::new(*fold, shape, strides)
             .map(|m| (m.assemble(wide, counting), None)),
+        Kernel::Recurrent { p, rb, .. } => {
+            recurrent::Step::new(p).map(|s| (s.assemble(wide, rb.is_some(), counting), None))
+        }
         _ => None,
     };
     let Some((listing, table)) = listing else {
