@@ -34,6 +34,7 @@ pub(super) struct Fx<'a> {
 }
 
 /// An assembled kernel a step calls with five pointers and its loop counters.
+#[derive(Clone)]
 pub(super) struct Assembled {
     pub func: cranelift_codegen::ir::FuncRef,
     /// Read-only data of its own (a table of where output pixels' windows start), the

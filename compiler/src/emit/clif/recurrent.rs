@@ -1,4 +1,5 @@
-//! `kerac::recurrent`: the cell over every step, gates in register-blocked passes.
+//! `kerac::recurrent`: the cell over every step, gates in register-blocked passes; on
+//! x86-64 v3 and v4 each step's product and cell are an assembled kernel (`asm`).
 
 use super::fx::{Addr, Fx};
 use super::simd::{axpy, copy, init, passes, store};
@@ -75,6 +76,12 @@ pub(super) fn recurrent(
                 Some(s) => signed(fx, s, in_step, in0, width, xb),
                 None => xb.add(in0 as usize * width),
             };
+            // The step's work: the assembled kernel where there is one (called at
+            // each of the two places, its loops joining the step's at each).
+            if let Some(k) = fx.assembled.clone() {
+                fx.call_assembled(k, [Some(prev), Some(x), Some(u), rb, Some(row)]);
+                return;
+            }
             // hu = rb + h U over the recurrent columns.
             for pass in &gate_passes {
                 let acc = init(fx, pass, rb, 0.0);
