@@ -1,7 +1,9 @@
 //! The weight layout, decided once for every backend: only the weights some step reads
 //! (folding leaves the originals unread), numbered and placed in the order the steps
 //! first read them, each at a cache-line boundary. The Rust source, the object file,
-//! its header and the reports all embed or count this one blob.
+//! its header and the reports all embed or count this one blob. (An x86-64 object's
+//! assembled products may hold their own weights in panels: permuted in place, at the
+//! same offsets and sizes.)
 
 use super::Plan;
 

@@ -193,14 +193,57 @@ fn isa_for(target: Target) -> Result<OwnedTargetIsa> {
 /// has: `(step, code, loops)`, for the steps that have one. What the objects and the
 /// JIT call, for checks that read the code itself (every branch closes a loop).
 pub fn assembled_kernels(plan: &Plan, wide: Wide) -> Result<Vec<(usize, Vec<u8>, usize)>> {
-    let mut out = Vec::new();
-    for (k, step) in plan.steps.iter().enumerate() {
-        let len = plan.buffers[step.output].len;
-        if let Some((listing, _)) = asm::assemble(&step.kernel, len, wide, false)? {
-            out.push((k, listing.bytes, listing.loops.len()));
+    let (listings, _) = listings(plan, Some(wide), false)?;
+    Ok(listings
+        .into_iter()
+        .enumerate()
+        .filter_map(|(k, l)| l.map(|(listing, _)| (k, listing.bytes, listing.loops.len())))
+        .collect())
+}
+
+/// An assembled kernel and its table of window starts, where it has one.
+type Assembly = (asm::Listing, Option<Vec<u32>>);
+
+/// Each step's assembled kernel for `wide` (none without), and the weights as the
+/// object holds them: in panels for the products whose kernels read them so, where
+/// no other step reads them.
+fn listings(
+    plan: &Plan,
+    wide: Option<Wide>,
+    counting: bool,
+) -> Result<(Vec<Option<Assembly>>, Vec<u8>)> {
+    let mut uses = vec![0usize; plan.weights.len()];
+    for step in &plan.steps {
+        for w in step.kernel.weights() {
+            uses[w] += 1;
         }
     }
-    Ok(out)
+    let mut listings = Vec::with_capacity(plan.steps.len());
+    let mut blob = plan.weight_blob();
+    for (k, step) in plan.steps.iter().enumerate() {
+        let len = plan.buffers[step.output].len;
+        let Some(w) = wide else {
+            listings.push(None);
+            continue;
+        };
+        let panels = asm::panels(&step.kernel, w)
+            .filter(|&(id, rows, n, _)| uses[id] == 1 && plan.weights[id].data.len() == rows * n);
+        match asm::assemble(&step.kernel, len, w, counting, panels.is_some()) {
+            Err(e) => bail!("assembling step {k} ({}): {e}", step.layers),
+            Ok(None) => listings.push(None),
+            Ok(Some(listing)) => {
+                if let Some((id, rows, n, l)) = panels {
+                    let weight = &plan.weights[id];
+                    let at = weight.offset * 4;
+                    for (i, f) in asm::to_panels(&weight.data, rows, n, l).iter().enumerate() {
+                        blob[at + 4 * i..at + 4 * i + 4].copy_from_slice(&f.to_le_bytes());
+                    }
+                }
+                listings.push(Some(listing));
+            }
+        }
+    }
+    Ok((listings, blob))
 }
 
 /// Bytes of scratch the compiled function needs.
@@ -237,7 +280,7 @@ fn define<M: Module>(
     let backend = |e: cranelift_module::ModuleError| Error::new(format!("Cranelift: {e}"));
     // A model without weights gets no data object (a zero-length one would not be
     // emitted); its steps never read the base they are given.
-    let blob = plan.weight_blob();
+    let (mut listings, blob) = listings(plan, wide, counting)?;
     let data = if blob.is_empty() {
         None
     } else {
@@ -269,13 +312,9 @@ fn define<M: Module>(
         ctx.func.signature = sig;
         ctx.func.name = UserFuncName::user(0, func.as_u32());
         let gv = data.map(|data| module.declare_data_in_func(data, &mut ctx.func));
-        let len = plan.buffers[step.output].len;
-        let assembled = match wide
-            .and_then(|w| asm::assemble(&step.kernel, len, w, counting).transpose())
-        {
+        let assembled = match listings[k].take() {
             None => None,
-            Some(Err(e)) => bail!("assembling step {k} ({}): {e}", step.layers),
-            Some(Ok((listing, table))) => {
+            Some((listing, table)) => {
                 let mut ksig = Signature::new(call_conv);
                 ksig.params.extend([AbiParam::new(ptr); 6]);
                 let kf = module

@@ -154,12 +154,12 @@ impl Gemm {
     /// The kernel `(x, w, bias, y, table, counters)`. Products with 16 outputs or fewer
     /// run at 256 bits on AVX-512 too: one 512-bit vector would leave a tile six
     /// accumulators, a broadcast load per FMA, where two 256-bit ones keep twelve.
-    pub fn assemble(&self, wide: Wide, counting: bool) -> R<Listing> {
-        let wide = if wide == Wide::Avx512 && self.n <= 16 {
-            Wide::Avx2
-        } else {
-            wide
-        };
+    /// With `panels`, w is in the layout [`Gemm::panels`] gives.
+    pub fn assemble(&self, wide: Wide, counting: bool, panels: bool) -> R<Listing> {
+        let wide = self.width(wide);
+        if panels && self.panels(wide).is_none() {
+            return Err(Refused::Far);
+        }
         let tape = (self.act != Act::Linear).then(|| Tape::trace(|x| self.act.eval_lanes(x)));
         let consts = super::act_constants(tape.as_ref());
         let mut asm = Asm::new(wide, counting, consts.clone())?;
@@ -177,27 +177,54 @@ impl Gemm {
         }
         let act = tape.as_ref();
         asm.repeat(self.pixels / TILE, Ctl::Stack(0), |asm| {
-            self.tile(asm, TILE, act)?;
+            self.tile(asm, TILE, act, panels)?;
             asm.x().add(r8, (TILE * 4) as i32)?;
             asm.x().add(rcx, disp(TILE * self.n * 4)?)?;
             Ok(())
         })?;
         let rest = self.pixels % TILE;
         if rest > 0 {
-            self.tile(&mut asm, rest, act)?;
+            self.tile(&mut asm, rest, act, panels)?;
         }
         asm.finish()
     }
 
+    /// The width the product runs at on a `wide` machine.
+    fn width(&self, wide: Wide) -> Wide {
+        if wide == Wide::Avx512 && self.n <= 16 {
+            Wide::Avx2
+        } else {
+            wide
+        }
+    }
+
+    /// Rows of w.
+    fn rows(&self) -> usize {
+        self.runs.len() * self.run
+    }
+
+    /// The panel layout of w on a `wide` machine, where its rows are whole vectors:
+    /// `(rows, n, lanes)`, w stored one vector of columns after another, each with its
+    /// rows together (`w'[(j / lanes) * rows * lanes + r * lanes + j % lanes] =
+    /// w[r * n + j]`). Each block then reads its weights as a few sequential streams,
+    /// which the hardware prefetches well, rather than a slice of every row: the
+    /// difference shows once a model's weights outgrow the caches.
+    pub fn panels(&self, wide: Wide) -> Option<(usize, usize, usize)> {
+        let l = self.width(wide).lanes();
+        let rows = self.rows();
+        let whole = rows.checked_mul(self.n)?.checked_mul(4)?;
+        (self.n.is_multiple_of(l) && i32::try_from(whole).is_ok()).then_some((rows, self.n, l))
+    }
+
     /// One tile of `tt` pixels: every block of output channels.
-    fn tile(&self, asm: &mut Asm, tt: usize, act: Option<&Tape>) -> R<()> {
+    fn tile(&self, asm: &mut Asm, tt: usize, act: Option<&Tape>, panels: bool) -> R<()> {
         for t in 0..tt {
             asm.x().mov(PIXEL32[t], dword_ptr(r8 + (4 * t) as i32))?;
             asm.x().add(PIXEL[t], rdi)?;
         }
         let nv = vectors(asm.wide, tt);
         asm.channel_blocks(self.n, nv, |asm, nv, masked| {
-            self.block(asm, tt, nv, masked, act)
+            self.block(asm, tt, nv, masked, act, panels)
         })
     }
 
@@ -210,6 +237,7 @@ impl Gemm {
         nv: usize,
         masked: bool,
         act: Option<&Tape>,
+        panels: bool,
     ) -> R<()> {
         let (l, n) = (asm.wide.lanes(), self.n);
         let unroll = self.run.min(4);
@@ -218,7 +246,18 @@ impl Gemm {
         let wreg = |j: usize| sets * tt * nv + j;
         let xreg = sets * tt * nv + nv;
         let part = |j: usize| masked && j + 1 == nv;
-        asm.x().lea(r13, qword_ptr(rsi + r15))?;
+        // r13 walks the rows of the block's weights: a row is `step` bytes on.
+        let (rows, step) = (self.rows(), if panels { l * 4 } else { n * 4 });
+        if panels {
+            asm.x().imul_3(r13, r15, disp(rows)?)?;
+            asm.x().add(r13, rsi)?;
+        } else {
+            asm.x().lea(r13, qword_ptr(rsi + r15))?;
+        }
+        let weight = |u: usize, j: usize| -> R<M> {
+            let col = if panels { j * rows * l * 4 } else { j * l * 4 };
+            Ok(M::at(r13, disp(u * step + col)?))
+        };
         // Bias first, then the taps in order: the runtime's order of the sums.
         for j in 0..nv {
             if self.bias {
@@ -239,11 +278,21 @@ impl Gemm {
         // One row of weights against every pixel's input: `u` rows into the run,
         // x at `x_off` bytes from r14, into the accumulators of set `u % sets`.
         let row = |asm: &mut Asm, u: usize, x_off: usize| -> R<()> {
-            for line in 0..lines {
-                asm.prefetch(M::at(r13, disp((PREFETCH_ROWS + u) * n * 4 + line * 64)?))?;
+            if panels {
+                // A line of each stream as the rows reach a new one.
+                if (u * step).is_multiple_of(64) {
+                    for j in 0..nv {
+                        let ahead = weight(PREFETCH_ROWS + u, j)?;
+                        asm.prefetch(ahead)?;
+                    }
+                }
+            } else {
+                for line in 0..lines {
+                    asm.prefetch(M::at(r13, disp((PREFETCH_ROWS + u) * n * 4 + line * 64)?))?;
+                }
             }
             for j in 0..nv {
-                asm.load(wreg(j), M::at(r13, disp(u * n * 4 + j * l * 4)?), part(j))?;
+                asm.load(wreg(j), weight(u, j)?, part(j))?;
             }
             let set = (u % sets) * tt * nv;
             for (t, &p) in PIXEL.iter().enumerate().take(tt) {
@@ -259,7 +308,7 @@ impl Gemm {
                 for u in 0..unroll {
                     row(asm, u, start)?;
                 }
-                asm.x().add(r13, disp(unroll * n * 4)?)?;
+                asm.x().add(r13, disp(unroll * step)?)?;
                 Ok(())
             })?;
             // r14 ends at the loop's end, or stays 0 where the body ran unlooped.
@@ -268,7 +317,7 @@ impl Gemm {
                 row(asm, u, start + trips * unroll * 4 - at)?;
             }
             if rest > 0 {
-                asm.x().add(r13, disp(rest * n * 4)?)?;
+                asm.x().add(r13, disp(rest * step)?)?;
             }
         }
         asm.fold_sets(sets, tt * nv)?;

@@ -525,19 +525,20 @@ impl Asm {
 /// single-group convolutions valid on every axis, depthwise convolutions, pooling,
 /// activations, merges and the steps of recurrent layers. `None` also where an offset is too far for a displacement or an
 /// activation too large for the registers: the step keeps its Cranelift code.
+/// With `panels`, the step's weights are in the layout [`panels`] gives.
 pub(super) fn assemble(
     kernel: &crate::plan::Kernel,
     len: usize,
     wide: Wide,
     counting: bool,
+    panels: bool,
 ) -> crate::error::Result<Option<(Listing, Option<Vec<u32>>)>> {
     use crate::plan::Kernel;
     let listing = match kernel {
-        Kernel::Dense { p, b, .. } => {
-            gemm::Gemm::dense(p, b.is_some()).map(|g| (g.assemble(wide, counting), Some(g.starts)))
-        }
+        Kernel::Dense { p, b, .. } => gemm::Gemm::dense(p, b.is_some())
+            .map(|g| (g.assemble(wide, counting, panels), Some(g.starts))),
         Kernel::Conv { p, b, .. } => match gemm::Gemm::conv(p, b.is_some()) {
-            Some(g) => Some((g.assemble(wide, counting), Some(g.starts))),
+            Some(g) => Some((g.assemble(wide, counting, panels), Some(g.starts))),
             None => depthwise::Depthwise::new(p, b.is_some())
                 .map(|d| (d.assemble(wide, counting), None)),
         },
@@ -572,6 +573,34 @@ pub(super) fn assemble(
     }
 }
 
+/// The weights of a step whose assembled kernel can read them in panels (dense layers
+/// and convolutions whose outputs are whole vectors): `(weight, rows, n, lanes)`.
+pub(super) fn panels(
+    kernel: &crate::plan::Kernel,
+    wide: Wide,
+) -> Option<(crate::plan::WeightId, usize, usize, usize)> {
+    use crate::plan::Kernel;
+    let (g, w) = match kernel {
+        Kernel::Dense { p, w, b } => (gemm::Gemm::dense(p, b.is_some())?, *w),
+        Kernel::Conv { p, w, b } => (gemm::Gemm::conv(p, b.is_some())?, *w),
+        _ => return None,
+    };
+    let (rows, n, l) = g.panels(wide)?;
+    Some((w, rows, n, l))
+}
+
+/// `w` (`rows x n`, row-major) in panels of `lanes` columns, each panel's rows
+/// together.
+pub(super) fn to_panels(w: &[f32], rows: usize, n: usize, lanes: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(w.len());
+    for p in 0..n / lanes {
+        for r in 0..rows {
+            out.extend_from_slice(&w[r * n + p * lanes..r * n + (p + 1) * lanes]);
+        }
+    }
+    out
+}
+
 impl std::fmt::Display for Refused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -588,4 +617,15 @@ impl std::fmt::Display for Refused {
 /// The constants an activation's assembled form keeps in the frame.
 pub(super) fn act_constants(tape: Option<&Tape>) -> Vec<u32> {
     tape.map(act::constants).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn panels_hold_each_vector_of_columns_with_its_rows_together() {
+        // 3 rows of 4 columns in panels of 2: columns 0-1 for rows 0..3, then 2-3.
+        let w: Vec<f32> = (0..12).map(|i| i as f32).collect();
+        let p = super::to_panels(&w, 3, 4, 2);
+        assert_eq!(p, [0., 1., 4., 5., 8., 9., 2., 3., 6., 7., 10., 11.]);
+    }
 }
