@@ -29,7 +29,11 @@ pub(super) fn step(fx: &mut Fx, plan: &Plan, step: &Step) {
                 fx.call_assembled(k, [Some(x), Some(weight(*w)), b.map(weight), Some(y), None]);
             }
         }
-        Kernel::Activation(_) | Kernel::Merge { .. } | Kernel::Pool(_) | Kernel::GlobalPool(_)
+        Kernel::Activation(_)
+        | Kernel::Merge { .. }
+        | Kernel::Pool(_)
+        | Kernel::GlobalPool(_)
+        | Kernel::Resample(_)
             if fx.assembled.is_some() =>
         {
             if let Some(k) = fx.assembled.take() {

@@ -13,6 +13,7 @@ mod act;
 mod depthwise;
 mod elementwise;
 mod gemm;
+mod pad;
 mod recurrent;
 
 use super::fx::Loop;
@@ -523,7 +524,7 @@ impl Asm {
 /// The assembled kernel of a plan step whose output is `len` floats, and its table of
 /// window starts where it has one, for the steps that have one: dense layers,
 /// single-group convolutions valid on every axis, depthwise convolutions, pooling,
-/// activations, merges and the steps of recurrent layers. `None` also where an offset is too far for a displacement or an
+/// activations, merges, padding and the steps of recurrent layers. `None` also where an offset is too far for a displacement or an
 /// activation too large for the registers: the step keeps its Cranelift code.
 /// With `panels`, the step's weights are in the layout [`panels`] gives.
 pub(super) fn assemble(
@@ -546,6 +547,7 @@ pub(super) fn assemble(
             depthwise::Depthwise::pool(p).map(|d| (d.assemble(wide, counting), None))
         }
         Kernel::GlobalPool(p) => Some((elementwise::GlobalPool(*p).assemble(wide, counting), None)),
+        Kernel::Resample(p) => pad::Pad::new(p).map(|k| (k.assemble(wide, counting), None)),
         Kernel::Activation(act) => Some((
             elementwise::Activation { len, act: *act }.assemble(wide, counting),
             None,
