@@ -524,9 +524,10 @@ impl Asm {
 /// The assembled kernel of a plan step whose output is `len` floats, and its table of
 /// window starts where it has one, for the steps that have one: dense layers,
 /// single-group convolutions valid on every axis, depthwise convolutions, pooling,
-/// activations, merges, padding and the steps of recurrent layers. `None` also where an offset is too far for a displacement or an
-/// activation too large for the registers: the step keeps its Cranelift code.
-/// With `panels`, the step's weights are in the layout [`panels`] gives.
+/// activations, merges, padding and cropping, and the steps of recurrent layers. `None`
+/// also where an offset is too far for a displacement or an activation too large for
+/// the registers: the step keeps its Cranelift code. With `panels`, the step's weights
+/// are in the layout [`panels`] gives.
 pub(super) fn assemble(
     kernel: &crate::plan::Kernel,
     len: usize,
