@@ -207,8 +207,8 @@ impl Step {
         let mut out = Vec::new();
         for &(at, masked) in vs {
             let col = disp(4 * g * self.p.units)? + at;
-            let r = free(asm.wide, live, &[]);
-            let t = free(asm.wide, live, &[r]);
+            let r = free(asm.wide, live, &[])?;
+            let t = free(asm.wide, live, &[r])?;
             asm.load(r, M::ix(rdi, r15, self.hu()? + col), masked)?;
             asm.load(t, M::ix(rsi, r15, col), masked)?;
             asm.binary(Binary::Add, r, r, t)?;
@@ -220,7 +220,7 @@ impl Step {
 
     /// A vector register not in `live`, loaded from `m`; added to `live`.
     fn load(asm: &mut Asm, m: M, masked: bool, live: &mut Vec<usize>) -> R<usize> {
-        let r = free(asm.wide, live, &[]);
+        let r = free(asm.wide, live, &[])?;
         asm.load(r, m, masked)?;
         live.push(r);
         Ok(r)
@@ -350,8 +350,9 @@ impl Step {
     }
 }
 
-/// The first vector register in neither `live` nor `also`.
-fn free(wide: Wide, live: &[usize], also: &[usize]) -> usize {
+/// The first vector register in neither `live` nor `also`; [`Refused::NoRoom`] where
+/// there is none (the cell then takes fewer vectors at once).
+fn free(wide: Wide, live: &[usize], also: &[usize]) -> R<usize> {
     let busy: Vec<usize> = live.iter().chain(also).copied().collect();
-    spare(wide, &busy)[0]
+    spare(wide, &busy).first().copied().ok_or(Refused::NoRoom)
 }
