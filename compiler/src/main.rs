@@ -87,10 +87,10 @@ enum Command {
         /// (AVX2, FMA), x86_64-v4 (AVX-512F), aarch64, riscv64, or native (this one).
         #[arg(long, default_value = "x86_64")]
         target: String,
-        /// Where to write the C header (obj); `<output>.h` when absent.
+        /// Where to write the C header (obj, c); `<output>.h` when absent.
         #[arg(long)]
         header: Option<PathBuf>,
-        /// Symbol prefix (obj): `<prefix>_predict`, `<PREFIX>_INPUT0_SIZE`, ...
+        /// Symbol prefix (obj, c): `<prefix>_predict`, `<PREFIX>_INPUT0_SIZE`, ...
         #[arg(long, default_value = "net")]
         prefix: String,
         /// Streaming: each call consumes one time step of every sequence input, and
@@ -175,6 +175,8 @@ enum Emit {
     Rust,
     /// A native object file (ELF) through Cranelift, and a C header.
     Obj,
+    /// C99 source and its C header (the object's), for any chip with a C compiler.
+    C,
 }
 
 /// What `check --against` compares the backend with.
@@ -301,6 +303,15 @@ fn execute(command: Command) -> Result<ExitCode, Error> {
             stream,
             ..
         } => compile_object(model, output, target, header, prefix, stream),
+        Command::Compile {
+            model,
+            emit: Emit::C,
+            output,
+            header,
+            prefix,
+            stream,
+            ..
+        } => compile_c(model, output, header, prefix, stream),
         Command::Compile {
             model,
             emit: Emit::Rust,
@@ -440,6 +451,36 @@ fn compile_object(
     );
     let header_path = header_path.unwrap_or_else(|| output.with_extension("h"));
     write(&output, &object)?;
+    write(&header_path, text.as_bytes())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kerac compile --emit c`: C99 source and its C header.
+fn compile_c(
+    model: ModelArgs,
+    output: Option<PathBuf>,
+    header_path: Option<PathBuf>,
+    prefix: String,
+    stream: bool,
+) -> Result<ExitCode, Error> {
+    let output =
+        output.ok_or_else(|| Error::new("--emit c writes a file: give it with -o model.c"))?;
+    let graph = model.load_as(None, stream)?;
+    let plan = Plan::new(&graph)?;
+    let source_name = model.model.display().to_string();
+    let code = kerac_compiler::emit::c::source(&plan, &prefix, &source_name)
+        .map_err(|e| e.in_file(&model.model))?;
+    let text = header(
+        &plan,
+        &HeaderInfo {
+            prefix: &prefix,
+            source: &source_name,
+            target: kerac_compiler::emit::c::TARGET,
+            params: graph.params(),
+        },
+    );
+    let header_path = header_path.unwrap_or_else(|| output.with_extension("h"));
+    write(&output, code.as_bytes())?;
     write(&header_path, text.as_bytes())?;
     Ok(ExitCode::SUCCESS)
 }

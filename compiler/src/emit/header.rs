@@ -40,9 +40,14 @@ pub fn header(plan: &Plan, info: &HeaderInfo) -> String {
     let size = |port: &Port| plan.buffers[port.buffer].len;
     let mut h = String::new();
     let w = &mut h;
+    let with = if info.target == super::c::TARGET {
+        "Compile the C file that came with this header (C99); it needs nothing else\n * (no libm, no runtime library)."
+    } else {
+        "Link the object file that came with this header; it needs nothing else (no\n * libm, no runtime library)."
+    };
     let _ = writeln!(
         w,
-        "/* {p}.h: the Keras model `{}` compiled by kerac {} for {}.\n *\n * Source: {}\n *\n * Link the object file that came with this header; it needs nothing else (no\n * libm, no runtime library). The code allocates nothing, has no data-dependent\n * branch, and every loop in it runs a constant number of times.\n */",
+        "/* {p}.h: the Keras model `{}` compiled by kerac {} for {}.\n *\n * Source: {}\n *\n * {with} The code allocates nothing, has no data-dependent\n * branch, and every loop in it runs a constant number of times.\n */",
         plan.name,
         env!("CARGO_PKG_VERSION"),
         info.target,

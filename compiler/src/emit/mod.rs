@@ -1,6 +1,8 @@
 //! Code generation from a [`Plan`](crate::plan::Plan).
 
 #[cfg(feature = "clif")]
+pub mod c;
+#[cfg(feature = "clif")]
 pub mod clif;
 #[cfg(feature = "clif")]
 pub mod header;

@@ -8,7 +8,7 @@ use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Type, Value};
 impl Tape {
     /// Emits the recorded operations on `inputs` (all of one type: a float or a
     /// vector) and returns the result.
-    pub fn emit(&self, fx: &mut Fx, inputs: &[Value]) -> Value {
+    pub(super) fn emit(&self, fx: &mut Fx, inputs: &[Value]) -> Value {
         let ty = fx.b.func.dfg.value_type(inputs[0]);
         let int = if ty.is_vector() {
             types::I32X4

@@ -28,7 +28,7 @@ mod pool;
 mod recurrent;
 mod shape;
 mod simd;
-mod tape;
+pub(crate) mod tape;
 mod window;
 
 use crate::bail;

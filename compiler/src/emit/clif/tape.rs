@@ -10,7 +10,7 @@ use std::ops::{Add, Div, Mul, Neg, Sub};
 
 /// One recorded operation; operands are indices of earlier operations.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(super) enum TapeOp {
+pub(crate) enum TapeOp {
     Input(usize),
     Const(f32),
     Add(u32, u32),
@@ -31,9 +31,9 @@ pub(super) enum TapeOp {
 
 /// A recorded computation from inputs to one result.
 #[derive(Debug, Clone, PartialEq)]
-pub(super) struct Tape {
-    pub(super) ops: Vec<TapeOp>,
-    pub(super) result: u32,
+pub(crate) struct Tape {
+    pub(crate) ops: Vec<TapeOp>,
+    pub(crate) result: u32,
 }
 
 thread_local! {
@@ -42,7 +42,7 @@ thread_local! {
 
 /// A symbolic float lane: an index into the tape being recorded.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Traced(u32);
+pub(crate) struct Traced(u32);
 
 fn push(op: TapeOp) -> Traced {
     RECORDING.with(|r| {
