@@ -1,7 +1,8 @@
 /* Runs a model compiled by `kerac compile --emit c` on a Cortex-M4 (QEMU's
  * mps2-an386): reads every sample's inputs from the host's inputs.bin and writes the
- * outputs to outputs.bin through semihosting, as harness.c does on a host. Buffers are
- * static: the board has no allocator. */
+ * outputs to outputs.bin through semihosting, as harness.c does on a host. A streaming
+ * model's state is reset before the first call, and every N calls where
+ * reset_every.txt holds N. Buffers are static: the board has no allocator. */
 #include "model.h"
 #include "semihost.h"
 
@@ -33,7 +34,21 @@ int main(void) {
         next += out_sizes[i];
     }
     long samples = sh_length(in) / (long)per_sample;
+    long reset_every = 0;
+    int period = sh_open("reset_every.txt", 1);
+    if (period >= 0) {
+        char digits[16];
+        uint32_t n = sh_read(period, digits, sizeof digits);
+        for (uint32_t i = 0; i < n && digits[i] >= '0' && digits[i] <= '9'; i++)
+            reset_every = reset_every * 10 + (digits[i] - '0');
+        sh_close(period);
+    }
     for (long s = 0; s < samples; s++) {
+#ifdef NET_STREAMING
+        if (s == 0 || (reset_every > 0 && s % reset_every == 0)) net_reset_state(scratch);
+#else
+        (void)reset_every;
+#endif
         for (int i = 0; i < NET_NUM_INPUTS; i++) {
             if (sh_read(in, in_ptrs[i], in_sizes[i] * 4) != in_sizes[i] * 4) {
                 sh_print("short input file\n");

@@ -1,6 +1,7 @@
 //! Helpers for the conformance tests: the fixtures saved by real Keras
 //! (`tests/fixtures/<model>/`, made by `make_fixtures.py`).
 
+pub mod program;
 pub mod random;
 
 use std::path::{Path, PathBuf};

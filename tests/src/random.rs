@@ -592,8 +592,37 @@ pub fn input(rng: &mut Rng, per_sample: &[usize]) -> ArrayD<f32> {
         .expect("the shape holds the values")
 }
 
-/// Runs `graph` on `x` through the interpreter, the plan on the runtime's kernels and
-/// the JIT; returns how each backend differs beyond float32 rounding, and the plan.
+/// The plan as C99 (`--emit c`) compiled by the host's C compiler with warnings as
+/// errors and run on `x`; the outputs flat, in Keras's order.
+fn c_outputs(plan: &Plan, x: &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>, String> {
+    use crate::program::{self, Code, Toolchain, STRICT};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static CASE: AtomicUsize = AtomicUsize::new(0);
+    let case = std::env::temp_dir().join(format!(
+        "kerac-random-c-{}-{}",
+        std::process::id(),
+        CASE.fetch_add(1, Ordering::Relaxed)
+    ));
+    let code = Code::C { flags: STRICT };
+    program::build(plan, 0, "random graph", code, &Toolchain::HOST, &case)?;
+    let flat: Vec<f32> = x.iter().copied().collect();
+    let floats = program::run(&Toolchain::HOST, &case, &flat, 1, 0)?;
+    let _ = std::fs::remove_dir_all(&case);
+    let mut at = 0;
+    plan.outputs
+        .iter()
+        .map(|port| {
+            let n = plan.buffers[port.buffer].len;
+            let v = floats.get(at..at + n).ok_or("too few outputs")?.to_vec();
+            at += n;
+            ArrayD::from_shape_vec(IxDyn(&port.shape), v).map_err(|e| e.to_string())
+        })
+        .collect()
+}
+
+/// Runs `graph` on `x` through the interpreter, the plan on the runtime's kernels, the
+/// JIT and the C backend; returns how each backend differs beyond float32 rounding, and
+/// the plan.
 pub fn disagreements(graph: &Graph, x: &ArrayD<f32>) -> (Vec<String>, Plan) {
     let reference = interp::run(graph, std::slice::from_ref(x)).expect("the interpreter runs");
     let plan = Plan::new(graph).unwrap_or_else(|e| panic!("plan: {e}"));
@@ -601,8 +630,9 @@ pub fn disagreements(graph: &Graph, x: &ArrayD<f32>) -> (Vec<String>, Plan) {
     let jit = Jit::new(&plan)
         .and_then(|mut j| j.run_arrays(std::slice::from_ref(x)))
         .unwrap_or_else(|e| panic!("jit: {e}"));
+    let c = c_outputs(&plan, x).unwrap_or_else(|e| panic!("C: {e}"));
     let mut out = Vec::new();
-    for (backend, outputs) in [("plan", &ours), ("jit", &jit)] {
+    for (backend, outputs) in [("plan", &ours), ("jit", &jit), ("C", &c)] {
         for (r, o) in reference.iter().zip(outputs) {
             let worst = r
                 .iter()

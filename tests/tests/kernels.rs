@@ -1,8 +1,8 @@
 //! Each runtime kernel on its own, without Keras: one-layer graphs with random
 //! parameters, weights and inputs (`kerac_conformance::random`), each run through the
-//! reference interpreter (`Op::eval`), the plan on the runtime's kernels (`plan::exec`)
-//! and the JIT, and compared. A new kernel is testable here as soon as `random::draw`
-//! can draw a layer that lowers to it, before any Keras fixture exists.
+//! reference interpreter (`Op::eval`), the plan on the runtime's kernels (`plan::exec`),
+//! the JIT and the C backend, and compared. A new kernel is testable here as soon as
+//! `random::draw` can draw a layer that lowers to it, before any Keras fixture exists.
 
 use kerac_conformance::random::{build, disagreements, draw, input, Builder, Rng};
 use std::collections::BTreeMap;

@@ -1,5 +1,6 @@
 //! Random graphs with random weights and inputs: the compiled plan, run on the runtime's
-//! kernels (the calls generated code makes), against the reference interpreter.
+//! kernels (the calls generated code makes), the JIT and the C backend, against the
+//! reference interpreter.
 //!
 //! Each graph grows one layer at a time; a layer kerac refuses for its input (a window
 //! longer than the input, say) is dropped and another drawn, so every kept graph is one

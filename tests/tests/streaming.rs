@@ -175,3 +175,84 @@ fn model_macro_streamed_step_by_step_matches_keras() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// The C backend streamed through a C program: every recorded sequence's steps in one
+/// run, the state reset at each sequence's start. Natively (gcc), and on the Cortex-M4
+/// under qemu-system-arm when its tools are there (CI has them).
+#[test]
+fn c99_streamed_step_by_step_matches_keras() {
+    use kerac_conformance::program::{self, Code, Toolchain, STRICT};
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("streamed-c");
+    let mut failures = Vec::new();
+    for (what, tc) in [
+        ("gcc", Toolchain::HOST),
+        ("cortex-m4", Toolchain::CORTEX_M4),
+    ] {
+        let missing = tc.missing();
+        if !missing.is_empty() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must have {missing:?} (installed by .ci/run)"
+            );
+            eprintln!("skipping streamed C through {what}: {missing:?} not installed");
+            continue;
+        }
+        for &name in compiled::STREAMED {
+            for file in FILES {
+                let label = format!("{name}/{file} (C, {what})");
+                let plan = stream_plan(name, file);
+                let reference = reference(name, file);
+                let case = dir.join(what).join(format!("{name}_{file}"));
+                let (samples, steps) = (reference.inputs[0].shape[0], reference.inputs[0].shape[1]);
+                let mut inputs = Vec::new();
+                for n in 0..samples {
+                    for t in 0..steps {
+                        for x in &reference.inputs {
+                            let f = x.shape[2];
+                            let at = (n * steps + t) * f;
+                            inputs.extend_from_slice(&x.data[at..at + f]);
+                        }
+                    }
+                }
+                let ran = program::build(&plan, 0, name, Code::C { flags: STRICT }, &tc, &case)
+                    .and_then(|fits| {
+                        assert!(fits, "{label} does not fit the board");
+                        program::run(&tc, &case, &inputs, samples * steps, steps)
+                    });
+                let outputs = match ran {
+                    Ok(o) => o,
+                    Err(e) => {
+                        failures.push(format!("{label}: {e}"));
+                        continue;
+                    }
+                };
+                let sizes: Vec<usize> = plan
+                    .outputs
+                    .iter()
+                    .map(|p| plan.buffers[p.buffer].len)
+                    .collect();
+                let per_call: usize = sizes.iter().sum();
+                let mut call = 0;
+                failures.extend(check(
+                    &label,
+                    &reference,
+                    || {},
+                    |_| {
+                        let at = call * per_call;
+                        call += 1;
+                        let mut start = at;
+                        sizes
+                            .iter()
+                            .map(|&n| {
+                                let v = outputs.get(start..start + n).unwrap_or_default().to_vec();
+                                start += n;
+                                v
+                            })
+                            .collect()
+                    },
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

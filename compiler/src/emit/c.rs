@@ -372,9 +372,7 @@ impl W {
 fn horner(parts: &[(&str, usize)]) -> String {
     let mut acc = String::from("0");
     for &(v, n) in parts {
-        let scaled = if acc == "0" {
-            acc
-        } else if n == 1 {
+        let scaled = if acc == "0" || n == 1 {
             acc
         } else {
             format!("{} * {n}", paren(&acc))
@@ -452,11 +450,11 @@ impl C {
 
     /// `exp` and `log` as softmax uses them (the runtime's `exp_l`, `log_l`).
     fn exp_fn(&mut self) -> String {
-        self.traced("exp", |x| kerac::act::exp_l(x))
+        self.traced("exp", kerac::act::exp_l)
     }
 
     fn log_fn(&mut self) -> String {
-        self.traced("log", |x| kerac::act::log_l(x))
+        self.traced("log", kerac::act::log_l)
     }
 
     fn traced(
@@ -1357,13 +1355,10 @@ fn resample(w: &mut W, p: &kerac::shape::Resample) {
     if id * ih * iw == 0 {
         return;
     }
-    let names = ["d", "h", "w"];
-    let mut loops = Vec::new();
-    for a in 0..3 {
-        let map = p.axes[a];
-        let taps: Vec<[(usize, f32); 2]> = (0..map.len()).map(|o| axis_taps(&map, o)).collect();
+    for (nm, map) in ["d", "h", "w"].into_iter().zip(p.axes) {
+        let taps: Vec<AxisTaps> = (0..map.len()).map(|o| axis_taps(&map, o)).collect();
         let n = taps.len().max(1);
-        let list = |f: &dyn Fn(&[(usize, f32); 2]) -> String| {
+        let list = |f: &dyn Fn(&AxisTaps) -> String| {
             let v: Vec<String> = taps.iter().map(f).collect();
             if v.is_empty() {
                 "0".to_string()
@@ -1371,7 +1366,6 @@ fn resample(w: &mut W, p: &kerac::shape::Resample) {
                 v.join(", ")
             }
         };
-        let nm = names[a];
         w.line(format!(
             "static const int s{nm}[{n}][2] = {{{}}};",
             list(&|t| format!("{{{}, {}}}", t[0].0, t[1].0))
@@ -1380,7 +1374,6 @@ fn resample(w: &mut W, p: &kerac::shape::Resample) {
             "static const float f{nm}[{n}][2] = {{{}}};",
             list(&|t| format!("{{{}, {}}}", flt(t[0].1), flt(t[1].1)))
         ));
-        loops.push((nm, map.len()));
     }
     let top = w.depth;
     let (od, oh, ow) = (p.axes[0].len(), p.axes[1].len(), p.axes[2].len());
@@ -1417,9 +1410,12 @@ fn resample(w: &mut W, p: &kerac::shape::Resample) {
     w.close_to(top);
 }
 
+/// Two source positions on one axis and their weights.
+type AxisTaps = [(usize, f32); 2];
+
 /// The two source positions and weights of output `o` on one axis (the runtime's
 /// `AxisMap::taps`, with pads and crops as one tap of weight 1 or 0).
-fn axis_taps(map: &AxisMap, o: usize) -> [(usize, f32); 2] {
+fn axis_taps(map: &AxisMap, o: usize) -> AxisTaps {
     match *map {
         AxisMap::Pad { before, input, .. } => {
             let inside = o >= before && o - before < input;
