@@ -158,6 +158,10 @@ fn run_case(model: &Path, options: &BuildOptions, jit: bool) -> kerac_compiler::
         },
     )?;
     std::hint::black_box((source, plan.weight_blob()));
+    // The C backend writes every weight as text: only models of modest size.
+    if plan.weight_bytes() < 1 << 22 {
+        std::hint::black_box(kerac_compiler::emit::c::source(&plan, "net", "fuzzed")?);
+    }
     // A model that compiles must also run on the shapes it inferred; only small ones,
     // since a tiny file may rightly declare a huge input.
     let elements = graph

@@ -315,7 +315,7 @@ fn predict(plan: &Plan, p: &str) -> String {
             .chain([&step.output])
             .map(|&b| format!("a + {}", plan.buffers[b].offset))
             .collect();
-        w.line(format!("{p}_step{k}({});", args.join(", ")));
+        w.line(format!("{}({});", step_name(p, k, step), args.join(", ")));
     }
     for (i, port) in plan.outputs.iter().enumerate() {
         let b = &plan.buffers[port.buffer];
@@ -327,6 +327,30 @@ fn predict(plan: &Plan, p: &str) -> String {
     w.line("return 0;");
     w.close();
     w.s
+}
+
+/// A step's function: `<prefix>_step<k>_<first Keras layer>`.
+fn step_name(p: &str, k: usize, step: &Step) -> String {
+    let layer: String = step
+        .layers
+        .split([' ', '+', '('])
+        .find(|s| !s.is_empty())
+        .unwrap_or("")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .take(40)
+        .collect();
+    if layer.is_empty() {
+        format!("{p}_step{k}")
+    } else {
+        format!("{p}_step{k}_{layer}")
+    }
 }
 
 /// Indented C text.
@@ -470,6 +494,16 @@ impl C {
         name
     }
 
+    /// The function applying `act` to a value, or nothing (a parenthesised value) for
+    /// linear.
+    fn act_call(&mut self, act: Act) -> String {
+        if act == Act::Linear {
+            String::new()
+        } else {
+            self.act_fn(act)
+        }
+    }
+
     /// `y[i] = act(y[i])` over `n` values from `y + at`; nothing for linear.
     fn apply(&mut self, w: &mut W, act: Act, y: &str, n: usize) {
         if act == Act::Linear || n == 0 {
@@ -484,44 +518,57 @@ impl C {
     /// One step's function.
     fn step(&mut self, plan: &Plan, k: usize, step: &Step) -> Result<String> {
         let mut w = W::default();
-        let weight = |id: usize| format!("{}_w{id}", self.p);
+        let prefix = self.p.clone();
+        let weight = move |id: usize| format!("{prefix}_w{id}");
         let mut params: Vec<String> = (0..step.inputs.len())
             .map(|i| format!("const float *restrict x{i}"))
             .collect();
         params.push("float *restrict y".into());
         let len = |b: usize| plan.buffers[b].len;
+        let loops: Vec<String> = step
+            .kernel
+            .loops()
+            .iter()
+            .map(|(n, v)| format!("{n} {v}"))
+            .collect();
         w.line(format!(
-            "/* {}: {} {:?} */",
+            "/* {}: {} ({}; {} FLOPs) */",
             step.layers.replace("*/", "* /"),
             step.kernel.name(),
-            step.kernel.loops()
+            loops.join(", "),
+            step.flops
         ));
         w.open(format!(
-            "static void {}_step{k}({})",
-            self.p,
+            "static void {}({})",
+            step_name(&self.p, k, step),
             params.join(", ")
         ));
         match &step.kernel {
             Kernel::Dense { p, w: kw, b } => {
                 let wn = weight(*kw);
+                let bias = b.map(&weight);
+                let act = self.act_call(p.act);
                 w.for_n("r", p.rows);
                 w.line(format!("float *yr = y + {};", times("r", p.n)));
                 w.line(format!("const float *xr = x0 + {};", times("r", p.k)));
-                init_row(&mut w, "yr", p.n, b.map(&weight).as_deref(), 0.0);
-                w.for_n("i", p.k);
-                w.line("const float xv = xr[i];");
-                w.line(format!("const float *wr = {wn} + {};", times("i", p.n)));
-                w.for_n("j", p.n);
-                w.line("yr[j] += xv * wr[j];");
-                w.close();
-                w.close();
-                self.apply(&mut w, p.act, "yr", p.n);
+                blocks(&mut w, p.n, |w, at, width| {
+                    accumulators(w, width, bias.as_deref(), &at);
+                    w.for_n("i", p.k);
+                    w.line("const float xv = xr[i];");
+                    let wr = plus(&format!("{wn} + {}", times("i", p.n)), &at);
+                    w.line(format!("const float *wr = {wr};"));
+                    multiply_add(w, width, "xv", "wr", None);
+                    w.close();
+                    store(w, width, "yr", &at, &act);
+                });
                 w.close();
             }
             Kernel::Conv { p, w: kw, b } => {
                 let (cin, cout, groups) = (p.cin, p.cout, p.groups.max(1));
                 let (cin_g, cout_g) = (cin / groups, cout / groups);
                 let [wd, wh, ww] = p.windows;
+                let bias = b.map(&weight);
+                let act = self.act_call(p.act);
                 let top = w.depth;
                 w.for_n("b", p.batch);
                 let o = out_loops(&mut w, &p.windows);
@@ -537,62 +584,63 @@ impl C {
                         cout
                     )
                 ));
-                init_row(&mut w, "yp", cout, b.map(&weight).as_deref(), 0.0);
-                let inner = w.depth;
-                let (i, t) = tap_loops(&mut w, &p.windows, &o, None);
-                w.line(format!(
-                    "const float *xp = x0 + {};",
-                    times(
-                        &horner(&[
-                            ("b", 1),
-                            (&i[0], wd.input),
-                            (&i[1], wh.input),
-                            (&i[2], ww.input)
-                        ]),
-                        cin
-                    )
-                ));
-                w.line(format!(
-                    "const float *wp = {} + {};",
-                    weight(*kw),
-                    times(
-                        &horner(&[(&t[0], 1), (&t[1], wh.kernel), (&t[2], ww.kernel)]),
-                        cin_g * cout
-                    )
-                ));
-                if cin_g == 1 && cout_g == 1 {
-                    w.for_n("c", cout);
-                    w.line("yp[c] += xp[c] * wp[c];");
-                    w.close();
+                let depthwise = cin_g == 1 && cout_g == 1;
+                // Output channels by blocks of accumulators in registers; the taps and
+                // the input channels inside each block.
+                let (per_group, group) = if depthwise {
+                    (cout, None)
                 } else if groups == 1 {
-                    w.for_n("ci", cin);
-                    w.line("const float xv = xp[ci];");
-                    w.line(format!("const float *wr = wp + {};", times("ci", cout)));
-                    w.for_n("co", cout);
-                    w.line("yp[co] += xv * wr[co];");
-                    w.close();
-                    w.close();
+                    (cout, None)
                 } else {
                     w.for_n("g", groups);
-                    w.for_n("ci", cin_g);
+                    (cout_g, Some(times("g", cout_g)))
+                };
+                blocks(&mut w, per_group, |w, at, width| {
+                    let at = match &group {
+                        Some(g) => plus(g, &at),
+                        None => at,
+                    };
+                    accumulators(w, width, bias.as_deref(), &at);
+                    let inner = w.depth;
+                    let (i, t) = tap_loops(w, &p.windows, &o, None);
                     w.line(format!(
-                        "const float xv = xp[{}];",
-                        horner(&[("g", 1), ("ci", cin_g)])
+                        "const float *xp = x0 + {};",
+                        times(
+                            &horner(&[
+                                ("b", 1),
+                                (&i[0], wd.input),
+                                (&i[1], wh.input),
+                                (&i[2], ww.input)
+                            ]),
+                            cin
+                        )
                     ));
+                    let tap = times(
+                        &horner(&[(&t[0], 1), (&t[1], wh.kernel), (&t[2], ww.kernel)]),
+                        cin_g * cout,
+                    );
                     w.line(format!(
-                        "const float *wr = wp + {} + {};",
-                        times("ci", cout),
-                        times("g", cout_g)
+                        "const float *wp = {};",
+                        plus(&plus(&weight(*kw), &tap), &at)
                     ));
-                    w.line(format!("float *yg = yp + {};", times("g", cout_g)));
-                    w.for_n("co", cout_g);
-                    w.line("yg[co] += xv * wr[co];");
-                    w.close();
-                    w.close();
-                    w.close();
-                }
-                w.close_to(inner);
-                self.apply(&mut w, p.act, "yp", cout);
+                    if depthwise {
+                        let xs = plus("xp", &at);
+                        w.line(format!("const float *xs = {xs};"));
+                        multiply_add(w, width, "xs", "wp", Some(()));
+                    } else {
+                        w.for_n("ci", cin_g);
+                        let xi = match &group {
+                            Some(_) => format!("{} + ci", times("g", cin_g)),
+                            None => "ci".into(),
+                        };
+                        w.line(format!("const float xv = xp[{xi}];"));
+                        w.line(format!("const float *wr = wp + {};", times("ci", cout)));
+                        multiply_add(w, width, "xv", "wr", None);
+                        w.close();
+                    }
+                    w.close_to(inner);
+                    store(w, width, "yp", &at, &act);
+                });
                 w.close_to(top);
             }
             Kernel::ConvTranspose { p, w: kw, b } => {
@@ -1206,6 +1254,57 @@ impl C {
         }
         w.close();
         w.close();
+    }
+}
+
+/// Accumulators per block: as many as a Cortex-M4's or an x86-64's vector registers
+/// hold beside the operands.
+const BLOCK: usize = 8;
+
+/// `n` outputs by blocks of [`BLOCK`]: a loop over the whole blocks (their first
+/// output at `cb * BLOCK`), then one block for the rest; `body` gets each block's
+/// first output and width.
+fn blocks(w: &mut W, n: usize, mut body: impl FnMut(&mut W, String, usize)) {
+    let whole = n / BLOCK;
+    if whole == 1 {
+        body(w, "0".into(), BLOCK);
+    } else if whole > 1 {
+        w.for_n("cb", whole);
+        body(w, times("cb", BLOCK), BLOCK);
+        w.close();
+    }
+    if n % BLOCK > 0 {
+        w.open("");
+        body(w, (whole * BLOCK).to_string(), n % BLOCK);
+        w.close();
+    }
+}
+
+/// `float a0 = bias[at + 0], ...` (or zeros) for `width` accumulators.
+fn accumulators(w: &mut W, width: usize, bias: Option<&str>, at: &str) {
+    let init: Vec<String> = (0..width)
+        .map(|u| match bias {
+            Some(b) => format!("a{u} = {b}[{}]", plus(at, &u.to_string())),
+            None => format!("a{u} = 0.0f"),
+        })
+        .collect();
+    w.line(format!("float {};", init.join(", ")));
+}
+
+/// `a_u += x * w[u]` for each accumulator: with `each`, `x[u] * w[u]` (depthwise).
+fn multiply_add(w: &mut W, width: usize, x: &str, wr: &str, each: Option<()>) {
+    for u in 0..width {
+        match each {
+            Some(()) => w.line(format!("a{u} += {x}[{u}] * {wr}[{u}];")),
+            None => w.line(format!("a{u} += {x} * {wr}[{u}];")),
+        }
+    }
+}
+
+/// `y[at + u] = act(a_u)` for each accumulator; `act` is empty for linear.
+fn store(w: &mut W, width: usize, y: &str, at: &str, act: &str) {
+    for u in 0..width {
+        w.line(format!("{y}[{}] = {act}(a{u});", plus(at, &u.to_string())));
     }
 }
 
