@@ -587,9 +587,7 @@ impl C {
                 let depthwise = cin_g == 1 && cout_g == 1;
                 // Output channels by blocks of accumulators in registers; the taps and
                 // the input channels inside each block.
-                let (per_group, group) = if depthwise {
-                    (cout, None)
-                } else if groups == 1 {
+                let (per_group, group) = if depthwise || groups == 1 {
                     (cout, None)
                 } else {
                     w.for_n("g", groups);
