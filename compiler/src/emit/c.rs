@@ -1271,7 +1271,7 @@ fn blocks(w: &mut W, n: usize, mut body: impl FnMut(&mut W, String, usize)) {
         body(w, times("cb", BLOCK), BLOCK);
         w.close();
     }
-    if n % BLOCK > 0 {
+    if !n.is_multiple_of(BLOCK) {
         w.open("");
         body(w, (whole * BLOCK).to_string(), n % BLOCK);
         w.close();
