@@ -12,7 +12,6 @@
 //! written out operation by operation, in the same order.
 
 use super::clif::tape::{Tape, TapeOp};
-use crate::bail;
 use crate::error::Result;
 use crate::plan::{Kernel, Plan, Step};
 use kerac::merge::{Fold, RANK};
@@ -31,7 +30,7 @@ const INDEX_LIMIT: usize = 1 << 30;
 /// C99 source for `plan`, with symbols `<prefix>_...`; `source` names the model file in
 /// the opening comment.
 pub fn source(plan: &Plan, prefix: &str, source: &str) -> Result<String> {
-    check_sizes(plan)?;
+    check_sizes(plan, source)?;
     let mut c = C {
         p: prefix.to_ascii_lowercase(),
         acts: Vec::new(),
@@ -63,30 +62,53 @@ pub fn source(plan: &Plan, prefix: &str, source: &str) -> Result<String> {
     Ok(out)
 }
 
-/// Refuses plans whose sizes the generated `int` arithmetic cannot hold.
-fn check_sizes(plan: &Plan) -> Result<()> {
-    let largest_weight = plan.weights.iter().map(|w| w.data.len()).max().unwrap_or(0);
-    let windows = plan.steps.iter().flat_map(|s| match &s.kernel {
-        Kernel::Conv { p, .. } => p.windows.to_vec(),
-        Kernel::ConvTranspose { p, .. } => p.windows.to_vec(),
-        Kernel::Pool(p) => p.windows.to_vec(),
-        _ => Vec::new(),
-    });
-    let reach = windows
-        .map(|w| {
-            w.output
-                .saturating_mul(w.stride)
-                .saturating_add(w.kernel.saturating_mul(w.dilation))
-                .saturating_add(w.input)
-                .saturating_add(w.pad_before)
-        })
-        .max()
-        .unwrap_or(0);
-    let largest = plan.arena_floats.max(largest_weight).max(reach);
-    if largest >= INDEX_LIMIT {
-        bail!(
-            "the model needs indices up to {largest}; the C backend computes them in `int` and takes models below {INDEX_LIMIT} floats per buffer"
-        );
+/// Refuses plans whose sizes the generated `int` arithmetic cannot hold, naming the
+/// step (its Keras layers) that needs the largest index.
+fn check_sizes(plan: &Plan, source: &str) -> Result<()> {
+    let reach = |w: &Window| {
+        w.output
+            .saturating_mul(w.stride)
+            .saturating_add(w.kernel.saturating_mul(w.dilation))
+            .saturating_add(w.input)
+            .saturating_add(w.pad_before)
+    };
+    let step_reach = |s: &Step| {
+        let windows: &[Window] = match &s.kernel {
+            Kernel::Conv { p, .. } => &p.windows,
+            Kernel::ConvTranspose { p, .. } => &p.windows,
+            Kernel::Pool(p) => &p.windows,
+            _ => &[],
+        };
+        let weights = s
+            .kernel
+            .weights()
+            .into_iter()
+            .map(|id| plan.weights[id].data.len());
+        let buffers = s
+            .inputs
+            .iter()
+            .chain([&s.output])
+            .map(|&b| plan.buffers[b].len);
+        windows
+            .iter()
+            .map(reach)
+            .chain(weights)
+            .chain(buffers)
+            .max()
+            .unwrap_or(0)
+    };
+    let worst = plan
+        .steps
+        .iter()
+        .map(|s| (step_reach(s), s))
+        .max_by_key(|(r, _)| *r);
+    if let Some((largest, step)) = worst.filter(|(r, _)| *r >= INDEX_LIMIT) {
+        return Err(crate::error::Error::new(format!(
+            "step `{}` ({}) needs indices up to {largest}; the C backend computes them in 32-bit `int` and takes sizes below {INDEX_LIMIT}",
+            step.layers,
+            step.kernel.name()
+        ))
+        .in_file(std::path::Path::new(source)));
     }
     Ok(())
 }
