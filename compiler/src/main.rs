@@ -195,6 +195,9 @@ enum Backend {
     Interp,
     /// The compiled plan on the runtime's kernels: what generated code runs.
     Plan,
+    /// The C99 of `compile --emit c`, compiled by the host's C compiler (`$CC`, or
+    /// `cc`) and run: outputs only, not layer by layer, and not timed.
+    C,
 }
 
 impl Backend {
@@ -203,6 +206,7 @@ impl Backend {
             Backend::Jit => "jit",
             Backend::Interp => "interp",
             Backend::Plan => "plan",
+            Backend::C => "c",
         }
     }
 }
@@ -260,6 +264,13 @@ fn run_file(
         Backend::Plan => {
             let plan = Plan::new(graph)?;
             io::run_samples(graph, &file.inputs, |x| plan::exec::run(&plan, x))
+        }
+        Backend::C => {
+            let plan = Plan::new(graph)?;
+            let source = graph.source.display().to_string();
+            let program =
+                kerac_compiler::emit::c::HostProgram::build(&plan, graph.params(), &source)?;
+            io::run_samples(graph, &file.inputs, |x| program.run_arrays(x))
         }
     }
     .map_err(|e| e.in_file(input))?;
@@ -602,6 +613,9 @@ fn bench_model(
         Backend::Interp => bench::measure(runs, warmup, || {
             let _ = interp::run(&graph, &arrays);
         }),
+        Backend::C => return Err(Error::new(
+            "bench times the jit, plan or interp backends; time the C in the build it goes into",
+        )),
     };
     println!(
         "model {} ({}), batch {}",
@@ -753,6 +767,9 @@ fn with_source<T>(
             let mut jit = Jit::new(&plan)?;
             f(diagnose::Source::Jit(&plan, &mut jit))
         }
+        Backend::C => Err(Error::new(
+            "--backend c compares the model's outputs only: give --reference without --against, or take jit or plan layer by layer",
+        )),
     }
 }
 

@@ -162,7 +162,7 @@ pub fn build(
             .args(["-lc", "-lgcc", "-o"])
             .arg(case.join("harness.elf"));
     } else {
-        link.arg(c_dir.join("harness.c"))
+        link.arg(kerac_compiler::emit::c::HARNESS_PATH)
             .arg(case.join("model.o"))
             .arg("-o")
             .arg(case.join("harness"));

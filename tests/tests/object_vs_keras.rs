@@ -1,5 +1,5 @@
 //! Every fixture compiled to an object file, or to C99 source (`--emit c`), linked by a
-//! C compiler into a C program (`tests/c/harness.c`, driven only by the generated
+//! C compiler into a C program (`compiler/src/emit/harness.c`, driven only by the generated
 //! header) and run, against the outputs Keras recorded: natively on x86-64, under qemu
 //! for aarch64 and riscv64.
 //!

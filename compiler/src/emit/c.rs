@@ -12,6 +12,7 @@
 //! written out operation by operation, in the same order.
 
 use super::clif::tape::{Tape, TapeOp};
+use crate::bail;
 use crate::error::Result;
 use crate::plan::{Kernel, Plan, Step};
 use kerac::merge::{Fold, RANK};
@@ -60,6 +61,130 @@ pub fn source(plan: &Plan, prefix: &str, source: &str) -> Result<String> {
     out.push_str(&steps);
     out.push_str(&predict(plan, p));
     Ok(out)
+}
+
+/// The C program that runs a compiled model on samples from a file and writes its
+/// outputs, driven only by the header (`harness INPUTS OUTPUTS SAMPLES [RESET_EVERY]`).
+pub const HARNESS: &str = include_str!("harness.c");
+
+/// Where [`HARNESS`] is, for programs built outside the compiler.
+pub const HARNESS_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/emit/harness.c");
+
+/// A plan's C compiled by the host's C compiler (`$CC`, or `cc`) into [`HARNESS`]:
+/// what `kerac run` and `check` run with `--backend c`, so the C a user ships can be
+/// checked against Keras before it goes to the board. The folder goes when it is
+/// dropped.
+pub struct HostProgram {
+    dir: std::path::PathBuf,
+    inputs: Vec<usize>,
+    outputs: Vec<(usize, Vec<usize>)>,
+}
+
+impl HostProgram {
+    /// Writes the plan's C, its header and the harness into a fresh temporary folder
+    /// and compiles them with warnings as errors.
+    pub fn build(plan: &Plan, params: usize, source_name: &str) -> Result<HostProgram> {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let io = |e: std::io::Error| crate::error::Error::new(format!("C backend: {e}"));
+        let dir = std::env::temp_dir().join(format!(
+            "kerac-c-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        let program = HostProgram {
+            dir: dir.clone(),
+            inputs: plan
+                .inputs
+                .iter()
+                .map(|p| plan.buffers[p.buffer].len)
+                .collect(),
+            outputs: plan
+                .outputs
+                .iter()
+                .map(|p| (plan.buffers[p.buffer].len, p.shape.clone()))
+                .collect(),
+        };
+        let info = super::header::HeaderInfo {
+            prefix: "net",
+            source: source_name,
+            target: TARGET,
+            params,
+        };
+        std::fs::write(dir.join("model.h"), super::header::header(plan, &info)).map_err(io)?;
+        std::fs::write(dir.join("model.c"), source(plan, "net", source_name)?).map_err(io)?;
+        std::fs::write(dir.join("harness.c"), HARNESS).map_err(io)?;
+        let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+        let compile = |args: &[&str]| -> Result<()> {
+            let out = std::process::Command::new(&cc)
+                .args(args)
+                .current_dir(&dir)
+                .output()
+                .map_err(|e| {
+                    crate::error::Error::new(format!("C backend: cannot run `{cc}`: {e}"))
+                })?;
+            if !out.status.success() {
+                bail!(
+                    "C backend: `{cc}` failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            Ok(())
+        };
+        let mut strict = vec!["-std=c99", "-Wall", "-Wextra", "-Wpedantic", "-Werror"];
+        strict.extend(["-O2", "-c", "model.c", "-o", "model.o"]);
+        compile(&strict)?;
+        compile(&["-O2", "harness.c", "model.o", "-o", "harness"])?;
+        Ok(program)
+    }
+
+    /// Runs one call on `inputs` (in Keras's order, each of its port's shape).
+    pub fn run_arrays(&self, inputs: &[ndarray::ArrayD<f32>]) -> Result<Vec<ndarray::ArrayD<f32>>> {
+        let io = |e: std::io::Error| crate::error::Error::new(format!("C backend: {e}"));
+        if inputs.len() != self.inputs.len()
+            || inputs.iter().zip(&self.inputs).any(|(x, &n)| x.len() != n)
+        {
+            bail!("the C program takes inputs of {:?} floats", self.inputs);
+        }
+        let bytes: Vec<u8> = inputs
+            .iter()
+            .flat_map(|x| x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<_>>())
+            .collect();
+        std::fs::write(self.dir.join("inputs.bin"), bytes).map_err(io)?;
+        let out = std::process::Command::new(self.dir.join("harness"))
+            .args(["inputs.bin", "outputs.bin", "1"])
+            .current_dir(&self.dir)
+            .output()
+            .map_err(io)?;
+        if !out.status.success() {
+            bail!(
+                "C backend: the program failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let raw = std::fs::read(self.dir.join("outputs.bin")).map_err(io)?;
+        let floats: Vec<f32> = raw
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let mut at = 0;
+        self.outputs
+            .iter()
+            .map(|(n, shape)| {
+                let v = floats.get(at..at + n).unwrap_or_default().to_vec();
+                at += n;
+                ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(shape), v)
+                    .map_err(|e| crate::error::Error::new(format!("C backend: {e}")))
+            })
+            .collect()
+    }
+}
+
+impl Drop for HostProgram {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// Refuses plans whose sizes the generated `int` arithmetic cannot hold, naming the
