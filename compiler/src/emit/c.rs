@@ -11,13 +11,12 @@
 //! activations are the runtime's own polynomials, traced ([`super::clif`]'s tapes) and
 //! written out operation by operation, in the same order.
 
-use super::clif::tape::{Tape, TapeOp};
+use super::tape::{Tape, TapeOp};
 use crate::bail;
 use crate::error::Result;
 use crate::plan::{Kernel, Plan, Step};
 use kerac::merge::{Fold, RANK};
 use kerac::recurrent::Cell;
-use kerac::shape::AxisMap;
 use kerac::{Act, Window};
 use std::fmt::Write;
 
@@ -517,7 +516,19 @@ impl W {
     }
 
     fn open(&mut self, t: impl AsRef<str>) {
-        self.line(format!("{} {{", t.as_ref()));
+        let t = t.as_ref();
+        self.line(if t.is_empty() {
+            "{".to_string()
+        } else {
+            format!("{t} {{")
+        });
+        self.depth += 1;
+    }
+
+    /// `} else {`: closes a block and opens the next of the same statement.
+    fn reopen(&mut self, t: &str) {
+        self.depth -= 1;
+        self.line(format!("}} {t} {{"));
         self.depth += 1;
     }
 
@@ -631,7 +642,7 @@ impl C {
     fn traced(
         &mut self,
         what: &str,
-        f: impl FnOnce(super::clif::tape::Traced) -> super::clif::tape::Traced,
+        f: impl FnOnce(super::tape::Traced) -> super::tape::Traced,
     ) -> String {
         let name = format!("{}_{what}", self.p);
         if !self.helpers.contains(&format!("float {name}(")) {
@@ -1291,8 +1302,7 @@ impl C {
             }
             w.close();
         }
-        w.close();
-        w.open("else");
+        w.reopen("else");
         w.line(format!(
             "const float *from = y + ({} + {last_row}) * {state};",
             times("b", p.steps)
@@ -1449,7 +1459,12 @@ fn multiply_add(w: &mut W, width: usize, x: &str, wr: &str, each: Option<()>) {
 /// `y[at + u] = act(a_u)` for each accumulator; `act` is empty for linear.
 fn store(w: &mut W, width: usize, y: &str, at: &str, act: &str) {
     for u in 0..width {
-        w.line(format!("{y}[{}] = {act}(a{u});", plus(at, &u.to_string())));
+        let at = plus(at, &u.to_string());
+        if act.is_empty() {
+            w.line(format!("{y}[{at}] = a{u};"));
+        } else {
+            w.line(format!("{y}[{at}] = {act}(a{u});"));
+        }
     }
 }
 
@@ -1590,9 +1605,12 @@ fn merge(w: &mut W, fold: Fold, shape: &[usize; RANK], strides: &[[usize; RANK]]
     w.close_to(top);
 }
 
+/// Two source positions on one axis and their weights.
+type AxisTaps = [(usize, f32); 2];
+
 /// Resampling (padding, cropping, nearest and bilinear upsampling, reversal): each
-/// output position reads at most two positions per axis, with weights fixed at
-/// compile time, in tables.
+/// output position reads at most two positions per axis (the runtime's
+/// `AxisMap::taps`), with weights fixed at compile time, in tables.
 fn resample(w: &mut W, p: &kerac::shape::Resample) {
     let [id, ih, iw] = p.input;
     let c = p.channels;
@@ -1600,7 +1618,7 @@ fn resample(w: &mut W, p: &kerac::shape::Resample) {
         return;
     }
     for (nm, map) in ["d", "h", "w"].into_iter().zip(p.axes) {
-        let taps: Vec<AxisTaps> = (0..map.len()).map(|o| axis_taps(&map, o)).collect();
+        let taps: Vec<AxisTaps> = (0..map.len()).map(|o| map.taps(o)).collect();
         let n = taps.len().max(1);
         let list = |f: &dyn Fn(&AxisTaps) -> String| {
             let v: Vec<String> = taps.iter().map(f).collect();
@@ -1652,40 +1670,6 @@ fn resample(w: &mut W, p: &kerac::shape::Resample) {
     w.for_n("e", c);
     w.line("out[e] += weight * xs[e];");
     w.close_to(top);
-}
-
-/// Two source positions on one axis and their weights.
-type AxisTaps = [(usize, f32); 2];
-
-/// The two source positions and weights of output `o` on one axis (the runtime's
-/// `AxisMap::taps`, with pads and crops as one tap of weight 1 or 0).
-fn axis_taps(map: &AxisMap, o: usize) -> AxisTaps {
-    match *map {
-        AxisMap::Pad { before, input, .. } => {
-            let inside = o >= before && o - before < input;
-            [
-                (
-                    if inside { o - before } else { 0 },
-                    if inside { 1.0 } else { 0.0 },
-                ),
-                (0, 0.0),
-            ]
-        }
-        AxisMap::Crop { before, .. } => [(before + o, 1.0), (0, 0.0)],
-        AxisMap::Nearest { scale, .. } => [(o / scale.max(1), 1.0), (0, 0.0)],
-        AxisMap::Reverse { len } => [(len.saturating_sub(o + 1), 1.0), (0, 0.0)],
-        AxisMap::Bilinear { scale, input, .. } => {
-            let pos = kerac::act::fmax((o as f32 + 0.5) / scale as f32 - 0.5, 0.0);
-            let lo = (pos as usize).min(input.saturating_sub(1));
-            let hi = if lo + 1 < input {
-                lo + 1
-            } else {
-                input.saturating_sub(1)
-            };
-            let t = pos - lo as f32;
-            [(lo, 1.0 - t), (hi, t)]
-        }
-    }
 }
 
 /// A traced activation as a C function, operation by operation.

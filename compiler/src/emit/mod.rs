@@ -7,4 +7,6 @@ pub mod clif;
 #[cfg(feature = "clif")]
 pub mod header;
 pub mod rust;
+#[cfg(feature = "clif")]
+pub(crate) mod tape;
 pub mod tokens;

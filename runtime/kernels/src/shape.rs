@@ -95,7 +95,7 @@ impl AxisMap {
 
     /// The input taps of output `o`: two (position, weight) pairs; weight 0 for none.
     #[inline(always)]
-    fn taps(&self, o: usize) -> [(usize, f32); 2] {
+    pub fn taps(&self, o: usize) -> [(usize, f32); 2] {
         match *self {
             AxisMap::Pad { before, input, .. } => {
                 let inside = o >= before && o - before < input;

@@ -1,7 +1,7 @@
 //! A [`Tape`] replayed as Cranelift instructions, on floats or vectors.
 
 use super::fx::Fx;
-use super::tape::{Tape, TapeOp};
+use crate::emit::tape::{Tape, TapeOp};
 use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Type, Value};
 

@@ -2,7 +2,7 @@
 //! counts, pointer arithmetic in floats, and float operations written once for a
 //! vector of `lanes` floats or for one float (the tails, and targets without SIMD).
 
-use super::tape::Tape;
+use crate::emit::tape::Tape;
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Type, Value};
 use cranelift_frontend::{FunctionBuilder, Variable};

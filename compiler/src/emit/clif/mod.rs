@@ -13,7 +13,7 @@
 //! of the same module.
 
 // Laid out like the runtime's kernels: one file per kernel family, `dispatch` the one
-// match on `Kernel`, and leaves (`tape`, `fx`, `simd`, `window`) that import no family;
+// match on `Kernel`, and leaves (`fx`, `simd`, `window`; `tape` is `emit`'s) that import no family;
 // `asm` holds the assembled x86-64 kernels, one file per listing.
 mod act;
 mod asm;
@@ -28,7 +28,6 @@ mod pool;
 mod recurrent;
 mod shape;
 mod simd;
-pub(crate) mod tape;
 mod window;
 
 use crate::bail;

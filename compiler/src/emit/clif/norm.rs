@@ -2,7 +2,7 @@
 
 use super::fx::{Addr, Fx};
 use super::simd::{f32c, inverse_norm, reduce};
-use super::tape::Tape;
+use crate::emit::tape::Tape;
 use cranelift_codegen::ir::{types, InstBuilder, Value};
 use kerac::norm::{GroupNorm, LayerNorm, Strided};
 use kerac::Act;

@@ -5,7 +5,7 @@
 //! no branch.
 
 use super::{Asm, Refused, Wide, KREG, M, R, YMM, ZMM};
-use crate::emit::clif::tape::{Tape, TapeOp};
+use crate::emit::tape::{Tape, TapeOp};
 use iced_x86::code_asm::*;
 
 const SIGN: u32 = 0x8000_0000;

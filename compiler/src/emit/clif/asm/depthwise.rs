@@ -14,8 +14,8 @@
 
 use super::elementwise::Binary;
 use super::{disp, vectors, Asm, Ctl, Listing, Refused, Wide, M, R};
-use crate::emit::clif::tape::Tape;
 use crate::emit::clif::window::{segments, tame};
+use crate::emit::tape::Tape;
 use iced_x86::code_asm::*;
 use kerac::window::Window;
 use kerac::Act;

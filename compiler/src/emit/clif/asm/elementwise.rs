@@ -8,7 +8,7 @@
 //! along the inner axis in bytes.
 
 use super::{disp, spare, Asm, Ctl, Listing, Refused, Wide, M, R};
-use crate::emit::clif::tape::Tape;
+use crate::emit::tape::Tape;
 use iced_x86::code_asm::*;
 use kerac::merge::{Fold, RANK};
 use kerac::Act;

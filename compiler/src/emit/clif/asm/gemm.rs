@@ -12,7 +12,7 @@
 //! output channel of a block, in bytes.
 
 use super::{disp, fits, sets, spare, vectors, Asm, Ctl, Listing, Refused, Wide, M, R};
-use crate::emit::clif::tape::Tape;
+use crate::emit::tape::Tape;
 use iced_x86::code_asm::*;
 use kerac::Act;
 

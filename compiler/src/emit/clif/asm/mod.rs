@@ -17,7 +17,7 @@ mod pad;
 mod recurrent;
 
 use super::fx::Loop;
-use super::tape::Tape;
+use crate::emit::tape::Tape;
 use iced_x86::code_asm::*;
 
 /// The vector extension the assembled kernels use.

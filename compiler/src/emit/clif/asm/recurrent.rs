@@ -16,7 +16,7 @@
 
 use super::elementwise::Binary;
 use super::{disp, sets, spare, Asm, Ctl, Listing, Refused, Wide, M, R};
-use crate::emit::clif::tape::Tape;
+use crate::emit::tape::Tape;
 use iced_x86::code_asm::*;
 use kerac::recurrent::{Cell, Recurrent};
 use std::ops::Range;

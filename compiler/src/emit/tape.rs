@@ -1,8 +1,9 @@
 //! Activations traced from the runtime's own definitions: `Act::eval_lanes` runs once
-//! on a symbolic lane type that records each operation (a [`Tape`]); `act.rs` replays
-//! the record as Cranelift instructions. The native code therefore uses the same
+//! on a symbolic lane type that records each operation (a [`Tape`]); `clif/act.rs`
+//! replays the record as Cranelift instructions, `clif/asm/act.rs` as assembled
+//! vector code, and `c.rs` as C statements. Every backend therefore uses the same
 //! approximations, in the same order, with the same error bounds as the Rust backend;
-//! nothing is written twice. Knows nothing of Cranelift.
+//! nothing is written twice. Knows nothing of any backend.
 
 use kerac::act::Lanes;
 use std::cell::RefCell;
