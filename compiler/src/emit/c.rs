@@ -477,21 +477,8 @@ fn predict(plan: &Plan, p: &str) -> String {
 
 /// A step's function: `<prefix>_step<k>_<first Keras layer>`.
 fn step_name(p: &str, k: usize, step: &Step) -> String {
-    let layer: String = step
-        .layers
-        .split([' ', '+', '('])
-        .find(|s| !s.is_empty())
-        .unwrap_or("")
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .take(40)
-        .collect();
+    let first = step.layers.split([' ', '+', '(']).find(|s| !s.is_empty());
+    let layer = first.map(super::header::c_ident).unwrap_or_default();
     if layer.is_empty() {
         format!("{p}_step{k}")
     } else {
@@ -732,15 +719,7 @@ impl C {
                 let o = out_loops(&mut w, &p.windows);
                 w.line(format!(
                     "float *yp = y + {};",
-                    times(
-                        &horner(&[
-                            ("b", 1),
-                            (&o[0], wd.output),
-                            (&o[1], wh.output),
-                            (&o[2], ww.output)
-                        ]),
-                        cout
-                    )
+                    pixel(&o, [wd.output, wh.output, ww.output], cout)
                 ));
                 let depthwise = cin_g == 1 && cout_g == 1;
                 // Output channels by blocks of accumulators in registers; the taps and
@@ -761,15 +740,7 @@ impl C {
                     let (i, t) = tap_loops(w, &p.windows, &o, None);
                     w.line(format!(
                         "const float *xp = x0 + {};",
-                        times(
-                            &horner(&[
-                                ("b", 1),
-                                (&i[0], wd.input),
-                                (&i[1], wh.input),
-                                (&i[2], ww.input)
-                            ]),
-                            cin
-                        )
+                        pixel(&i, [wd.input, wh.input, ww.input], cin)
                     ));
                     let tap = times(
                         &horner(&[(&t[0], 1), (&t[1], wh.kernel), (&t[2], ww.kernel)]),
@@ -812,28 +783,12 @@ impl C {
                 let o = out_loops(&mut w, &p.windows);
                 w.line(format!(
                     "const float *xp = x0 + {};",
-                    times(
-                        &horner(&[
-                            ("b", 1),
-                            (&o[0], wd.output),
-                            (&o[1], wh.output),
-                            (&o[2], ww.output)
-                        ]),
-                        cin
-                    )
+                    pixel(&o, [wd.output, wh.output, ww.output], cin)
                 ));
                 let (i, t) = tap_loops(&mut w, &p.windows, &o, None);
                 w.line(format!(
                     "float *yp = y + {};",
-                    times(
-                        &horner(&[
-                            ("b", 1),
-                            (&i[0], wd.input),
-                            (&i[1], wh.input),
-                            (&i[2], ww.input)
-                        ]),
-                        cout
-                    )
+                    pixel(&i, [wd.input, wh.input, ww.input], cout)
                 ));
                 w.line(format!(
                     "const float *wp = {} + {};",
@@ -859,15 +814,7 @@ impl C {
                 let o = out_loops(&mut w, &p.windows);
                 w.line(format!(
                     "float *yp = y + {};",
-                    times(
-                        &horner(&[
-                            ("b", 1),
-                            (&o[0], wd.output),
-                            (&o[1], wh.output),
-                            (&o[2], ww.output)
-                        ]),
-                        c
-                    )
+                    pixel(&o, [wd.output, wh.output, ww.output], c)
                 ));
                 let init = if p.max { f32::NEG_INFINITY } else { 0.0 };
                 init_row(&mut w, "yp", c, None, init);
@@ -878,15 +825,7 @@ impl C {
                 let (i, _) = tap_loops(&mut w, &p.windows, &o, (!p.max).then_some("count++;"));
                 w.line(format!(
                     "const float *xp = x0 + {};",
-                    times(
-                        &horner(&[
-                            ("b", 1),
-                            (&i[0], wd.input),
-                            (&i[1], wh.input),
-                            (&i[2], ww.input)
-                        ]),
-                        c
-                    )
+                    pixel(&i, [wd.input, wh.input, ww.input], c)
                 ));
                 w.for_n("ch", c);
                 if p.max {
@@ -1468,6 +1407,18 @@ fn store(w: &mut W, width: usize, y: &str, at: &str, act: &str) {
     }
 }
 
+/// The offset of pixel `idx` (one index per spatial axis) of sample `b`, in a tensor
+/// of `dims` positions per axis and `c` channels.
+fn pixel(idx: &[String; 3], dims: [usize; 3], c: usize) -> String {
+    let parts = [
+        ("b", 1),
+        (&idx[0][..], dims[0]),
+        (&idx[1][..], dims[1]),
+        (&idx[2][..], dims[2]),
+    ];
+    times(&horner(&parts), c)
+}
+
 /// `y[e] = bias[e]` (or `value`) for `n` values of row `y`.
 fn init_row(w: &mut W, y: &str, n: usize, bias: Option<&str>, value: f32) {
     w.for_n("e", n);
@@ -1681,30 +1632,8 @@ fn tape_fn(name: &str, what: &str, tape: &Tape, inputs: usize) -> String {
         if !used[i] {
             continue;
         }
-        let mut mark = |j: u32| used[j as usize] = true;
-        match tape.ops[i] {
-            TapeOp::Input(_) | TapeOp::Const(_) => {}
-            TapeOp::Add(a, b)
-            | TapeOp::Sub(a, b)
-            | TapeOp::Mul(a, b)
-            | TapeOp::Div(a, b)
-            | TapeOp::Gt(a, b)
-            | TapeOp::Lt(a, b)
-            | TapeOp::Ge(a, b) => {
-                mark(a);
-                mark(b);
-            }
-            TapeOp::Select(m, a, b) => {
-                mark(m);
-                mark(a);
-                mark(b);
-            }
-            TapeOp::Neg(a)
-            | TapeOp::Trunc(a)
-            | TapeOp::Pow2Minus1(a)
-            | TapeOp::Exponent(a)
-            | TapeOp::Mantissa(a)
-            | TapeOp::Sqrt(a) => mark(a),
+        for j in tape.ops[i].operands() {
+            used[j as usize] = true;
         }
     }
     let v = |i: u32| match tape.ops[i as usize] {

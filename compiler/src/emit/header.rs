@@ -17,7 +17,7 @@ pub struct HeaderInfo<'a> {
 }
 
 /// A C identifier from a Keras name: other characters become `_`.
-fn c_ident(name: &str) -> String {
+pub(crate) fn c_ident(name: &str) -> String {
     let mut s: String = name
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })

@@ -30,6 +30,29 @@ pub(crate) enum TapeOp {
     Sqrt(u32),
 }
 
+impl TapeOp {
+    /// The operands, in order.
+    pub(crate) fn operands(&self) -> Vec<u32> {
+        match *self {
+            TapeOp::Input(_) | TapeOp::Const(_) => vec![],
+            TapeOp::Add(a, b)
+            | TapeOp::Sub(a, b)
+            | TapeOp::Mul(a, b)
+            | TapeOp::Div(a, b)
+            | TapeOp::Gt(a, b)
+            | TapeOp::Lt(a, b)
+            | TapeOp::Ge(a, b) => vec![a, b],
+            TapeOp::Select(m, a, b) => vec![m, a, b],
+            TapeOp::Neg(a)
+            | TapeOp::Trunc(a)
+            | TapeOp::Pow2Minus1(a)
+            | TapeOp::Exponent(a)
+            | TapeOp::Mantissa(a)
+            | TapeOp::Sqrt(a) => vec![a],
+        }
+    }
+}
+
 /// A recorded computation from inputs to one result.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Tape {

@@ -112,7 +112,7 @@ impl Asm {
         }
         let mut last: Vec<Vec<usize>> = work.iter().map(|w| vec![0; w.0.ops.len()]).collect();
         for (at, &(t, i)) in order.iter().enumerate() {
-            for o in operands(&work[t].0.ops[i]) {
+            for o in work[t].0.ops[i].operands() {
                 last[t][o as usize] = at;
             }
         }
@@ -135,7 +135,7 @@ impl Asm {
                     // Operands that must sit in registers but are constants get a
                     // temporary first, so that nothing they are loaded into aliases a
                     // live operand.
-                    let ops = operands(op);
+                    let ops = op.operands();
                     let mut temps = Vec::new();
                     let mut regs = [0usize; 3];
                     for (j, &o) in ops.iter().enumerate() {
@@ -313,27 +313,6 @@ fn masked(r: AsmRegisterZmm, k: usize) -> AsmRegisterZmm {
         5 => r.k5(),
         6 => r.k6(),
         _ => r.k7(),
-    }
-}
-
-/// The operands of `op`, in order.
-fn operands(op: &TapeOp) -> Vec<u32> {
-    match *op {
-        TapeOp::Input(_) | TapeOp::Const(_) => vec![],
-        TapeOp::Add(a, b)
-        | TapeOp::Sub(a, b)
-        | TapeOp::Mul(a, b)
-        | TapeOp::Div(a, b)
-        | TapeOp::Gt(a, b)
-        | TapeOp::Lt(a, b)
-        | TapeOp::Ge(a, b) => vec![a, b],
-        TapeOp::Select(m, a, b) => vec![m, a, b],
-        TapeOp::Neg(a)
-        | TapeOp::Trunc(a)
-        | TapeOp::Pow2Minus1(a)
-        | TapeOp::Exponent(a)
-        | TapeOp::Mantissa(a)
-        | TapeOp::Sqrt(a) => vec![a],
     }
 }
 
