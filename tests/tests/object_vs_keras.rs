@@ -25,9 +25,25 @@ fn work_dir(target: &str) -> PathBuf {
 /// The most FLOPs an extra (`KERAC_EXTRA_FIXTURES`) model may take to be run under qemu.
 const QEMU_EXTRA_FLOPS: u64 = 250_000_000;
 
-/// Compiles, links and runs every fixture as `code` (the extra ones only with
-/// `extras`; one file of each fixture only with `one_dialect`); returns what differs.
-fn run_all(name: &str, code: Code, tc: &Toolchain, extras: bool, one_dialect: bool) -> Vec<String> {
+/// Which of the extra (`KERAC_EXTRA_FIXTURES`) models a run takes.
+#[derive(Clone, Copy, PartialEq)]
+enum Extras {
+    None,
+    /// The `.keras` file of each: the dialects differ only in the reader, which another
+    /// run covers.
+    OneDialect,
+    Every,
+}
+
+/// Compiles, links and runs every fixture as `code` (the extra ones as `extras` says;
+/// one file of each fixture only with `one_dialect`); returns what differs.
+fn run_all(
+    name: &str,
+    code: Code,
+    tc: &Toolchain,
+    extras: Extras,
+    one_dialect: bool,
+) -> Vec<String> {
     let dir = work_dir(name);
     let mut failures = Vec::new();
     let extra = kerac_conformance::extra_fixtures_dir();
@@ -36,14 +52,11 @@ fn run_all(name: &str, code: Code, tc: &Toolchain, extras: bool, one_dialect: bo
         if !seen.insert(f.name.clone()) && one_dialect {
             continue;
         }
-        // Under qemu the large extra models take minutes each: one dialect of them (the
-        // dialects differ only in the reader, which the native runs cover).
         let emulated = tc.runner.is_some();
         let is_extra = extra.as_ref().is_some_and(|d| f.model.starts_with(d));
-        if is_extra && !extras {
-            continue;
-        }
-        if emulated && f.file != "k3.keras" && is_extra {
+        if is_extra
+            && (extras == Extras::None || extras == Extras::OneDialect && f.file != "k3.keras")
+        {
             continue;
         }
         let label = f.label();
@@ -138,13 +151,14 @@ fn cross(name: &str, target: Target, tc: Toolchain) {
     if !installed(&tc, &format!("{name} objects")) {
         return;
     }
-    let failures = run_all(name, Code::Object(target), &tc, true, false);
+    // Under qemu the large extra models take minutes each: one dialect of them.
+    let failures = run_all(name, Code::Object(target), &tc, Extras::OneDialect, false);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 /// The x86-64 targets this machine runs: baseline always, v3 with AVX2 and FMA, v4 with
 /// AVX-512F; the others are skipped with a message. The extra (keras.applications)
-/// models run through the baseline and the widest.
+/// models run through the widest in every dialect, and the baseline in one.
 #[test]
 fn x86_64_objects_linked_into_c_match_keras() {
     let runs = [
@@ -171,7 +185,13 @@ fn x86_64_objects_linked_into_c_match_keras() {
             name,
             Code::Object(target),
             &Toolchain::HOST,
-            i == 0 || i == widest,
+            if i == widest {
+                Extras::Every
+            } else if i == 0 {
+                Extras::OneDialect
+            } else {
+                Extras::None
+            },
             false,
         );
         assert!(failures.is_empty(), "{name}:\n{}", failures.join("\n"));
@@ -225,7 +245,7 @@ fn c99_source_compiles_clean_and_matches_keras() {
             &format!("c99-{cc}"),
             Code::C { flags: STRICT },
             &tc,
-            false,
+            Extras::None,
             cc == "clang",
         );
         assert!(
@@ -249,7 +269,7 @@ fn c99_on_cortex_m4_under_qemu_matches_keras() {
         "cortex-m4",
         Code::C { flags: STRICT },
         &Toolchain::CORTEX_M4,
-        false,
+        Extras::None,
         false,
     );
     assert!(failures.is_empty(), "Cortex-M4:\n{}", failures.join("\n"));
