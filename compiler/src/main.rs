@@ -262,7 +262,7 @@ fn run_file(
         }
         Backend::Interp => io::run_samples(graph, &file.inputs, |x| interp::run(graph, x)),
         Backend::Plan => {
-            let plan = Plan::new(graph)?;
+            let plan = Plan::new(graph)?.with_runtime_panels();
             io::run_samples(graph, &file.inputs, |x| plan::exec::run(&plan, x))
         }
         Backend::C => {
@@ -504,7 +504,7 @@ fn compile_rust(
     stream: bool,
 ) -> Result<ExitCode, Error> {
     let graph = model.load_as(None, stream)?;
-    let plan = Plan::new(&graph)?;
+    let plan = Plan::new(&graph)?.with_runtime_panels();
     use kerac_compiler::emit::rust::{emit_source, RustOptions, WeightsAt};
     // Beside a file, the weights go to `<file>.weights.bin`; on standard output
     // they stay inline.
@@ -605,6 +605,7 @@ fn bench_model(
             stats
         }
         Backend::Plan => {
+            let plan = plan.with_runtime_panels();
             let mut arena = Vec::new();
             bench::measure(runs, warmup, || {
                 let _ = plan::exec::run_with(&plan, isa, &mut arena, &arrays);
@@ -634,7 +635,7 @@ fn bench_model(
                 ),
             ),
             None => (
-                plan::exec::profile(&plan, isa, &arrays, runs)?,
+                plan::exec::profile(&plan.with_runtime_panels(), isa, &arrays, runs)?,
                 format!("runtime kernels, {}", isa.level().name()),
             ),
         };
@@ -759,7 +760,7 @@ fn with_source<T>(
     match backend {
         Backend::Interp => f(diagnose::Source::Interp),
         Backend::Plan => {
-            let plan = Plan::new(graph)?;
+            let plan = Plan::new(graph)?.with_runtime_panels();
             f(diagnose::Source::Plan(&plan))
         }
         Backend::Jit => {

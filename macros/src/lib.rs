@@ -125,7 +125,9 @@ fn expand(args: &Args) -> Result<proc_macro2::TokenStream, String> {
     };
     let graph =
         kerac_compiler::load(&path, weights.as_deref(), &options).map_err(|e| e.to_string())?;
-    let plan = Plan::new(&graph).map_err(|e| e.to_string())?;
+    let plan = Plan::new(&graph)
+        .map_err(|e| e.to_string())?
+        .with_runtime_panels();
     let vis = &args.vis;
     let rust = RustOptions {
         type_name: args.name.to_string(),

@@ -626,7 +626,9 @@ fn c_outputs(plan: &Plan, x: &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>, String> {
 pub fn disagreements(graph: &Graph, x: &ArrayD<f32>) -> (Vec<String>, Plan) {
     let reference = interp::run(graph, std::slice::from_ref(x)).expect("the interpreter runs");
     let plan = Plan::new(graph).unwrap_or_else(|e| panic!("plan: {e}"));
-    let ours = exec::run(&plan, std::slice::from_ref(x)).expect("the plan runs");
+    // As generated Rust runs it: convolution weights in the runtime's panels.
+    let ours =
+        exec::run(&plan.with_runtime_panels(), std::slice::from_ref(x)).expect("the plan runs");
     let jit = Jit::new(&plan)
         .and_then(|mut j| j.run_arrays(std::slice::from_ref(x)))
         .unwrap_or_else(|e| panic!("jit: {e}"));

@@ -30,6 +30,9 @@ const INDEX_LIMIT: usize = 1 << 30;
 /// C99 source for `plan`, with symbols `<prefix>_...`; `source` names the model file in
 /// the opening comment.
 pub fn source(plan: &Plan, prefix: &str, source: &str) -> Result<String> {
+    if plan.has_runtime_panels() {
+        bail!("{source}: this plan holds weights in the runtime kernels' panels, which the C does not read");
+    }
     check_sizes(plan, source)?;
     let mut c = C {
         p: prefix.to_ascii_lowercase(),

@@ -159,7 +159,8 @@ record!(kerac::conv::Conv {
     cin,
     cout,
     groups,
-    act
+    act,
+    panels
 });
 record!(kerac::conv::ConvTranspose {
     batch,

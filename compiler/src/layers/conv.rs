@@ -213,6 +213,7 @@ impl ConvOp {
             cout: self.cout,
             groups: self.groups,
             act,
+            panels: false,
         }
     }
 }

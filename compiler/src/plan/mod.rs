@@ -11,7 +11,7 @@ mod arena;
 pub mod exec;
 mod fuse;
 pub mod lower;
-mod pack;
+pub(crate) mod pack;
 mod pad;
 
 pub use pack::WEIGHT_ALIGN_FLOATS;
@@ -421,6 +421,21 @@ impl Plan {
     /// Bytes of the weight blob every backend embeds: [`Plan::weight_blob`]'s length.
     pub fn weight_bytes(&self) -> usize {
         pack::blob_floats(self) * 4
+    }
+
+    /// This plan as the runtime kernels run it fastest, for generated Rust and the plan
+    /// executor: convolutions read their weights in panels where they can (see
+    /// [`kerac::conv::Conv::panels`]). The C and native-code backends refuse it.
+    pub fn with_runtime_panels(&self) -> Plan {
+        pack::runtime_panels(self)
+    }
+
+    /// Whether some step reads its weights in the runtime kernels' panels
+    /// ([`Plan::with_runtime_panels`]).
+    pub fn has_runtime_panels(&self) -> bool {
+        self.steps
+            .iter()
+            .any(|s| matches!(&s.kernel, Kernel::Conv { p, .. } if p.panels))
     }
 
     /// The weights as every backend embeds them: each array at its offset, little-endian

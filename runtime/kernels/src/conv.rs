@@ -23,9 +23,27 @@ pub struct Conv {
     pub groups: usize,
     /// Fused activation.
     pub act: Act,
+    /// The kernel is stored in panels of [`PANEL`] output channels, each panel's rows
+    /// (taps by input channels) together, rather than `[.., cin, cout]`: every block of
+    /// channels then reads its weights as a few sequential streams, which the hardware
+    /// prefetcher follows once the weights outgrow the caches. Only where
+    /// [`Conv::can_panel`] holds; elsewhere the convolution writes nothing.
+    pub panels: bool,
 }
 
+/// Output channels per weight panel ([`Conv::panels`]): a multiple of every register
+/// width, so one layout serves every instruction set.
+pub const PANEL: usize = 16;
+
 impl Conv {
+    /// The weights may be stored in panels: one group, every tap inside the input, and
+    /// output channels a multiple of [`PANEL`].
+    pub fn can_panel(&self) -> bool {
+        self.groups == 1
+            && self.cout.is_multiple_of(PANEL)
+            && self.windows.iter().all(Window::is_valid)
+    }
+
     /// Floats of input, kernel and output.
     pub const fn sizes(&self) -> (usize, usize, usize) {
         let [d, h, w] = self.windows;
@@ -66,6 +84,7 @@ pub fn conv_in<I: Isa>(
         || w.len() < nw
         || y.len() < ny
         || bias.is_some_and(|b| b.len() < p.cout)
+        || (p.panels && !p.can_panel())
     {
         return;
     }
@@ -312,6 +331,14 @@ unsafe fn valid_block<V: Vector, const NV: usize>(
     unsafe {
         let b: [V; NV] = core::array::from_fn(|j| bias_vector(bias, co + j * l));
         let mut acc = [b; TILE];
+        // Where row 0 of each register's columns is, and how far apart rows are.
+        let (stride, cols): (usize, [usize; NV]) = if p.panels {
+            let rows = wd.kernel * wh.kernel * ww.kernel * cin;
+            let at = |c: usize| c / PANEL * rows * PANEL + c % PANEL;
+            (PANEL, core::array::from_fn(|j| at(co + j * l)))
+        } else {
+            (cout, core::array::from_fn(|j| co + j * l))
+        };
         // Undilated taps of a window row are one contiguous run in x and in w.
         let (runs, run) = if ww.dilation == 1 {
             (1, ww.kernel * cin)
@@ -324,17 +351,19 @@ unsafe fn valid_block<V: Vector, const NV: usize>(
                 for kw in 0..runs {
                     let off = (row + kw * ww.dilation) * cin;
                     let tap = (kd * wh.kernel + kh) * ww.kernel + kw;
-                    let wrow = wp.add(tap * cin * cout + co);
+                    let wrow = wp.add(tap * cin * stride);
                     let xs: [*const f32; TILE] =
                         core::array::from_fn(|t| xp.add(tile.bases[t] + off));
                     for ci in 0..run {
-                        let wr = wrow.add(ci * cout);
+                        let wr = wrow.add(ci * stride);
                         // Rows of w are `cout` apart: a stride the hardware prefetcher
                         // follows late on layers whose weights come from memory.
-                        for line in (0..NV * l).step_by(16) {
-                            crate::simd::prefetch(wr.add(PREFETCH_ROWS * cout + line));
+                        if !p.panels {
+                            for line in (0..NV * l).step_by(16) {
+                                crate::simd::prefetch(wr.add(PREFETCH_ROWS * cout + co + line));
+                            }
                         }
-                        let wv: [V; NV] = core::array::from_fn(|j| V::load(wr.add(j * l)));
+                        let wv: [V; NV] = core::array::from_fn(|j| V::load(wr.add(cols[j])));
                         for t in 0..TILE {
                             let v = V::splat(*xs[t].add(ci));
                             for j in 0..NV {
@@ -851,6 +880,8 @@ mod tests {
             (5, 70, 1, 3, 2, 1, false),
             (4, 36, 1, 3, 1, 2, false),
             (16, 112, 1, 1, 1, 1, false),
+            (8, 64, 1, 3, 1, 1, false),
+            (3, 32, 1, 3, 2, 2, false),
             (7, 52, 1, 1, 2, 1, false),
             (9, 5, 1, 2, 1, 1, false),
         ];
@@ -866,20 +897,36 @@ mod tests {
                 cout,
                 groups,
                 act: Act::Linear,
+                panels: false,
             };
             let (nx, nw, ny) = p.sizes();
             let x: Vec<f32> = (0..nx).map(|_| draw()).collect();
             let w: Vec<f32> = (0..nw).map(|_| draw()).collect();
             let bias: Vec<f32> = (0..cout).map(|_| draw()).collect();
             let expected = reference(&p, &x, &w, &bias);
-            for level in Level::ALL {
+            // The same weights in panels, where the convolution can read them so.
+            let mut layouts = std::vec![(p, w.clone())];
+            if p.can_panel() {
+                let rows = nw / cout;
+                let mut panels = Vec::new();
+                for first in (0..cout).step_by(PANEL) {
+                    for r in 0..rows {
+                        panels.extend_from_slice(&w[r * cout + first..][..PANEL]);
+                    }
+                }
+                layouts.push((Conv { panels: true, ..p }, panels));
+            }
+            for (level, (p, w)) in Level::ALL
+                .into_iter()
+                .flat_map(|l| layouts.iter().map(move |pw| (l, pw)))
+            {
                 let isa = Dispatch::detect(level);
                 if isa.level() != level {
                     std::eprintln!("{}: not on this CPU, skipped", level.name());
                     continue;
                 }
                 let mut y = std::vec![0.0; ny];
-                isa.run(Run(&p, &x, &w, &bias, &mut y));
+                isa.run(Run(p, &x, w, &bias, &mut y));
                 for (i, (a, e)) in y.iter().zip(&expected).enumerate() {
                     // Without FMA every kernel sums in the reference's order: the same
                     // bits. The wider kernels fuse the multiply-adds.

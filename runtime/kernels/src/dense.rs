@@ -63,6 +63,7 @@ pub fn dense_in<I: Isa>(
             cout: n,
             groups: 1,
             act: p.act,
+            panels: false,
         };
         conv_in::<I>(isa, &c, x, w, bias, y);
         return;

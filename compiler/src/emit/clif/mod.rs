@@ -211,6 +211,9 @@ fn listings(
     wide: Option<Wide>,
     counting: bool,
 ) -> Result<(Vec<Option<Assembly>>, Vec<u8>)> {
+    if plan.has_runtime_panels() {
+        bail!("this plan holds weights in the runtime kernels' panels, which the native code does not read");
+    }
     let mut uses = vec![0usize; plan.weights.len()];
     for step in &plan.steps {
         for w in step.kernel.weights() {
@@ -234,7 +237,10 @@ fn listings(
                 if let Some((id, rows, n, l)) = panels {
                     let weight = &plan.weights[id];
                     let at = weight.offset * 4;
-                    for (i, f) in asm::to_panels(&weight.data, rows, n, l).iter().enumerate() {
+                    for (i, f) in crate::plan::pack::to_panels(&weight.data, rows, n, l)
+                        .iter()
+                        .enumerate()
+                    {
                         blob[at + 4 * i..at + 4 * i + 4].copy_from_slice(&f.to_le_bytes());
                     }
                 }

@@ -56,6 +56,7 @@ impl Depthwise {
             cout: p.channels,
             groups: p.channels,
             act: Act::Linear,
+            panels: false,
         };
         let mut d = Depthwise::new(&conv, false)?;
         d.op = if p.max { Op::Max } else { Op::Average };

@@ -592,18 +592,6 @@ pub(super) fn panels(
     Some((w, rows, n, l))
 }
 
-/// `w` (`rows x n`, row-major) in panels of `lanes` columns, each panel's rows
-/// together.
-pub(super) fn to_panels(w: &[f32], rows: usize, n: usize, lanes: usize) -> Vec<f32> {
-    let mut out = Vec::with_capacity(w.len());
-    for p in 0..n / lanes {
-        for r in 0..rows {
-            out.extend_from_slice(&w[r * n + p * lanes..r * n + (p + 1) * lanes]);
-        }
-    }
-    out
-}
-
 impl std::fmt::Display for Refused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -620,15 +608,4 @@ impl std::fmt::Display for Refused {
 /// The constants an activation's assembled form keeps in the frame.
 pub(super) fn act_constants(tape: Option<&Tape>) -> Vec<u32> {
     tape.map(act::constants).unwrap_or_default()
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn panels_hold_each_vector_of_columns_with_its_rows_together() {
-        // 3 rows of 4 columns in panels of 2: columns 0-1 for rows 0..3, then 2-3.
-        let w: Vec<f32> = (0..12).map(|i| i as f32).collect();
-        let p = super::to_panels(&w, 3, 4, 2);
-        assert_eq!(p, [0., 1., 4., 5., 8., 9., 2., 3., 6., 7., 10., 11.]);
-    }
 }
