@@ -46,6 +46,10 @@ enum Command {
         /// Machine model of `--wcet`: cycles to fetch a 64-byte line from memory.
         #[arg(long, default_value_t = 300, requires = "wcet")]
         miss_cycles: u64,
+        /// Report the launches of `compile --emit cuda`: per step, its kernel, grid and
+        /// block.
+        #[arg(long, conflicts_with = "wcet")]
+        cuda: bool,
     },
     /// Counts the instructions of each step under Valgrind (run by `inspect --wcet`).
     #[command(hide = true)]
@@ -87,10 +91,10 @@ enum Command {
         /// (AVX2, FMA), x86_64-v4 (AVX-512F), aarch64, riscv64, or native (this one).
         #[arg(long, default_value = "x86_64")]
         target: String,
-        /// Where to write the C header (obj, c); `<output>.h` when absent.
+        /// Where to write the C header (obj, c, cuda); `<output>.h` when absent.
         #[arg(long)]
         header: Option<PathBuf>,
-        /// Symbol prefix (obj, c): `<prefix>_predict`, `<PREFIX>_INPUT0_SIZE`, ...
+        /// Symbol prefix (obj, c, cuda): `<prefix>_predict`, `<PREFIX>_INPUT0_SIZE`, ...
         #[arg(long, default_value = "net")]
         prefix: String,
         /// Streaming: each call consumes one time step of every sequence input, and
@@ -177,6 +181,9 @@ enum Emit {
     Obj,
     /// C99 source and its C header (the object's), for any chip with a C compiler.
     C,
+    /// CUDA C++ (`.cu`, one kernel per step) and its C header, for NVIDIA GPUs; it
+    /// also compiles as plain C++ for a CPU run of the same kernels.
+    Cuda,
 }
 
 /// What `check --against` compares the backend with.
@@ -198,6 +205,9 @@ enum Backend {
     /// The C99 of `compile --emit c`, compiled by the host's C compiler (`$CC`, or
     /// `cc`) and run: outputs only, not layer by layer, and not timed.
     C,
+    /// The kernels of `compile --emit cuda`, compiled as C++ for this CPU by `$CXX` (or
+    /// `c++`) and run one thread after another: outputs only, as for `c`.
+    Cuda,
 }
 
 impl Backend {
@@ -207,6 +217,7 @@ impl Backend {
             Backend::Interp => "interp",
             Backend::Plan => "plan",
             Backend::C => "c",
+            Backend::Cuda => "cuda",
         }
     }
 }
@@ -265,11 +276,15 @@ fn run_file(
             let plan = Plan::new(graph)?.with_runtime_panels();
             io::run_samples(graph, &file.inputs, |x| plan::exec::run(&plan, x))
         }
-        Backend::C => {
+        Backend::C | Backend::Cuda => {
             let plan = Plan::new(graph)?;
             let source = graph.source.display().to_string();
-            let program =
-                kerac_compiler::emit::c::HostProgram::build(&plan, graph.params(), &source)?;
+            let program = kerac_compiler::emit::c::HostProgram::build(
+                &plan,
+                graph.params(),
+                &source,
+                backend == Backend::Cuda,
+            )?;
             io::run_samples(graph, &file.inputs, |x| program.run_arrays(x))
         }
     }
@@ -301,7 +316,11 @@ fn execute(command: Command) -> Result<ExitCode, Error> {
             output,
             cycles_per_instruction,
             miss_cycles,
+            ..
         } => inspect_wcet(model, json, output, cycles_per_instruction, miss_cycles),
+        Command::Inspect {
+            model, cuda: true, ..
+        } => inspect_cuda(model),
         Command::Inspect { model, json, .. } => inspect(model, json),
         Command::CountInstructions { model, dumps } => count_in_valgrind(model, dumps),
         Command::Compile {
@@ -316,13 +335,13 @@ fn execute(command: Command) -> Result<ExitCode, Error> {
         } => compile_object(model, output, target, header, prefix, stream),
         Command::Compile {
             model,
-            emit: Emit::C,
+            emit: emit @ (Emit::C | Emit::Cuda),
             output,
             header,
             prefix,
             stream,
             ..
-        } => compile_c(model, output, header, prefix, stream),
+        } => compile_c(model, output, header, prefix, stream, emit),
         Command::Compile {
             model,
             emit: Emit::Rust,
@@ -402,6 +421,34 @@ fn inspect_wcet(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `kerac inspect --cuda`: the launches of one call of the CUDA backend's code.
+fn inspect_cuda(model: ModelArgs) -> Result<ExitCode, Error> {
+    let graph = model.load(None)?;
+    let plan = Plan::new(&graph)?;
+    let source = model.model.display().to_string();
+    let (_, launches) = kerac_compiler::emit::cuda::source_and_launches(&plan, "net", &source)
+        .map_err(|e| e.in_file(&model.model))?;
+    println!(
+        "{:<4} {:<44} {:>8} {:>8} {:>10}  layers",
+        "#", "kernel", "blocks", "threads", "total"
+    );
+    for (i, l) in launches.iter().enumerate() {
+        println!(
+            "{i:<4} {:<44} {:>8} {:>8} {:>10}  {}",
+            l.kernel,
+            l.blocks,
+            l.threads,
+            l.blocks * l.threads,
+            l.layers
+        );
+    }
+    println!(
+        "{} launches; registers and spills: nvcc --resource-usage on the .cu",
+        launches.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `kerac inspect`: the model report.
 fn inspect(model: ModelArgs, json: bool) -> Result<ExitCode, Error> {
     let graph = model.load(None)?;
@@ -473,20 +520,27 @@ fn compile_c(
     header_path: Option<PathBuf>,
     prefix: String,
     stream: bool,
+    emit: Emit,
 ) -> Result<ExitCode, Error> {
-    let output =
-        output.ok_or_else(|| Error::new("--emit c writes a file: give it with -o model.c"))?;
+    use kerac_compiler::emit::{c, cuda};
+    let output = output.ok_or_else(|| match emit {
+        Emit::Cuda => Error::new("--emit cuda writes a file: give it with -o model.cu"),
+        _ => Error::new("--emit c writes a file: give it with -o model.c"),
+    })?;
     let graph = model.load_as(None, stream)?;
     let plan = Plan::new(&graph)?;
     let source_name = model.model.display().to_string();
-    let code = kerac_compiler::emit::c::source(&plan, &prefix, &source_name)
-        .map_err(|e| e.in_file(&model.model))?;
+    let (code, target) = match emit {
+        Emit::Cuda => (cuda::source(&plan, &prefix, &source_name), cuda::TARGET),
+        _ => (c::source(&plan, &prefix, &source_name), c::TARGET),
+    };
+    let code = code.map_err(|e| e.in_file(&model.model))?;
     let text = header(
         &plan,
         &HeaderInfo {
             prefix: &prefix,
             source: &source_name,
-            target: kerac_compiler::emit::c::TARGET,
+            target,
             params: graph.params(),
         },
     );
@@ -614,8 +668,8 @@ fn bench_model(
         Backend::Interp => bench::measure(runs, warmup, || {
             let _ = interp::run(&graph, &arrays);
         }),
-        Backend::C => return Err(Error::new(
-            "bench times the jit, plan or interp backends; time the C in the build it goes into",
+        Backend::C | Backend::Cuda => return Err(Error::new(
+            "bench times the jit, plan or interp backends; time the C or CUDA in the build it goes into",
         )),
     };
     println!(
@@ -768,8 +822,8 @@ fn with_source<T>(
             let mut jit = Jit::new(&plan)?;
             f(diagnose::Source::Jit(&plan, &mut jit))
         }
-        Backend::C => Err(Error::new(
-            "--backend c compares the model's outputs only: give --reference without --against, or take jit or plan layer by layer",
+        Backend::C | Backend::Cuda => Err(Error::new(
+            "--backend c and cuda compare the model's outputs only: give --reference without --against, or take jit or plan layer by layer",
         )),
     }
 }

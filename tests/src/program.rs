@@ -1,4 +1,5 @@
-//! A compiled model inside a C program: the plan as an object file or as C99 source,
+//! A compiled model inside a C program: the plan as an object file, as C99 source or as
+//! CUDA C++ built for the CPU,
 //! its header, and a harness (`tests/c/`) that knows the model only through the header;
 //! linked by a C compiler and run natively, under qemu-user, or on a Cortex-M4 board
 //! under qemu-system-arm.
@@ -75,6 +76,39 @@ pub enum Code {
     Object(Target),
     /// C99 source, compiled with these flags.
     C { flags: &'static [&'static str] },
+    /// CUDA C++ (`--emit cuda`) compiled as C++17 for the CPU by this compiler, with
+    /// warnings as errors: the kernels run through the file's mapping onto loops.
+    CudaOnHost { cxx: &'static str },
+    /// CUDA C++ compiled by [`nvcc`] for the GPU `arch` (`native`: this machine's) and
+    /// run on it (`tests/c/cuda_gpu_harness.cu` gives the harness its `net_predict`).
+    CudaOnGpu { arch: &'static str },
+}
+
+/// nvcc: `KERAC_NVCC`, or `nvcc` on the path; `None` where neither runs.
+pub fn nvcc() -> Option<String> {
+    let nvcc = std::env::var("KERAC_NVCC").unwrap_or_else(|_| "nvcc".into());
+    available(&nvcc).then_some(nvcc)
+}
+
+/// True where an NVIDIA GPU answers (`nvidia-smi -L` lists one).
+pub fn gpu_present() -> bool {
+    Command::new("nvidia-smi")
+        .arg("-L")
+        .output()
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("GPU"))
+}
+
+/// Runs `cmd`, an error with its output where it fails.
+fn run_tool(mut cmd: Command, what: &str) -> Result<(), String> {
+    let out = cmd.output().map_err(|e| format!("{what}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{what} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
 }
 
 /// The warnings the C backend's output compiles clean under.
@@ -100,6 +134,7 @@ pub fn build(
     let target = match code {
         Code::Object(t) => t.name(),
         Code::C { .. } => c::TARGET,
+        Code::CudaOnHost { .. } | Code::CudaOnGpu { .. } => kerac_compiler::emit::cuda::TARGET,
     };
     let info = HeaderInfo {
         prefix: "net",
@@ -137,6 +172,54 @@ pub fn build(
                     String::from_utf8_lossy(&out.stderr)
                 ));
             }
+        }
+        Code::CudaOnHost { cxx } => {
+            let text = kerac_compiler::emit::cuda::source(plan, "net", source)
+                .map_err(|e| e.to_string())?;
+            std::fs::write(case.join("model.cu"), text).map_err(|e| e.to_string())?;
+            let mut cmd = Command::new(cxx);
+            cmd.args(["-x", "c++", "-std=c++17", "-fno-exceptions"])
+                .args(["-Wall", "-Wextra", "-Wpedantic", "-Werror", "-O1", "-c"])
+                .arg(case.join("model.cu"))
+                .arg("-o")
+                .arg(case.join("model.o"));
+            run_tool(cmd, &format!("{cxx} on model.cu"))?;
+        }
+        Code::CudaOnGpu { arch } => {
+            let nvcc = nvcc().ok_or("no nvcc (set KERAC_NVCC)")?;
+            let text = kerac_compiler::emit::cuda::source(plan, "net", source)
+                .map_err(|e| e.to_string())?;
+            std::fs::write(case.join("model.cu"), text).map_err(|e| e.to_string())?;
+            let c_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("c");
+            let nv = || {
+                let mut cmd = Command::new(&nvcc);
+                cmd.args(["-std=c++17", "-O2", "-Werror", "all-warnings"])
+                    .arg(format!("-arch={arch}"))
+                    .arg("-I")
+                    .arg(case);
+                cmd
+            };
+            let mut model = nv();
+            model
+                .arg("-c")
+                .arg(case.join("model.cu"))
+                .arg("-o")
+                .arg(case.join("model.o"));
+            run_tool(model, "nvcc on model.cu")?;
+            let mut gpu = nv();
+            gpu.arg("-c")
+                .arg(c_dir.join("cuda_gpu_harness.cu"))
+                .arg("-o")
+                .arg(case.join("gpu.o"));
+            run_tool(gpu, "nvcc on cuda_gpu_harness.cu")?;
+            let mut link = nv();
+            link.arg(kerac_compiler::emit::c::HARNESS_PATH)
+                .arg(case.join("model.o"))
+                .arg(case.join("gpu.o"))
+                .arg("-o")
+                .arg(case.join("harness"));
+            run_tool(link, "nvcc linking the harness")?;
+            return Ok(true);
         }
     }
     let c_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("c");

@@ -1,7 +1,8 @@
-//! Every fixture compiled to an object file, or to C99 source (`--emit c`), linked by a
-//! C compiler into a C program (`compiler/src/emit/harness.c`, driven only by the generated
-//! header) and run, against the outputs Keras recorded: natively on x86-64, under qemu
-//! for aarch64 and riscv64.
+//! Every fixture compiled to an object file, to C99 source (`--emit c`) or to CUDA C++
+//! (`--emit cuda`), linked into a C program (`compiler/src/emit/harness.c`, driven only
+//! by the generated header) and run, against the outputs Keras recorded: natively on
+//! x86-64, under qemu for aarch64 and riscv64, and on a GPU where there is one. The
+//! CUDA C++ is also compiled by nvcc for the GPUs users have, which needs no GPU.
 //!
 //! The cross compilers and qemu come from Debian (`gcc-aarch64-linux-gnu`,
 //! `gcc-riscv64-linux-gnu`, `qemu-user`); `.ci/run` installs them. Without them the
@@ -255,6 +256,62 @@ fn c99_source_compiles_clean_and_matches_keras() {
     }
 }
 
+/// The CUDA backend's source (`--emit cuda`) compiled as C++ for the CPU, with warnings
+/// as errors, and run through its mapping of the launches onto loops: the same kernels
+/// a GPU runs, one file of each fixture. The keras.applications models stay out, as for
+/// the C.
+#[test]
+fn cuda_source_on_the_host_matches_keras() {
+    let tc = Toolchain {
+        cc: "g++",
+        ..Toolchain::HOST
+    };
+    if !installed(&tc, "CUDA C++ on the host") {
+        return;
+    }
+    let failures = run_all(
+        "cuda-host",
+        Code::CudaOnHost { cxx: "g++" },
+        &Toolchain::HOST,
+        Extras::None,
+        true,
+    );
+    assert!(
+        failures.is_empty(),
+        "CUDA on the host:\n{}",
+        failures.join("\n")
+    );
+    eprintln!("CUDA C++ on the host: every fixture matches Keras");
+}
+
+/// One file of each fixture on an NVIDIA GPU through the CUDA backend, compiled by nvcc
+/// for that GPU: skipped, with a message, where none answers (`tests/cuda_gpu.sh` runs
+/// it on a machine with one).
+#[test]
+fn cuda_on_the_gpu_matches_keras() {
+    if !program::gpu_present() {
+        eprintln!("skipping the CUDA run on a GPU: nvidia-smi lists none");
+        return;
+    }
+    assert!(
+        program::nvcc().is_some(),
+        "a GPU, but no nvcc: set KERAC_NVCC"
+    );
+    let failures = run_all(
+        "cuda-gpu",
+        Code::CudaOnGpu { arch: "native" },
+        &Toolchain::HOST,
+        Extras::None,
+        true,
+    );
+    assert!(
+        failures.is_empty(),
+        "CUDA on the GPU:\n{}",
+        failures.join("\n")
+    );
+    eprintln!("CUDA on the GPU: every fixture matches Keras");
+}
+
 /// Every fixture that fits the board's memory, as C99 compiled by `arm-none-eabi-gcc`
 /// for a Cortex-M4 with its FPU and run on QEMU's mps2-an386 (4 MiB for code and
 /// weights, 4 MiB for data).
@@ -271,4 +328,109 @@ fn c99_on_cortex_m4_under_qemu_matches_keras() {
         false,
     );
     assert!(failures.is_empty(), "Cortex-M4:\n{}", failures.join("\n"));
+}
+
+/// The GPUs the CUDA backend's source is compiled for: T4-class, Jetson Orin, H100/H200.
+const CUDA_ARCHS: [&str; 3] = ["75", "87", "90"];
+
+/// Most registers a thread of a generated kernel may take: 128 leaves room for two
+/// blocks of 256 threads on every SM of these GPUs.
+const CUDA_MAX_REGISTERS: usize = 128;
+
+/// The CUDA backend's source of one file of each fixture, compiled by nvcc for every
+/// GPU in [`CUDA_ARCHS`] with warnings as errors; no kernel may spill or take more than
+/// [`CUDA_MAX_REGISTERS`] registers (`--resource-usage`). No GPU is needed.
+#[test]
+fn cuda_source_compiles_under_nvcc() {
+    let Some(nvcc) = program::nvcc() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have nvcc (KERAC_NVCC, installed by .ci/run)"
+        );
+        eprintln!("skipping the nvcc check: no nvcc (set KERAC_NVCC)");
+        return;
+    };
+    let dir = work_dir("cuda-nvcc");
+    let extra = kerac_conformance::extra_fixtures_dir();
+    let mut seen = std::collections::HashSet::new();
+    let mut failures = Vec::new();
+    let (mut kernels, mut most) = (0, 0);
+    for f in fixtures() {
+        if !seen.insert(f.name.clone()) || extra.as_ref().is_some_and(|d| f.model.starts_with(d)) {
+            continue;
+        }
+        let label = f.label();
+        let result = (|| -> Result<(usize, usize), String> {
+            let reference = IoFile::read(&f.reference).map_err(|e| e.to_string())?;
+            let graph = load(&f, &reference).map_err(|e| e.to_string())?;
+            let plan = Plan::new(&graph).map_err(|e| e.to_string())?;
+            let source = f.model.display().to_string();
+            let text = kerac_compiler::emit::cuda::source(&plan, "net", &source)
+                .map_err(|e| e.to_string())?;
+            let cu = dir.join(format!("{}.cu", label.replace('/', "_")));
+            std::fs::write(&cu, text).map_err(|e| e.to_string())?;
+            let mut cmd = std::process::Command::new(&nvcc);
+            cmd.args([
+                "-std=c++17",
+                "-c",
+                "-Werror",
+                "all-warnings",
+                "--resource-usage",
+            ]);
+            for a in CUDA_ARCHS {
+                cmd.arg("-gencode")
+                    .arg(format!("arch=compute_{a},code=sm_{a}"));
+            }
+            let out = cmd
+                .arg(&cu)
+                .arg("-o")
+                .arg(cu.with_extension("o"))
+                .output()
+                .map_err(|e| e.to_string())?;
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            if !out.status.success() {
+                return Err(format!("nvcc failed:\n{text}"));
+            }
+            let (mut count, mut registers) = (0, 0);
+            for line in text.lines() {
+                if let Some(n) = number_before(line, " registers") {
+                    count += 1;
+                    registers = registers.max(n);
+                }
+                if number_before(line, " bytes spill stores").is_some_and(|n| n > 0) {
+                    return Err(format!("a kernel spills: {line}"));
+                }
+            }
+            if registers > CUDA_MAX_REGISTERS {
+                return Err(format!(
+                    "a kernel takes {registers} registers (at most {CUDA_MAX_REGISTERS})"
+                ));
+            }
+            let _ = std::fs::remove_file(&cu);
+            let _ = std::fs::remove_file(cu.with_extension("o"));
+            Ok((count, registers))
+        })();
+        match result {
+            Ok((n, r)) => {
+                kernels += n;
+                most = most.max(r);
+            }
+            Err(e) => failures.push(format!("{label}: {e}")),
+        }
+    }
+    assert!(failures.is_empty(), "nvcc:\n{}", failures.join("\n"));
+    eprintln!(
+        "nvcc: every fixture compiles for sm_{}; {kernels} kernels, at most {most} registers, no spills",
+        CUDA_ARCHS.join(", sm_")
+    );
+}
+
+/// The number just before `what` in a line of ptxas's report.
+fn number_before(line: &str, what: &str) -> Option<usize> {
+    let head = &line[..line.find(what)?];
+    head.split_whitespace().last()?.parse().ok()
 }

@@ -177,16 +177,19 @@ fn model_macro_streamed_step_by_step_matches_keras() {
 }
 
 /// The C backend streamed through a C program: every recorded sequence's steps in one
-/// run, the state reset at each sequence's start. Natively (gcc), and on the Cortex-M4
-/// under qemu-system-arm when its tools are there (CI has them).
+/// run, the state reset at each sequence's start. Natively (gcc), on the Cortex-M4
+/// under qemu-system-arm when its tools are there (CI has them), and the CUDA
+/// backend's kernels built for the CPU (g++).
 #[test]
 fn c99_streamed_step_by_step_matches_keras() {
     use kerac_conformance::program::{self, Code, Toolchain, STRICT};
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("streamed-c");
     let mut failures = Vec::new();
-    for (what, tc) in [
-        ("gcc", Toolchain::HOST),
-        ("cortex-m4", Toolchain::CORTEX_M4),
+    let cuda = Code::CudaOnHost { cxx: "g++" };
+    for (what, tc, code) in [
+        ("gcc", Toolchain::HOST, Code::C { flags: STRICT }),
+        ("cortex-m4", Toolchain::CORTEX_M4, Code::C { flags: STRICT }),
+        ("cuda on the host", Toolchain::HOST, cuda),
     ] {
         let missing = tc.missing();
         if !missing.is_empty() {
@@ -199,7 +202,7 @@ fn c99_streamed_step_by_step_matches_keras() {
         }
         for &name in compiled::STREAMED {
             for file in FILES {
-                let label = format!("{name}/{file} (C, {what})");
+                let label = format!("{name}/{file} ({what})");
                 let plan = stream_plan(name, file);
                 let reference = reference(name, file);
                 let case = dir.join(what).join(format!("{name}_{file}"));
@@ -214,11 +217,10 @@ fn c99_streamed_step_by_step_matches_keras() {
                         }
                     }
                 }
-                let ran = program::build(&plan, 0, name, Code::C { flags: STRICT }, &tc, &case)
-                    .and_then(|fits| {
-                        assert!(fits, "{label} does not fit the board");
-                        program::run(&tc, &case, &inputs, samples * steps, steps)
-                    });
+                let ran = program::build(&plan, 0, name, code, &tc, &case).and_then(|fits| {
+                    assert!(fits, "{label} does not fit the board");
+                    program::run(&tc, &case, &inputs, samples * steps, steps)
+                });
                 let outputs = match ran {
                     Ok(o) => o,
                     Err(e) => {

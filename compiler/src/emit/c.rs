@@ -34,11 +34,7 @@ pub fn source(plan: &Plan, prefix: &str, source: &str) -> Result<String> {
         bail!("{source}: this plan holds weights in the runtime kernels' panels, which the C does not read");
     }
     check_sizes(plan, source)?;
-    let mut c = C {
-        p: prefix.to_ascii_lowercase(),
-        acts: Vec::new(),
-        helpers: String::new(),
-    };
+    let mut c = C::new(prefix, false);
     let mut steps = String::new();
     for (k, step) in plan.steps.iter().enumerate() {
         steps.push_str(&c.step(plan, k, step)?);
@@ -74,8 +70,9 @@ pub const HARNESS_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/emit/ha
 
 /// A plan's C compiled by the host's C compiler (`$CC`, or `cc`) into [`HARNESS`]:
 /// what `kerac run` and `check` run with `--backend c`, so the C a user ships can be
-/// checked against Keras before it goes to the board. The folder goes when it is
-/// dropped.
+/// checked against Keras before it goes to the board. With `cuda`, the plan's CUDA
+/// C++ compiled for the CPU by `$CXX` (or `c++`) instead (`--backend cuda`). The
+/// folder goes when it is dropped.
 pub struct HostProgram {
     dir: std::path::PathBuf,
     inputs: Vec<usize>,
@@ -85,7 +82,7 @@ pub struct HostProgram {
 impl HostProgram {
     /// Writes the plan's C, its header and the harness into a fresh temporary folder
     /// and compiles them with warnings as errors.
-    pub fn build(plan: &Plan, params: usize, source_name: &str) -> Result<HostProgram> {
+    pub fn build(plan: &Plan, params: usize, source_name: &str, cuda: bool) -> Result<HostProgram> {
         use std::sync::atomic::{AtomicUsize, Ordering};
         static N: AtomicUsize = AtomicUsize::new(0);
         let io = |e: std::io::Error| crate::error::Error::new(format!("C backend: {e}"));
@@ -111,15 +108,21 @@ impl HostProgram {
         let info = super::header::HeaderInfo {
             prefix: "net",
             source: source_name,
-            target: TARGET,
+            target: if cuda { super::cuda::TARGET } else { TARGET },
             params,
         };
         std::fs::write(dir.join("model.h"), super::header::header(plan, &info)).map_err(io)?;
-        std::fs::write(dir.join("model.c"), source(plan, "net", source_name)?).map_err(io)?;
+        if cuda {
+            let text = super::cuda::source(plan, "net", source_name)?;
+            std::fs::write(dir.join("model.cu"), text).map_err(io)?;
+        } else {
+            std::fs::write(dir.join("model.c"), source(plan, "net", source_name)?).map_err(io)?;
+        }
         std::fs::write(dir.join("harness.c"), HARNESS).map_err(io)?;
         let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-        let compile = |args: &[&str]| -> Result<()> {
-            let out = std::process::Command::new(&cc)
+        let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+        let compile = |cc: &str, args: &[&str]| -> Result<()> {
+            let out = std::process::Command::new(cc)
                 .args(args)
                 .current_dir(&dir)
                 .output()
@@ -134,10 +137,19 @@ impl HostProgram {
             }
             Ok(())
         };
-        let mut strict = vec!["-std=c99", "-Wall", "-Wextra", "-Wpedantic", "-Werror"];
-        strict.extend(["-O2", "-c", "model.c", "-o", "model.o"]);
-        compile(&strict)?;
-        compile(&["-O2", "harness.c", "model.o", "-o", "harness"])?;
+        let warnings = ["-Wall", "-Wextra", "-Wpedantic", "-Werror", "-O2", "-c"];
+        if cuda {
+            let mut args = vec!["-x", "c++", "-std=c++17", "-fno-exceptions"];
+            args.extend(warnings);
+            args.extend(["model.cu", "-o", "model.o"]);
+            compile(&cxx, &args)?;
+        } else {
+            let mut args = vec!["-std=c99"];
+            args.extend(warnings);
+            args.extend(["model.c", "-o", "model.o"]);
+            compile(&cc, &args)?;
+        }
+        compile(&cc, &["-O2", "harness.c", "model.o", "-o", "harness"])?;
         Ok(program)
     }
 
@@ -191,7 +203,7 @@ impl Drop for HostProgram {
 
 /// Refuses plans whose sizes the generated `int` arithmetic cannot hold, naming the
 /// step (its Keras layers) that needs the largest index.
-fn check_sizes(plan: &Plan, source: &str) -> Result<()> {
+pub(super) fn check_sizes(plan: &Plan, source: &str) -> Result<()> {
     let reach = |w: &Window| {
         w.output
             .saturating_mul(w.stride)
@@ -242,7 +254,7 @@ fn check_sizes(plan: &Plan, source: &str) -> Result<()> {
 
 /// The prelude's definitions `body` needs, directly or through another: an unused
 /// `static` function would warn.
-fn prelude(body: &str) -> String {
+pub(super) fn prelude(body: &str) -> String {
     let chunks: Vec<&str> = PRELUDE.split("\n\n").collect();
     let name = |chunk: &str| {
         let line = chunk.lines().find(|l| l.starts_with("static inline"))?;
@@ -360,9 +372,12 @@ static inline float kerac_mantissa(float x) {
 }
 
 /* The square root: the FPU's instruction where there is one, else four Newton steps
- * from a bit-level guess (as the runtime on targets without one). */
+ * from a bit-level guess (as the runtime on targets without one). On a GPU, the
+ * correctly rounded one. */
 static inline float kerac_sqrt(float x) {
-#if defined(__GNUC__) && defined(__ARM_FP) && !defined(__aarch64__)
+#if defined(__CUDA_ARCH__)
+    return __fsqrt_rn(x);
+#elif defined(__GNUC__) && defined(__ARM_FP) && !defined(__aarch64__)
     float r;
     __asm__("vsqrt.f32 %0, %1" : "=t"(r) : "t"(x));
     return r;
@@ -385,7 +400,7 @@ static inline float kerac_sqrt(float x) {
 "#;
 
 /// A float as a C literal that reads back to the same bits.
-fn flt(v: f32) -> String {
+pub(super) fn flt(v: f32) -> String {
     if v.is_nan() {
         return "KERAC_NAN".into();
     }
@@ -407,7 +422,7 @@ fn flt(v: f32) -> String {
 }
 
 /// `static const float` arrays, one per weight, in flash on a microcontroller.
-fn weights(plan: &Plan, p: &str) -> String {
+pub(super) fn weights(plan: &Plan, p: &str) -> String {
     let mut out = String::new();
     for (id, w) in plan.weights.iter().enumerate() {
         let _ = writeln!(out, "/* {} */", w.name.replace("*/", "* /"));
@@ -479,7 +494,7 @@ fn predict(plan: &Plan, p: &str) -> String {
 }
 
 /// A step's function: `<prefix>_step<k>_<first Keras layer>`.
-fn step_name(p: &str, k: usize, step: &Step) -> String {
+pub(super) fn step_name(p: &str, k: usize, step: &Step) -> String {
     let first = step.layers.split([' ', '+', '(']).find(|s| !s.is_empty());
     let layer = first.map(super::header::c_ident).unwrap_or_default();
     if layer.is_empty() {
@@ -490,22 +505,34 @@ fn step_name(p: &str, k: usize, step: &Step) -> String {
 }
 
 /// Indented C text.
+///
+/// For CUDA ([`super::cuda`]), loops opened while [`W::par`] is on are not written: they
+/// are the kernel's thread grid, and [`W::take_grid`] gives their variables and extents
+/// for the index arithmetic that replaces them. `depth` counts every open block, those
+/// loops included, so that `close_to` pairs with it in both dialects.
 #[derive(Default)]
-struct W {
-    s: String,
-    depth: usize,
+pub(super) struct W {
+    pub(super) s: String,
+    pub(super) depth: usize,
+    /// Per open block: whether it was written (a brace) or is a thread-grid loop.
+    written: Vec<bool>,
+    /// CUDA output: [`W::par`] takes effect.
+    pub(super) cuda: bool,
+    par: bool,
+    grid: Vec<(String, usize)>,
 }
 
 impl W {
-    fn line(&mut self, t: impl AsRef<str>) {
-        for _ in 0..self.depth {
+    pub(super) fn line(&mut self, t: impl AsRef<str>) {
+        let indent = self.written.iter().filter(|w| **w).count();
+        for _ in 0..indent {
             self.s.push_str("    ");
         }
         self.s.push_str(t.as_ref());
         self.s.push('\n');
     }
 
-    fn open(&mut self, t: impl AsRef<str>) {
+    pub(super) fn open(&mut self, t: impl AsRef<str>) {
         let t = t.as_ref();
         self.line(if t.is_empty() {
             "{".to_string()
@@ -513,26 +540,48 @@ impl W {
             format!("{t} {{")
         });
         self.depth += 1;
+        self.written.push(true);
     }
 
     /// `} else {`: closes a block and opens the next of the same statement.
     fn reopen(&mut self, t: &str) {
-        self.depth -= 1;
+        self.written.pop();
         self.line(format!("}} {t} {{"));
-        self.depth += 1;
+        self.written.push(true);
     }
 
-    fn close(&mut self) {
+    pub(super) fn close(&mut self) {
         self.depth -= 1;
-        self.line("}");
+        if self.written.pop().unwrap_or(true) {
+            self.line("}");
+        }
     }
 
-    /// `for (int v = 0; v < n; v++) {`.
-    fn for_n(&mut self, v: &str, n: usize) {
-        self.open(format!("for (int {v} = 0; {v} < {n}; {v}++)"));
+    /// `for (int v = 0; v < n; v++) {`, or with [`W::par`] on, one axis of the thread
+    /// grid.
+    pub(super) fn for_n(&mut self, v: &str, n: usize) {
+        if self.cuda && self.par {
+            self.grid.push((v.to_string(), n));
+            self.depth += 1;
+            self.written.push(false);
+        } else {
+            self.open(format!("for (int {v} = 0; {v} < {n}; {v}++)"));
+        }
     }
 
-    fn close_to(&mut self, depth: usize) {
+    /// From here, loops are axes of the thread grid (CUDA only). A grid loop holds
+    /// nothing after its inner grid loop, so that each thread's share is exactly the
+    /// body; what comes before it is recomputed by every thread.
+    pub(super) fn par(&mut self, on: bool) {
+        self.par = on;
+    }
+
+    /// The grid's loops, outermost first, and forgets them.
+    pub(super) fn take_grid(&mut self) -> Vec<(String, usize)> {
+        std::mem::take(&mut self.grid)
+    }
+
+    pub(super) fn close_to(&mut self, depth: usize) {
         while self.depth > depth {
             self.close();
         }
@@ -541,7 +590,7 @@ impl W {
 
 /// `(a) * n + v` in Horner form over `(index, extent)` pairs, outermost first, with
 /// zero indices and unit extents left out.
-fn horner(parts: &[(&str, usize)]) -> String {
+pub(super) fn horner(parts: &[(&str, usize)]) -> String {
     let mut acc = String::from("0");
     for &(v, n) in parts {
         let scaled = if acc == "0" || n == 1 {
@@ -568,7 +617,7 @@ fn paren(s: &str) -> String {
 }
 
 /// True when `body` reads the variable `name` (not merely a longer name).
-fn mentions(body: &str, name: &str) -> bool {
+pub(super) fn mentions(body: &str, name: &str) -> bool {
     let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
     body.match_indices(name).any(|(i, _)| {
         let before = body[..i].chars().next_back().is_none_or(|c| !word(c));
@@ -581,7 +630,7 @@ fn mentions(body: &str, name: &str) -> bool {
 }
 
 /// `a * k` with the trivial cases folded.
-fn times(a: &str, k: usize) -> String {
+pub(super) fn times(a: &str, k: usize) -> String {
     match (a, k) {
         ("0", _) | (_, 0) => "0".into(),
         (_, 1) => a.into(),
@@ -590,7 +639,7 @@ fn times(a: &str, k: usize) -> String {
 }
 
 /// `base + off`, folding a zero offset.
-fn plus(base: &str, off: &str) -> String {
+pub(super) fn plus(base: &str, off: &str) -> String {
     if off == "0" {
         base.to_string()
     } else {
@@ -599,16 +648,30 @@ fn plus(base: &str, off: &str) -> String {
 }
 
 /// Generator state: the activation functions written so far.
-struct C {
-    p: String,
+pub(super) struct C {
+    pub(super) p: String,
     acts: Vec<(Act, String)>,
-    helpers: String,
+    pub(super) helpers: String,
+    /// CUDA kernels instead of C functions ([`super::cuda`]).
+    pub(super) cuda: bool,
+    /// Each step's kernel and its threads (CUDA).
+    pub(super) grids: Vec<usize>,
 }
 
 impl C {
+    pub(super) fn new(prefix: &str, cuda: bool) -> C {
+        C {
+            p: prefix.to_ascii_lowercase(),
+            acts: Vec::new(),
+            helpers: String::new(),
+            cuda,
+            grids: Vec::new(),
+        }
+    }
+
     /// The name of a C function computing `act` (traced from the runtime), written to
     /// the helpers the first time it is asked for.
-    fn act_fn(&mut self, act: Act) -> String {
+    pub(super) fn act_fn(&mut self, act: Act) -> String {
         if let Some((_, name)) = self.acts.iter().find(|(a, _)| *a == act) {
             return name.clone();
         }
@@ -644,7 +707,7 @@ impl C {
 
     /// The function applying `act` to a value, or nothing (a parenthesised value) for
     /// linear.
-    fn act_call(&mut self, act: Act) -> String {
+    pub(super) fn act_call(&mut self, act: Act) -> String {
         if act == Act::Linear {
             String::new()
         } else {
@@ -663,16 +726,23 @@ impl C {
         w.close();
     }
 
-    /// One step's function.
-    fn step(&mut self, plan: &Plan, k: usize, step: &Step) -> Result<String> {
-        let mut w = W::default();
+    /// One step's function, or with `cuda` its kernel.
+    pub(super) fn step(&mut self, plan: &Plan, k: usize, step: &Step) -> Result<String> {
+        let mut w = W {
+            cuda: self.cuda,
+            ..W::default()
+        };
         let prefix = self.p.clone();
         let weight = move |id: usize| format!("{prefix}_w{id}");
+        let restrict = if self.cuda {
+            "__restrict__"
+        } else {
+            "restrict"
+        };
         let mut params: Vec<String> = (0..step.inputs.len())
-            .map(|i| format!("const float *restrict x{i}"))
+            .map(|i| format!("const float *{restrict} x{i}"))
             .collect();
-        params.push("float *restrict y".into());
-        let len = |b: usize| plan.buffers[b].len;
+        params.push(format!("float *{restrict} y"));
         let loops: Vec<String> = step
             .kernel
             .loops()
@@ -687,10 +757,43 @@ impl C {
             step.flops
         ));
         w.open(format!(
-            "static void {}({})",
+            "static {}void {}({})",
+            if self.cuda { "__global__ " } else { "" },
             step_name(&self.p, k, step),
             params.join(", ")
         ));
+        let head = w.s.len();
+        if self.cuda && super::cuda::kernel(self, &mut w, step, &weight) {
+            // A kernel of its own, one thread per output.
+        } else {
+            self.body(&mut w, plan, step, &weight)?;
+        }
+        // A parameter the kernel does not read would warn.
+        let body = w.s[head..].to_string();
+        for i in 0..step.inputs.len() {
+            if !mentions(&body, &format!("x{i}")) {
+                w.line(format!("(void)x{i};"));
+            }
+        }
+        w.close();
+        if self.cuda {
+            let grid = w.take_grid();
+            let (index, threads) = super::cuda::thread_index(&grid, &body);
+            w.s.insert_str(head, &index);
+            self.grids.push(threads);
+        }
+        Ok(w.s)
+    }
+
+    /// The computation of one step, in the function [`C::step`] opened.
+    fn body(
+        &mut self,
+        w: &mut W,
+        plan: &Plan,
+        step: &Step,
+        weight: &dyn Fn(usize) -> String,
+    ) -> Result<()> {
+        let len = |b: usize| plan.buffers[b].len;
         match &step.kernel {
             Kernel::Dense { p, w: kw, b } => {
                 let wn = weight(*kw);
@@ -699,7 +802,7 @@ impl C {
                 w.for_n("r", p.rows);
                 w.line(format!("float *yr = y + {};", times("r", p.n)));
                 w.line(format!("const float *xr = x0 + {};", times("r", p.k)));
-                blocks(&mut w, p.n, |w, at, width| {
+                blocks(w, p.n, |w, at, width| {
                     accumulators(w, width, bias.as_deref(), &at);
                     w.for_n("i", p.k);
                     w.line("const float xv = xr[i];");
@@ -719,7 +822,7 @@ impl C {
                 let act = self.act_call(p.act);
                 let top = w.depth;
                 w.for_n("b", p.batch);
-                let o = out_loops(&mut w, &p.windows);
+                let o = out_loops(w, &p.windows);
                 w.line(format!(
                     "float *yp = y + {};",
                     pixel(&o, [wd.output, wh.output, ww.output], cout)
@@ -733,7 +836,7 @@ impl C {
                     w.for_n("g", groups);
                     (cout_g, Some(times("g", cout_g)))
                 };
-                blocks(&mut w, per_group, |w, at, width| {
+                blocks(w, per_group, |w, at, width| {
                     let at = match &group {
                         Some(g) => plus(g, &at),
                         None => at,
@@ -780,15 +883,15 @@ impl C {
                 let top = w.depth;
                 w.for_n("q", pixels);
                 w.line(format!("float *yq = y + {};", times("q", cout)));
-                init_row(&mut w, "yq", cout, b.map(&weight).as_deref(), 0.0);
+                init_row(w, "yq", cout, b.map(&weight).as_deref(), 0.0);
                 w.close();
                 w.for_n("b", p.batch);
-                let o = out_loops(&mut w, &p.windows);
+                let o = out_loops(w, &p.windows);
                 w.line(format!(
                     "const float *xp = x0 + {};",
                     pixel(&o, [wd.output, wh.output, ww.output], cin)
                 ));
-                let (i, t) = tap_loops(&mut w, &p.windows, &o, None);
+                let (i, t) = tap_loops(w, &p.windows, &o, None);
                 w.line(format!(
                     "float *yp = y + {};",
                     pixel(&i, [wd.input, wh.input, ww.input], cout)
@@ -807,25 +910,25 @@ impl C {
                 w.for_n("co", cout);
                 w.line("yp[co] += xv * wr[co];");
                 w.close_to(top);
-                self.apply(&mut w, p.act, "y", pixels * cout);
+                self.apply(w, p.act, "y", pixels * cout);
             }
             Kernel::Pool(p) => {
                 let c = p.channels;
                 let [wd, wh, ww] = p.windows;
                 let top = w.depth;
                 w.for_n("b", p.batch);
-                let o = out_loops(&mut w, &p.windows);
+                let o = out_loops(w, &p.windows);
                 w.line(format!(
                     "float *yp = y + {};",
                     pixel(&o, [wd.output, wh.output, ww.output], c)
                 ));
                 let init = if p.max { f32::NEG_INFINITY } else { 0.0 };
-                init_row(&mut w, "yp", c, None, init);
+                init_row(w, "yp", c, None, init);
                 if !p.max {
                     w.line("int count = 0;");
                 }
                 let inner = w.depth;
-                let (i, _) = tap_loops(&mut w, &p.windows, &o, (!p.max).then_some("count++;"));
+                let (i, _) = tap_loops(w, &p.windows, &o, (!p.max).then_some("count++;"));
                 w.line(format!(
                     "const float *xp = x0 + {};",
                     pixel(&i, [wd.input, wh.input, ww.input], c)
@@ -857,7 +960,7 @@ impl C {
                     times("b", p.positions * c)
                 ));
                 let init = if p.max { f32::NEG_INFINITY } else { 0.0 };
-                init_row(&mut w, "yb", c, None, init);
+                init_row(w, "yb", c, None, init);
                 w.for_n("pos", p.positions);
                 w.for_n("ch", c);
                 let x = format!("xb[{}]", horner(&[("pos", 1), ("ch", c)]));
@@ -877,13 +980,13 @@ impl C {
             }
             Kernel::ScaleShift { p, scale, offset } => {
                 let (s, o) = (weight(*scale), weight(*offset));
-                strided(&mut w, p, |w, at, j| {
+                strided(w, p, |w, at, j| {
                     w.line(format!("y[{at}] = x0[{at}] * {s}[{j}] + {o}[{j}];"));
                 });
             }
             Kernel::Prelu { p, alpha } => {
                 let a = weight(*alpha);
-                strided(&mut w, p, |w, at, j| {
+                strided(w, p, |w, at, j| {
                     w.line(format!("const float v = x0[{at}];"));
                     w.line(format!(
                         "y[{at}] = kerac_max(v, 0.0f) + {a}[{j}] * -kerac_max(-v, 0.0f);"
@@ -892,6 +995,7 @@ impl C {
             }
             Kernel::Activation(act) => {
                 let n = len(step.inputs[0]).min(len(step.output));
+                w.par(true);
                 if *act == Act::Linear {
                     w.for_n("e", n);
                     w.line("y[e] = x0[e];");
@@ -902,11 +1006,14 @@ impl C {
                     w.line(format!("y[e] = {f}(x0[e]);"));
                     w.close();
                 }
+                w.par(false);
             }
             Kernel::Softmax { p, log } => {
                 let exp = self.exp_fn();
+                w.par(true);
                 w.for_n("o", p.outer);
                 w.for_n("i", p.inner);
+                w.par(false);
                 let at = horner(&[("o", 1), ("j", p.n), ("i", p.inner)]);
                 w.line("float max = -KERAC_INF, sum = 0.0f;");
                 w.for_n("j", p.n);
@@ -931,8 +1038,10 @@ impl C {
             }
             Kernel::LayerNorm { p, gamma, beta } => {
                 let s = p.shape;
+                w.par(true);
                 w.for_n("o", s.outer);
                 w.for_n("i", s.inner);
+                w.par(false);
                 let at = horner(&[("o", 1), ("j", s.n), ("i", s.inner)]);
                 let n = flt(s.n as f32);
                 w.line("float mean = 0.0f, var = 0.0f;");
@@ -972,8 +1081,10 @@ impl C {
                     horner(&[("pos", 1), ("k", c)])
                 );
                 let at = format!("{at} + {}", times("grp", cg));
+                w.par(true);
                 w.for_n("b", p.batch);
                 w.for_n("grp", g);
+                w.par(false);
                 w.line("float mean = 0.0f, var = 0.0f;");
                 w.for_n("pos", p.positions);
                 w.for_n("k", cg);
@@ -1005,8 +1116,10 @@ impl C {
                 w.close_to(1);
             }
             Kernel::UnitNorm(p) => {
+                w.par(true);
                 w.for_n("o", p.outer);
                 w.for_n("i", p.inner);
+                w.par(false);
                 let at = horner(&[("o", 1), ("j", p.n), ("i", p.inner)]);
                 w.line("float sum = 0.0f;");
                 w.for_n("j", p.n);
@@ -1023,15 +1136,17 @@ impl C {
                 strides,
             } => {
                 let names: Vec<String> = (0..step.inputs.len()).map(|i| format!("x{i}")).collect();
-                merge(&mut w, *fold, shape, strides, &names);
+                merge(w, *fold, shape, strides, &names);
             }
             Kernel::StridedCopy(p) => {
                 let x = format!("(x0 + {})", p.offset);
-                merge(&mut w, Fold::Add, &p.shape, &[p.strides], &[x]);
+                merge(w, Fold::Add, &p.shape, &[p.strides], &[x]);
             }
             Kernel::Concat { outer, parts } => {
                 let row: usize = parts.iter().sum();
+                w.par(true);
                 w.for_n("o", *outer);
+                w.par(false);
                 let mut at = 0;
                 for (i, &n) in parts.iter().enumerate() {
                     w.for_n("e", n);
@@ -1047,24 +1162,28 @@ impl C {
             }
             Kernel::BatchDot(p) => {
                 let (sa, sb) = (p.a, p.b);
+                w.par(true);
                 w.for_n("bi", p.batch);
                 w.for_n("i", p.m);
+                w.par(false);
                 w.line(format!(
                     "const float *ar = x0 + {} + {};",
                     times("bi", sa[0]),
                     times("i", sa[1])
                 ));
                 if p.normalize {
-                    norm_of(&mut w, "na", "ar", p.k, sa[2]);
+                    norm_of(w, "na", "ar", p.k, sa[2]);
                 }
+                w.par(true);
                 w.for_n("j", p.n);
+                w.par(false);
                 w.line(format!(
                     "const float *bc = x1 + {} + {};",
                     times("bi", sb[0]),
                     times("j", sb[2])
                 ));
                 if p.normalize {
-                    norm_of(&mut w, "nb", "bc", p.k, sb[1]);
+                    norm_of(w, "nb", "bc", p.k, sb[1]);
                 }
                 w.line("float s = 0.0f;");
                 w.for_n("t", p.k);
@@ -1081,15 +1200,19 @@ impl C {
                 ));
                 w.close_to(1);
             }
-            Kernel::Resample(p) => resample(&mut w, p),
+            Kernel::Resample(p) => resample(w, p),
             Kernel::Gather { p, table } => {
                 if p.vocab > 0 {
+                    w.par(true);
                     w.for_n("i", p.indices);
+                    w.par(false);
                     w.line(format!(
                         "const int row = (int)kerac_min(kerac_max(x0[i], 0.0f), {});",
                         flt((p.vocab - 1) as f32)
                     ));
+                    w.par(true);
                     w.for_n("d", p.dim);
+                    w.par(false);
                     w.line(format!(
                         "y[{}] = {}[{}];",
                         horner(&[("i", 1), ("d", p.dim)]),
@@ -1100,13 +1223,13 @@ impl C {
                 }
             }
             Kernel::Attention { p, w: aw } => {
-                self.attention(&mut w, p, aw.map(&weight));
+                self.attention(w, p, aw.map(&weight));
             }
             Kernel::Recurrent { p, u, rb, .. } => {
                 let r = step.recurrent_inputs();
                 let name = |i: Option<usize>| i.map(|i| format!("x{i}"));
                 self.recurrent(
-                    &mut w,
+                    w,
                     p,
                     &weight(*u),
                     rb.map(&weight).as_deref(),
@@ -1114,23 +1237,17 @@ impl C {
                 );
             }
         }
-        // A parameter the kernel does not read would warn.
-        let body = w.s.split_once('{').map_or("", |(_, b)| b).to_string();
-        for i in 0..step.inputs.len() {
-            if !mentions(&body, &format!("x{i}")) {
-                w.line(format!("(void)x{i};"));
-            }
-        }
-        w.close();
-        Ok(w.s)
+        Ok(())
     }
 
     fn attention(&mut self, w: &mut W, p: &kerac::attention::Attention, aw: Option<String>) {
         let exp = self.exp_fn();
         let (h, dk, dv) = (p.heads, p.dk, p.dv);
+        w.par(true);
         w.for_n("b", p.batch);
         w.for_n("i", p.tq);
         w.for_n("hd", h);
+        w.par(false);
         w.line(format!(
             "const float *qi = x0 + {};",
             times(&horner(&[("b", 1), ("i", p.tq), ("hd", h)]), dk)
@@ -1412,7 +1529,7 @@ fn store(w: &mut W, width: usize, y: &str, at: &str, act: &str) {
 
 /// The offset of pixel `idx` (one index per spatial axis) of sample `b`, in a tensor
 /// of `dims` positions per axis and `c` channels.
-fn pixel(idx: &[String; 3], dims: [usize; 3], c: usize) -> String {
+pub(super) fn pixel(idx: &[String; 3], dims: [usize; 3], c: usize) -> String {
     let parts = [
         ("b", 1),
         (&idx[0][..], dims[0]),
@@ -1446,7 +1563,7 @@ fn norm_of(w: &mut W, name: &str, v: &str, k: usize, step: usize) {
 
 /// Loops over the output positions of three windows (axes of one output are fixed at
 /// `0`); the index of each.
-fn out_loops(w: &mut W, windows: &[Window; 3]) -> [String; 3] {
+pub(super) fn out_loops(w: &mut W, windows: &[Window; 3]) -> [String; 3] {
     let names = ["od", "oh", "ow"];
     std::array::from_fn(|a| {
         if windows[a].output > 1 {
@@ -1461,7 +1578,7 @@ fn out_loops(w: &mut W, windows: &[Window; 3]) -> [String; 3] {
 /// Loops over the kernel taps of output position `o`, skipping those in padding;
 /// `each` runs once per tap that lands inside. The input position and the tap of each
 /// axis.
-fn tap_loops(
+pub(super) fn tap_loops(
     w: &mut W,
     windows: &[Window; 3],
     o: &[String; 3],
@@ -1502,9 +1619,11 @@ fn tap_loops(
 /// `y[at] = f(x[at], j)` over a strided shape: `n` values `inner` apart, `outer` times.
 fn strided(w: &mut W, p: &kerac::norm::Strided, mut f: impl FnMut(&mut W, &str, &str)) {
     let top = w.depth;
+    w.par(true);
     w.for_n("o", p.outer);
     w.for_n("j", p.n);
     w.for_n("i", p.inner);
+    w.par(false);
     let at = horner(&[("o", 1), ("j", p.n), ("i", p.inner)]);
     f(w, &at, "j");
     w.close_to(top);
@@ -1516,12 +1635,14 @@ fn merge(w: &mut W, fold: Fold, shape: &[usize; RANK], strides: &[[usize; RANK]]
     let top = w.depth;
     let names = ["i0", "i1", "i2", "i3", "i4", "i5"];
     let mut idx: Vec<(&str, usize)> = Vec::new();
+    w.par(true);
     for a in 0..RANK {
         if shape[a] > 1 {
             w.for_n(names[a], shape[a]);
             idx.push((names[a], shape[a]));
         }
     }
+    w.par(false);
     let at = |s: &[usize; RANK]| {
         let terms: Vec<String> = (0..RANK)
             .filter(|&a| shape[a] > 1 && s[a] != 0)
@@ -1593,10 +1714,12 @@ fn resample(w: &mut W, p: &kerac::shape::Resample) {
     }
     let top = w.depth;
     let (od, oh, ow) = (p.axes[0].len(), p.axes[1].len(), p.axes[2].len());
+    w.par(true);
     w.for_n("b", p.batch);
     w.for_n("od", od);
     w.for_n("oh", oh);
     w.for_n("ow", ow);
+    w.par(false);
     w.line(format!(
         "float *out = y + {};",
         times(&horner(&[("b", 1), ("od", od), ("oh", oh), ("ow", ow)]), c)

@@ -40,8 +40,11 @@ pub fn header(plan: &Plan, info: &HeaderInfo) -> String {
     let size = |port: &Port| plan.buffers[port.buffer].len;
     let mut h = String::new();
     let w = &mut h;
+    let cuda = info.target == super::cuda::TARGET;
     let with = if info.target == super::c::TARGET {
         "Compile the C file that came with this header (C99); it needs nothing else\n * (no libm, no runtime library)."
+    } else if cuda {
+        "Compile the .cu file that came with this header with nvcc; it needs the CUDA\n * runtime only. Compiled as C++ without nvcc, it runs the same kernels on the CPU."
     } else {
         "Link the object file that came with this header; it needs nothing else (no\n * libm, no runtime library)."
     };
@@ -125,6 +128,12 @@ pub fn header(plan: &Plan, info: &HeaderInfo) -> String {
         w,
         "int {p}_predict(const float *const *inputs, float *const *outputs, void *scratch);\n"
     );
+    if cuda {
+        let _ = writeln!(
+            w,
+            "/* The CUDA entry points. {p}_predict above exists only where the .cu was compiled\n * without nvcc, for checking the kernels on the CPU.\n *\n * Loads the kernels and the weights onto the current device, so that the first call\n * pays no loading. Returns 0, or the CUDA error (cudaError_t). */\nint {p}_init_cuda(void);\n\n/* Runs the model once on the current device, in order on `stream` (a cudaStream_t;\n * 0 for the default stream); returns as soon as the work is queued.\n *   inputs:  {m}_NUM_INPUTS device pointers (the array itself in host memory);\n *   outputs: {m}_NUM_OUTPUTS device pointers (likewise);\n *   device_scratch: {m}_SCRATCH_BYTES bytes of device memory, as scratch above\n *            (cudaMemsetAsync it to zero to start a sequence of a streaming model).\n * Returns 0, or the CUDA error of the launches (cudaError_t). */\nstruct CUstream_st;\nint {p}_predict_cuda(const float *const *inputs, float *const *outputs, void *device_scratch,\n                    struct CUstream_st *stream);\n"
+        );
+    }
     let mut names: Vec<String> = Vec::new();
     for port in plan.inputs.iter().chain(&plan.outputs) {
         let mut n = c_ident(&port.name);

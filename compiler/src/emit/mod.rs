@@ -5,6 +5,8 @@ pub mod c;
 #[cfg(feature = "clif")]
 pub mod clif;
 #[cfg(feature = "clif")]
+pub mod cuda;
+#[cfg(feature = "clif")]
 pub mod header;
 pub mod rust;
 #[cfg(feature = "clif")]
