@@ -149,6 +149,7 @@ fn run_case(model: &Path, options: &BuildOptions, jit: bool) -> kerac_compiler::
     let source = emit_source(
         &plan,
         &RustOptions {
+            cuda: None,
             type_name: "Fuzzed".into(),
             visibility: "pub".into(),
             track_files: Vec::new(),

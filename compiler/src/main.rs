@@ -421,32 +421,95 @@ fn inspect_wcet(
     Ok(ExitCode::SUCCESS)
 }
 
-/// `kerac inspect --cuda`: the launches of one call of the CUDA backend's code.
+/// `kerac inspect --cuda`: the launches of one call of the CUDA backend's code, with
+/// each kernel's registers and spills on sm_90 where nvcc (`KERAC_NVCC`, or `nvcc` on
+/// the path) is installed.
 fn inspect_cuda(model: ModelArgs) -> Result<ExitCode, Error> {
     let graph = model.load(None)?;
     let plan = Plan::new(&graph)?;
     let source = model.model.display().to_string();
-    let (_, launches) = kerac_compiler::emit::cuda::source_and_launches(&plan, "net", &source)
+    let (text, launches) = kerac_compiler::emit::cuda::source_and_launches(&plan, "net", &source)
         .map_err(|e| e.in_file(&model.model))?;
+    let usage = cuda_resource_usage(&text);
     println!(
-        "{:<4} {:<44} {:>8} {:>8} {:>10}  layers",
-        "#", "kernel", "blocks", "threads", "total"
+        "{:<4} {:<40} {:>7} {:>7} {:>9} {:>9}  layers",
+        "#", "kernel", "blocks", "threads", "registers", "spills"
     );
     for (i, l) in launches.iter().enumerate() {
+        let (registers, spills) = match usage.as_ref().ok().and_then(|u| u.get(&l.kernel)) {
+            Some((r, s)) => (r.to_string(), format!("{s} B")),
+            None => ("-".into(), "-".into()),
+        };
         println!(
-            "{i:<4} {:<44} {:>8} {:>8} {:>10}  {}",
-            l.kernel,
-            l.blocks,
-            l.threads,
-            l.blocks * l.threads,
-            l.layers
+            "{i:<4} {:<40} {:>7} {:>7} {registers:>9} {spills:>9}  {}",
+            l.kernel, l.blocks, l.threads, l.layers
         );
     }
-    println!(
-        "{} launches; registers and spills: nvcc --resource-usage on the .cu",
-        launches.len()
-    );
+    match usage {
+        Ok(_) => println!(
+            "{} launches; registers and spills from nvcc for sm_90",
+            launches.len()
+        ),
+        Err(why) => println!("{} launches; no registers: {why}", launches.len()),
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Each kernel's registers and spill-store bytes on sm_90, from nvcc's
+/// `--resource-usage`; why not where nvcc cannot run.
+fn cuda_resource_usage(
+    source: &str,
+) -> Result<std::collections::HashMap<String, (usize, usize)>, String> {
+    let nvcc = std::env::var("KERAC_NVCC").unwrap_or_else(|_| "nvcc".into());
+    let dir = std::env::temp_dir().join(format!("kerac-inspect-cuda-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let cu = dir.join("model.cu");
+    let ran = std::fs::write(&cu, source)
+        .map_err(|e| e.to_string())
+        .and_then(|()| {
+            std::process::Command::new(&nvcc)
+                .args(["-std=c++17", "-c", "--resource-usage", "-arch=sm_90"])
+                .arg(&cu)
+                .arg("-o")
+                .arg(dir.join("model.o"))
+                .output()
+                .map_err(|e| format!("cannot run `{nvcc}` ({e}); set KERAC_NVCC"))
+        });
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = ran?;
+    if !out.status.success() {
+        return Err(format!(
+            "{nvcc} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let number_before = |line: &str, what: &str| -> Option<usize> {
+        let head = &line[..line.find(what)?];
+        head.split_whitespace().last()?.parse().ok()
+    };
+    // ptxas names each kernel mangled: the name follows its length.
+    let mut usage = std::collections::HashMap::new();
+    let mut current = None;
+    let mut spills = 0;
+    for line in text.lines() {
+        if let Some(at) = line.find("Compiling entry function '") {
+            let rest = &line[at + 26..];
+            current = rest.split('\'').next().map(str::to_string);
+        }
+        if let Some(n) = number_before(line, " bytes spill stores") {
+            spills = n;
+        }
+        if let (Some(n), Some(mangled)) = (number_before(line, " registers"), &current) {
+            let name = mangled.trim_start_matches("_Z").trim_start_matches('L');
+            let digits = name.chars().take_while(char::is_ascii_digit).count();
+            let len: usize = name[..digits].parse().unwrap_or(0);
+            let kernel = name.get(digits..digits + len).unwrap_or(name).to_string();
+            usage.insert(kernel, (n, spills));
+        }
+    }
+    Ok(usage)
 }
 
 /// `kerac inspect`: the model report.
@@ -564,6 +627,7 @@ fn compile_rust(
     // they stay inline.
     let weights_file = output.as_ref().map(|p| p.with_extension("weights.bin"));
     let options = RustOptions {
+        cuda: None,
         type_name: name,
         visibility: "pub".into(),
         track_files: Vec::new(),

@@ -19,6 +19,7 @@ struct Args {
     input_shapes: Vec<(String, Vec<usize>)>,
     stream: bool,
     isa: Option<LitStr>,
+    cuda: bool,
 }
 
 impl Parse for Args {
@@ -36,6 +37,7 @@ impl Parse for Args {
             input_shapes: Vec::new(),
             stream: false,
             isa: None,
+            cuda: false,
         };
         while input.parse::<Option<Token![,]>>()?.is_some() {
             if input.is_empty() {
@@ -65,6 +67,7 @@ impl Parse for Args {
                     }
                     args.isa = Some(name);
                 }
+                "cuda" => args.cuda = true,
                 "stream" => {
                     input.parse::<Token![=]>()?;
                     args.stream = input.parse::<syn::LitBool>()?.value;
@@ -88,7 +91,7 @@ impl Parse for Args {
                     args.input_shapes.push((input_name, dims));
                 }
                 other => {
-                    return Err(syn::Error::new(key.span(), format!("unknown option `{other}`; expected batch, weights, stream, isa or input_shape(NAME)")));
+                    return Err(syn::Error::new(key.span(), format!("unknown option `{other}`; expected batch, weights, stream, isa, cuda or input_shape(NAME)")));
                 }
             }
         }
@@ -125,9 +128,18 @@ fn expand(args: &Args) -> Result<proc_macro2::TokenStream, String> {
     };
     let graph =
         kerac_compiler::load(&path, weights.as_deref(), &options).map_err(|e| e.to_string())?;
-    let plan = Plan::new(&graph)
-        .map_err(|e| e.to_string())?
-        .with_runtime_panels();
+    let plan = Plan::new(&graph).map_err(|e| e.to_string())?;
+    // The GPU's kernels read the weights as Keras lays them out; the CPU's, in panels.
+    let cuda = if args.cuda {
+        let source = args.path.value();
+        Some(
+            kerac_compiler::emit::cuda::source_and_launches(&plan, "net", &source)
+                .map_err(|e| e.to_string())?,
+        )
+    } else {
+        None
+    };
+    let plan = plan.with_runtime_panels();
     let vis = &args.vis;
     let rust = RustOptions {
         type_name: args.name.to_string(),
@@ -143,6 +155,7 @@ fn expand(args: &Args) -> Result<proc_macro2::TokenStream, String> {
             .as_ref()
             .and_then(|name| Level::parse(&name.value()))
             .unwrap_or(Level::Avx512),
+        cuda,
     };
     emit(&plan, &rust).map_err(|e| e.to_string())
 }

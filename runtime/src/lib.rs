@@ -13,11 +13,16 @@
 
 pub use kerac_kernels::*;
 
+#[cfg(feature = "cuda")]
+pub mod cuda;
+
 /// Compiles a Keras model file into a Rust type at build time.
 ///
 /// `kerac::model!(pub Net = "models/net.keras");` — the path is relative to the crate's
 /// `Cargo.toml`. Options follow, comma-separated: `batch = 4`, `weights = "net.weights.h5"`
 /// (for a config JSON), `input_shape(name) = [30, 3]` (for dimensions the file leaves
-/// open). Errors are compile errors at the call.
+/// open), `isa = "avx2"` (the widest kernels `new()` may pick), `stream = true` (one
+/// time step a call), `cuda` (also `Net::new_cuda`, with the `cuda` feature). Errors
+/// are compile errors at the call.
 #[cfg(feature = "macros")]
 pub use kerac_macros::model;

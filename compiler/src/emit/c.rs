@@ -757,8 +757,8 @@ impl C {
             step.flops
         ));
         w.open(format!(
-            "static {}void {}({})",
-            if self.cuda { "__global__ " } else { "" },
+            "{} void {}({})",
+            if self.cuda { "KERAC_KERNEL" } else { "static" },
             step_name(&self.p, k, step),
             params.join(", ")
         ));

@@ -39,6 +39,9 @@ pub struct Launch {
     pub blocks: usize,
     /// Threads per block.
     pub threads: usize,
+    /// The scratch offsets (floats) of its arguments, inputs then output; empty for
+    /// the copies of the inputs and outputs, whose pointers are the caller's.
+    pub buffers: Vec<usize>,
 }
 
 /// The launch configuration for `n` threads: (blocks, threads per block).
@@ -65,7 +68,13 @@ pub fn source_and_launches(
         steps.push('\n');
     }
     let p = g.p.clone();
-    let device = |text: &str| text.replace("static inline ", "static __device__ inline ");
+    let device = |text: &str| {
+        text.replace("static inline ", "static __device__ inline ")
+            .replace(
+                "#include <stdint.h>\n",
+                "#ifndef __CUDACC_RTC__\n#include <stdint.h>\n#endif\n",
+            )
+    };
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -82,14 +91,19 @@ pub fn source_and_launches(
     );
     let _ = writeln!(
         out,
-        "/* Copies n floats: the inputs into the scratch, the outputs out of it. */\nstatic __global__ void {p}_copy(const float *__restrict__ x, float *__restrict__ y, int n) {{\n    const int t = (int)(blockIdx.x * blockDim.x + threadIdx.x);\n    if (t >= n) return;\n    y[t] = x[t];\n}}\n"
+        "/* Copies n floats: the inputs into the scratch, the outputs out of it. */\nKERAC_KERNEL void {p}_copy(const float *__restrict__ x, float *__restrict__ y, int n) {{\n    const int t = (int)(blockIdx.x * blockDim.x + threadIdx.x);\n    if (t >= n) return;\n    y[t] = x[t];\n}}\n"
     );
     out.push_str(&steps);
 
     let mut launches = Vec::new();
     let mut call = String::new();
     let mut kernels = vec![format!("{p}_copy")];
-    let mut launch = |call: &mut String, kernel: String, layers: &str, n: usize, args: String| {
+    let mut launch = |call: &mut String,
+                      kernel: String,
+                      layers: &str,
+                      n: usize,
+                      args: String,
+                      buffers: Vec<usize>| {
         if n == 0 {
             return;
         }
@@ -103,33 +117,49 @@ pub fn source_and_launches(
             layers: layers.to_string(),
             blocks,
             threads,
+            buffers,
         });
     };
     for (i, port) in plan.inputs.iter().enumerate() {
         let b = &plan.buffers[port.buffer];
         let args = format!("inputs[{i}], a + {}, {}", b.offset, b.len);
-        launch(&mut call, format!("{p}_copy"), "input", b.len, args);
+        launch(
+            &mut call,
+            format!("{p}_copy"),
+            "input",
+            b.len,
+            args,
+            Vec::new(),
+        );
     }
     for ((k, step), &n) in plan.steps.iter().enumerate().zip(&g.grids) {
-        let args: Vec<String> = step
+        let buffers: Vec<usize> = step
             .inputs
             .iter()
             .chain([&step.output])
-            .map(|&b| format!("a + {}", plan.buffers[b].offset))
+            .map(|&b| plan.buffers[b].offset)
             .collect();
+        let args: Vec<String> = buffers.iter().map(|o| format!("a + {o}")).collect();
         let name = c::step_name(&p, k, step);
         kernels.push(name.clone());
-        launch(&mut call, name, &step.layers, n, args.join(", "));
+        launch(&mut call, name, &step.layers, n, args.join(", "), buffers);
     }
     for (i, port) in plan.outputs.iter().enumerate() {
         let b = &plan.buffers[port.buffer];
         let args = format!("a + {}, outputs[{i}], {}", b.offset, b.len);
-        launch(&mut call, format!("{p}_copy"), "output", b.len, args);
+        launch(
+            &mut call,
+            format!("{p}_copy"),
+            "output",
+            b.len,
+            args,
+            Vec::new(),
+        );
     }
 
     let _ = writeln!(
         out,
-        "/* Loads the module (kernels and weights) on the current device; see the header. */\nextern \"C\" int {p}_init_cuda(void) {{\n    cudaFuncAttributes attributes;\n    cudaError_t e = cudaSuccess;"
+        "#ifndef __CUDACC_RTC__\n/* Loads the module (kernels and weights) on the current device; see the header. */\nextern \"C\" int {p}_init_cuda(void) {{\n    cudaFuncAttributes attributes;\n    cudaError_t e = cudaSuccess;"
     );
     for k in &kernels {
         let _ = writeln!(
@@ -144,7 +174,7 @@ pub fn source_and_launches(
     );
     let _ = writeln!(
         out,
-        "#ifndef __CUDACC__\n/* The same kernels on the CPU: the C backend's entry point, for checking. */\nextern \"C\" int {p}_predict(const float *const *inputs, float *const *outputs, void *scratch) {{\n    return {p}_predict_cuda(inputs, outputs, scratch, 0);\n}}\n#endif"
+        "#ifndef __CUDACC__\n/* The same kernels on the CPU: the C backend's entry point, for checking. */\nextern \"C\" int {p}_predict(const float *const *inputs, float *const *outputs, void *scratch) {{\n    return {p}_predict_cuda(inputs, outputs, scratch, 0);\n}}\n#endif\n#endif /* __CUDACC_RTC__ */"
     );
     Ok((out, launches))
 }
@@ -154,9 +184,16 @@ pub fn source(plan: &Plan, prefix: &str, source: &str) -> Result<String> {
     Ok(source_and_launches(plan, prefix, source)?.0)
 }
 
-/// With nvcc: the launch syntax. Without: the mapping onto loops on the CPU.
-const HOST_MAP: &str = r#"#ifdef __CUDACC__
+/// Under NVRTC (`model!`'s `cuda`): kernels only, found by name. With nvcc: the launch
+/// syntax. Without either: the mapping onto loops on the CPU.
+const HOST_MAP: &str = r#"#if defined(__CUDACC_RTC__)
+/* NVRTC: the kernels alone, with C names, for a host that launches them itself. */
+typedef unsigned int uint32_t;
+typedef int int32_t;
+#define KERAC_KERNEL extern "C" __global__
+#elif defined(__CUDACC__)
 #include <cuda_runtime.h>
+#define KERAC_KERNEL static __global__
 #define KERAC_LAUNCH(kernel, blocks, threads, stream, ...) \
     kernel<<<(blocks), (threads), 0, (stream)>>>(__VA_ARGS__)
 #else
@@ -165,6 +202,7 @@ const HOST_MAP: &str = r#"#ifdef __CUDACC__
  * compute what the GPU computes. */
 #define __global__
 #define __device__
+#define KERAC_KERNEL static
 struct kerac_dim3 {
     unsigned x, y, z;
 };

@@ -16,6 +16,15 @@ pub struct HeaderInfo<'a> {
     pub params: usize,
 }
 
+/// Bytes of scratch memory the plan's entry point needs (at least 4, so that a pointer
+/// to it is never to nothing).
+pub fn scratch_bytes(plan: &Plan) -> usize {
+    plan.arena_floats.max(1) * 4
+}
+
+/// Alignment the scratch buffer should have (the code itself tolerates any).
+pub const SCRATCH_ALIGN: usize = 16;
+
 /// A C identifier from a Keras name: other characters become `_`.
 pub(crate) fn c_ident(name: &str) -> String {
     let mut s: String = name
@@ -95,16 +104,8 @@ pub fn header(plan: &Plan, info: &HeaderInfo) -> String {
         w,
         "/* Bytes of scratch memory {p}_predict works in (activations live there), and the\n * alignment it should have for speed (any alignment is correct). */"
     );
-    let _ = writeln!(
-        w,
-        "#define {m}_SCRATCH_BYTES {}",
-        super::clif::scratch_bytes(plan)
-    );
-    let _ = writeln!(
-        w,
-        "#define {m}_SCRATCH_ALIGN {}\n",
-        super::clif::SCRATCH_ALIGN
-    );
+    let _ = writeln!(w, "#define {m}_SCRATCH_BYTES {}", scratch_bytes(plan));
+    let _ = writeln!(w, "#define {m}_SCRATCH_ALIGN {}\n", SCRATCH_ALIGN);
     if !plan.state.is_empty() {
         let _ = writeln!(
             w,

@@ -31,6 +31,10 @@ pub struct RustOptions {
     /// The widest instruction set `new()` may choose (`isa = "avx2"` pins it lower,
     /// for reproducible timing).
     pub isa: kerac::Level,
+    /// The GPU side (`model!`'s `cuda`): the CUDA C++ of the plan without panels and
+    /// its launches ([`super::cuda::source_and_launches`]), for `new_cuda` and the
+    /// `<Name>Cuda` type; the runtime's `cuda` feature runs them.
+    pub cuda: Option<(String, Vec<super::cuda::Launch>)>,
 }
 
 /// Where generated code keeps its weight bytes.
@@ -128,6 +132,64 @@ pub fn emit(plan: &Plan, options: &RustOptions) -> Result<TokenStream> {
         }
     };
     let model_trait = model_trait(plan, &name, &module);
+    let cuda = match &options.cuda {
+        None => quote!(),
+        Some((source, launches)) => {
+            let cuda_name = format_ident!("{}Cuda", name);
+            let kernels = launches.iter().filter(|l| !l.buffers.is_empty()).map(|l| {
+                let (k, b, t) = (&l.kernel, l.blocks as u32, l.threads as u32);
+                let buffers = &l.buffers;
+                quote!(kerac::cuda::Launch { kernel: #k, blocks: #b, threads: #t, buffers: &[#(#buffers),*] })
+            });
+            let input_sizes: Vec<usize> = plan
+                .inputs
+                .iter()
+                .map(|p| plan.buffers[p.buffer].len)
+                .collect();
+            let output_sizes: Vec<usize> = plan
+                .outputs
+                .iter()
+                .map(|p| plan.buffers[p.buffer].len)
+                .collect();
+            let type_doc = format!(" [`{name}`] on an NVIDIA GPU, made by [`{name}::new_cuda`].");
+            quote! {
+                impl #name {
+                    /// The model's CUDA kernels (those of `kerac compile --emit cuda`) and
+                    /// how a call launches them.
+                    pub fn cuda_program() -> &'static kerac::cuda::Program {
+                        static PROGRAM: kerac::cuda::Program = kerac::cuda::Program {
+                            source: #source,
+                            launches: &[#(#kernels),*],
+                            scratch_floats: #arena_floats,
+                            inputs: &[#((#input_offsets, #input_sizes)),*],
+                            outputs: &[#((#output_offsets, #output_sizes)),*],
+                        };
+                        &PROGRAM
+                    }
+
+                    /// The model on GPU `device` (0 the first): its kernels compiled by
+                    /// NVRTC for that GPU and loaded, with scratch memory of its own.
+                    /// An error, not a panic, where CUDA or the GPU is missing.
+                    pub fn new_cuda(device: usize) -> Result<#cuda_name, kerac::cuda::CudaError> {
+                        Ok(#cuda_name(kerac::cuda::CudaModel::new(device, Self::cuda_program())?))
+                    }
+                }
+
+                #[doc = #type_doc]
+                #vis struct #cuda_name(pub kerac::cuda::CudaModel);
+
+                impl #cuda_name {
+                    #[doc = #predict_doc]
+                    pub fn predict(&mut self, #(#input_names: &#input_types),*) -> Result<#returns, kerac::cuda::CudaError> {
+                        use kerac::Flat;
+                        #(let mut #out_vars: #output_types = #output_zeros;)*
+                        self.0.run(&[#(#input_names.flat()),*], &mut [#(#out_vars.flat_mut()),*])?;
+                        Ok(#result)
+                    }
+                }
+            }
+        }
+    };
     let max_isa = match options.isa {
         kerac::Level::Baseline => quote!(kerac::Level::Baseline),
         kerac::Level::Avx2 => quote!(kerac::Level::Avx2),
@@ -200,6 +262,8 @@ pub fn emit(plan: &Plan, options: &RustOptions) -> Result<TokenStream> {
         }
 
         #model_trait
+
+        #cuda
     })
 }
 

@@ -251,13 +251,7 @@ fn listings(
     Ok((listings, blob))
 }
 
-/// Bytes of scratch the compiled function needs.
-pub fn scratch_bytes(plan: &Plan) -> usize {
-    plan.arena_floats.max(1) * 4
-}
-
-/// Alignment the scratch buffer should have (the function itself tolerates any).
-pub const SCRATCH_ALIGN: usize = 16;
+pub use super::header::{scratch_bytes, SCRATCH_ALIGN};
 
 /// What [`define`] made: the functions and the loops of each.
 struct Defined {
