@@ -26,6 +26,93 @@ impl Fixture {
     }
 }
 
+/// Label, reference file and constructor of a fixture file compiled by `model!` (the
+/// build scripts write the tables).
+pub type Compiled = (
+    &'static str,
+    &'static str,
+    fn(kerac::Level) -> Box<dyn kerac::Model>,
+);
+
+/// Runs every compiled model in `all` through the generic `kerac::Model` entry point at
+/// each instruction set this CPU has, on its recorded inputs (the reference path is
+/// relative to `root`, or absolute); what differs from Keras's outputs.
+pub fn check_compiled(root: &Path, all: &[Compiled]) -> Vec<String> {
+    let mut failures = Vec::new();
+    let isas = isas();
+    for ((label, reference, make), isa) in all
+        .iter()
+        .flat_map(|c| isas.iter().map(move |&isa| (c, isa)))
+    {
+        let reference = match IoFile::read(&root.join(reference)) {
+            Ok(r) => r,
+            Err(e) => {
+                failures.push(format!("{label}: {e}"));
+                continue;
+            }
+        };
+        let mut model = make(isa);
+        if model.isa() != isa {
+            failures.push(format!(
+                "{label}: made for {}, runs {}",
+                isa.name(),
+                model.isa().name()
+            ));
+        }
+        let samples = reference.inputs[0].shape[0];
+        let mut outputs: Vec<io::IoTensor> = reference
+            .outputs
+            .iter()
+            .map(|o| io::IoTensor {
+                name: o.name.clone(),
+                shape: o.shape.clone(),
+                data: vec![0.0; o.data.len()],
+            })
+            .collect();
+        for s in 0..samples {
+            let inputs: Vec<&[f32]> = reference
+                .inputs
+                .iter()
+                .map(|t| {
+                    let per = t.data.len() / samples;
+                    &t.data[s * per..(s + 1) * per]
+                })
+                .collect();
+            let mut outs: Vec<&mut [f32]> = outputs
+                .iter_mut()
+                .map(|t| {
+                    let per = t.data.len() / samples;
+                    &mut t.data[s * per..(s + 1) * per]
+                })
+                .collect();
+            if let Err(e) = model.run(&inputs, &mut outs) {
+                failures.push(format!("{label} ({}): {e:?}", isa.name()));
+            }
+        }
+        let compared = match io::compare(&outputs, &reference) {
+            Ok(c) => c,
+            Err(e) => {
+                failures.push(format!("{label}: {e}"));
+                continue;
+            }
+        };
+        for c in compared {
+            if c.mismatches > 0 {
+                failures.push(format!(
+                    "{label} ({}): output `{}`: {}/{} off (max abs {:.3e}, max rel {:.3e})",
+                    isa.name(),
+                    c.name,
+                    c.mismatches,
+                    c.total,
+                    c.max_abs,
+                    c.max_rel
+                ));
+            }
+        }
+    }
+    failures
+}
+
 /// The fixtures folder.
 pub fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
@@ -33,7 +120,8 @@ pub fn fixtures_dir() -> PathBuf {
 
 /// A second folder of fixtures in the same layout, from `KERAC_EXTRA_FIXTURES`: the
 /// keras.applications models too large to commit, which CI makes with
-/// `make_fixtures.py --out DIR` (build.rs compiles them with `model!` too).
+/// `make_fixtures.py --out DIR` (`tests/extra`'s build script compiles them with
+/// `model!` too).
 pub fn extra_fixtures_dir() -> Option<PathBuf> {
     std::env::var_os("KERAC_EXTRA_FIXTURES")
         .filter(|v| !v.is_empty())

@@ -5,75 +5,22 @@
 #[allow(dead_code)]
 mod compiled {
     include!(concat!(env!("OUT_DIR"), "/compiled_fixtures.rs"));
-    include!(concat!(env!("OUT_DIR"), "/compiled_extra.rs"));
 }
 
-use kerac_compiler::io::{self, IoFile};
+use kerac_compiler::io::IoFile;
 use std::path::Path;
 
+/// The committed fixtures; `tests/extra` runs the keras.applications ones the same way.
 #[test]
 fn model_macro_matches_keras_on_every_fixture_and_dialect() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut all = compiled::compiled();
-    all.extend(compiled::compiled_extra());
+    let all = compiled::compiled();
     assert!(
         all.len() >= 50,
         "expected every fixture file, found {}",
         all.len()
     );
-    let mut failures = Vec::new();
-    let isas = kerac_conformance::isas();
-    for ((label, reference, make), isa) in all
-        .iter()
-        .flat_map(|c| isas.iter().map(move |&isa| (c, isa)))
-    {
-        let reference = IoFile::read(&root.join(reference)).unwrap();
-        let mut model = make(isa);
-        assert_eq!(model.isa(), isa, "{label}");
-        let samples = reference.inputs[0].shape[0];
-        let mut outputs: Vec<io::IoTensor> = reference
-            .outputs
-            .iter()
-            .map(|o| io::IoTensor {
-                name: o.name.clone(),
-                shape: o.shape.clone(),
-                data: vec![0.0; o.data.len()],
-            })
-            .collect();
-        for s in 0..samples {
-            let inputs: Vec<&[f32]> = reference
-                .inputs
-                .iter()
-                .map(|t| {
-                    let per = t.data.len() / samples;
-                    &t.data[s * per..(s + 1) * per]
-                })
-                .collect();
-            let mut outs: Vec<&mut [f32]> = outputs
-                .iter_mut()
-                .map(|t| {
-                    let per = t.data.len() / samples;
-                    &mut t.data[s * per..(s + 1) * per]
-                })
-                .collect();
-            model
-                .run(&inputs, &mut outs)
-                .unwrap_or_else(|e| panic!("{label} ({}): {e:?}", isa.name()));
-        }
-        for c in io::compare(&outputs, &reference).unwrap() {
-            if c.mismatches > 0 {
-                failures.push(format!(
-                    "{label} ({}): output `{}`: {}/{} off (max abs {:.3e}, max rel {:.3e})",
-                    isa.name(),
-                    c.name,
-                    c.mismatches,
-                    c.total,
-                    c.max_abs,
-                    c.max_rel
-                ));
-            }
-        }
-    }
+    let failures = kerac_conformance::check_compiled(root, &all);
     assert!(
         failures.is_empty(),
         "{} failures:\n{}",

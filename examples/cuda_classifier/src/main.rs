@@ -3,9 +3,17 @@
 //! The build needs no CUDA: the driver and NVRTC (CUDA 13) are loaded when the model
 //! is made, and without them the program says so.
 //!
+//! Then it times a call at batch 1 and batch 64 on the GPU and on the CPU.
+//!
 //! `cargo run --release -p kerac-example-cuda-classifier`
 
 kerac::model!(Digits = "../../tests/fixtures/mnist_cnn/k3.keras", cuda);
+// The same model for 64 images a call: the batch a server takes.
+kerac::model!(
+    Digits64 = "../../tests/fixtures/mnist_cnn/k3.keras",
+    batch = 64,
+    cuda
+);
 
 type Image = [[[f32; 1]; 28]; 28];
 
@@ -64,7 +72,57 @@ fn main() {
         );
     }
     println!("{agree}/{} answers agree with Keras", images.len());
-    std::process::exit(if agree == images.len() { 0 } else { 1 });
+    if agree != images.len() {
+        std::process::exit(1);
+    }
+
+    // Latency per call, the median of 200 after 20 warm-up calls, on the GPU (inputs
+    // from and outputs to host memory) and on this CPU.
+    let one = images[0];
+    let mut gpu64 = Digits64::new_cuda(0).expect("the batch-64 model");
+    let mut cpu64 = Digits64::new();
+    let many = [one; 64];
+    let rows = [
+        (
+            "batch 1",
+            median(|| {
+                black_box(gpu.predict(&one).expect("the GPU run"));
+            }),
+            median(|| {
+                black_box(cpu.predict(&one));
+            }),
+        ),
+        (
+            "batch 64",
+            median(|| {
+                black_box(gpu64.predict(&many).expect("the GPU run"));
+            }),
+            median(|| {
+                black_box(cpu64.predict(&many));
+            }),
+        ),
+    ];
+    for (what, g, c) in rows {
+        println!("{what}: GPU {g:.1} us, CPU {c:.1} us, CPU/GPU {:.2}", c / g);
+    }
+}
+
+use std::hint::black_box;
+
+/// The median time of one call of `f`, in microseconds.
+fn median(mut f: impl FnMut()) -> f64 {
+    for _ in 0..20 {
+        f();
+    }
+    let mut times: Vec<f64> = (0..200)
+        .map(|_| {
+            let start = std::time::Instant::now();
+            f();
+            start.elapsed().as_secs_f64() * 1e6
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
 }
 
 fn argmax(values: &[f32]) -> usize {

@@ -1,0 +1,78 @@
+//! What the conformance crates' build scripts share: one `kerac::model!` module per
+//! fixture file. Included by `tests/build.rs` and `tests/extra/build.rs`.
+
+use std::fmt::Write;
+use std::path::Path;
+
+/// The fixture folders under `root`, sorted.
+pub fn fixture_dirs(root: &Path) -> Vec<std::path::PathBuf> {
+    let mut dirs: Vec<_> = std::fs::read_dir(root)
+        .unwrap_or_else(|e| panic!("{}: {e}", root.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// One `model!` module per model file (of `files`) in `dirs`, its row in the table and
+/// its weight size.
+pub fn expand(
+    root: &Path,
+    dirs: &[std::path::PathBuf],
+    files: &[&str],
+    modules: &mut String,
+    table: &mut String,
+    sizes: &mut String,
+) {
+    for dir in dirs {
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        // Committed fixtures by a path relative to the crate (as a user would write
+        // it); extra ones by their absolute path.
+        let folder = match dir.strip_prefix(root) {
+            Ok(relative) => relative.display().to_string(),
+            Err(_) => dir.display().to_string(),
+        };
+        for &file in files {
+            if !dir.join(file).exists() {
+                continue;
+            }
+            let tag = &file[..2];
+            let reference = format!("{folder}/{tag}.io.json");
+            let io: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(root.join(&reference)).unwrap())
+                    .unwrap();
+            let mut options = String::new();
+            for input in io["inputs"].as_array().unwrap() {
+                let dims: Vec<String> = input["shape"].as_array().unwrap()[1..]
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect();
+                write!(
+                    options,
+                    ", input_shape({}) = [{}]",
+                    input["name"],
+                    dims.join(", ")
+                )
+                .unwrap();
+            }
+            let module = format!("m_{}_{}", name, file.replace('.', "_"));
+            writeln!(
+                modules,
+                "pub mod {module} {{ kerac::model!(pub Model = {:?}{options}); }}",
+                format!("{folder}/{file}")
+            )
+            .unwrap();
+            writeln!(
+                table,
+                "        (\"{name}/{file}\", {reference:?}, |isa| Box::new({module}::Model::with_isa(isa))),"
+            )
+            .unwrap();
+            writeln!(
+                sizes,
+                "        (\"{name}/{file}\", {module}::Model::WEIGHT_BYTES),"
+            )
+            .unwrap();
+        }
+    }
+}
