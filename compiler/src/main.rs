@@ -485,31 +485,11 @@ fn cuda_resource_usage(
     }
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    let number_before = |line: &str, what: &str| -> Option<usize> {
-        let head = &line[..line.find(what)?];
-        head.split_whitespace().last()?.parse().ok()
-    };
-    // ptxas names each kernel mangled: the name follows its length.
-    let mut usage = std::collections::HashMap::new();
-    let mut current = None;
-    let mut spills = 0;
-    for line in text.lines() {
-        if let Some(at) = line.find("Compiling entry function '") {
-            let rest = &line[at + 26..];
-            current = rest.split('\'').next().map(str::to_string);
-        }
-        if let Some(n) = number_before(line, " bytes spill stores") {
-            spills = n;
-        }
-        if let (Some(n), Some(mangled)) = (number_before(line, " registers"), &current) {
-            let name = mangled.trim_start_matches("_Z").trim_start_matches('L');
-            let digits = name.chars().take_while(char::is_ascii_digit).count();
-            let len: usize = name[..digits].parse().unwrap_or(0);
-            let kernel = name.get(digits..digits + len).unwrap_or(name).to_string();
-            usage.insert(kernel, (n, spills));
-        }
-    }
-    Ok(usage)
+    let usage = kerac_compiler::emit::cuda::resource_usage(&text);
+    Ok(usage
+        .into_iter()
+        .map(|u| (u.kernel, (u.registers, u.spill_bytes)))
+        .collect())
 }
 
 /// `kerac inspect`: the model report.

@@ -178,8 +178,8 @@ pub fn build(
                 .map_err(|e| e.to_string())?;
             std::fs::write(case.join("model.cu"), text).map_err(|e| e.to_string())?;
             let mut cmd = Command::new(cxx);
-            cmd.args(["-x", "c++", "-std=c++17", "-fno-exceptions"])
-                .args(["-Wall", "-Wextra", "-Wpedantic", "-Werror", "-O1", "-c"])
+            cmd.args(kerac_compiler::emit::cuda::HOST_CXX_FLAGS)
+                .args(["-O1", "-c"])
                 .arg(case.join("model.cu"))
                 .arg("-o")
                 .arg(case.join("model.o"));

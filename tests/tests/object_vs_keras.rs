@@ -395,16 +395,14 @@ fn cuda_source_compiles_under_nvcc() {
             if !out.status.success() {
                 return Err(format!("nvcc failed:\n{text}"));
             }
-            let (mut count, mut registers) = (0, 0);
-            for line in text.lines() {
-                if let Some(n) = number_before(line, " registers") {
-                    count += 1;
-                    registers = registers.max(n);
-                }
-                if number_before(line, " bytes spill stores").is_some_and(|n| n > 0) {
-                    return Err(format!("a kernel spills: {line}"));
-                }
+            let usage = kerac_compiler::emit::cuda::resource_usage(&text);
+            if let Some(u) = usage.iter().find(|u| u.spill_bytes > 0) {
+                return Err(format!("{} spills {} bytes", u.kernel, u.spill_bytes));
             }
+            let (count, registers) = (
+                usage.len(),
+                usage.iter().map(|u| u.registers).max().unwrap_or(0),
+            );
             if registers > CUDA_MAX_REGISTERS {
                 return Err(format!(
                     "a kernel takes {registers} registers (at most {CUDA_MAX_REGISTERS})"
@@ -427,10 +425,4 @@ fn cuda_source_compiles_under_nvcc() {
         "nvcc: every fixture compiles for sm_{}; {kernels} kernels, at most {most} registers, no spills",
         CUDA_ARCHS.join(", sm_")
     );
-}
-
-/// The number just before `what` in a line of ptxas's report.
-fn number_before(line: &str, what: &str) -> Option<usize> {
-    let head = &line[..line.find(what)?];
-    head.split_whitespace().last()?.parse().ok()
 }

@@ -137,16 +137,13 @@ impl HostProgram {
             }
             Ok(())
         };
-        let warnings = ["-Wall", "-Wextra", "-Wpedantic", "-Werror", "-O2", "-c"];
         if cuda {
-            let mut args = vec!["-x", "c++", "-std=c++17", "-fno-exceptions"];
-            args.extend(warnings);
-            args.extend(["model.cu", "-o", "model.o"]);
+            let mut args = super::cuda::HOST_CXX_FLAGS.to_vec();
+            args.extend(["-O2", "-c", "model.cu", "-o", "model.o"]);
             compile(&cxx, &args)?;
         } else {
-            let mut args = vec!["-std=c99"];
-            args.extend(warnings);
-            args.extend(["model.c", "-o", "model.o"]);
+            let mut args = vec!["-std=c99", "-Wall", "-Wextra", "-Wpedantic", "-Werror"];
+            args.extend(["-O2", "-c", "model.c", "-o", "model.o"]);
             compile(&cc, &args)?;
         }
         compile(&cc, &["-O2", "harness.c", "model.o", "-o", "harness"])?;

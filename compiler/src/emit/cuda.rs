@@ -28,6 +28,19 @@ pub const TARGET: &str = "CUDA";
 /// occupancy with the registers these kernels take.
 pub const THREADS: usize = 256;
 
+/// How a C++ compiler builds the `.cu` for the CPU: as C++17, with warnings as errors
+/// (then `-c` and an optimisation level).
+pub const HOST_CXX_FLAGS: &[&str] = &[
+    "-x",
+    "c++",
+    "-std=c++17",
+    "-fno-exceptions",
+    "-Wall",
+    "-Wextra",
+    "-Wpedantic",
+    "-Werror",
+];
+
 /// One kernel launch of a call: what `kerac inspect --cuda` reports.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Launch {
@@ -182,6 +195,48 @@ pub fn source_and_launches(
 /// CUDA C++ for `plan`, with symbols `<prefix>_...`; `source` names the model file.
 pub fn source(plan: &Plan, prefix: &str, source: &str) -> Result<String> {
     Ok(source_and_launches(plan, prefix, source)?.0)
+}
+
+/// One kernel's resources on one GPU, as ptxas reports them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Usage {
+    /// The kernel's name in the `.cu` file.
+    pub kernel: String,
+    /// Registers per thread.
+    pub registers: usize,
+    /// Bytes of spill stores per thread.
+    pub spill_bytes: usize,
+}
+
+/// Every kernel's registers and spill stores in what `nvcc --resource-usage` printed,
+/// in order: each kernel once per GPU it was compiled for.
+pub fn resource_usage(report: &str) -> Vec<Usage> {
+    let number_before = |line: &str, what: &str| -> Option<usize> {
+        let head = &line[..line.find(what)?];
+        head.split_whitespace().last()?.parse().ok()
+    };
+    let mut usage = Vec::new();
+    let (mut current, mut spills) = (None, 0);
+    for line in report.lines() {
+        if let Some(at) = line.find("Compiling entry function '") {
+            current = line[at + 26..].split('\'').next().map(str::to_string);
+        }
+        if let Some(n) = number_before(line, " bytes spill stores") {
+            spills = n;
+        }
+        if let (Some(n), Some(mangled)) = (number_before(line, " registers"), &current) {
+            // The mangled name holds the kernel's after its length.
+            let name = mangled.trim_start_matches("_Z").trim_start_matches('L');
+            let digits = name.chars().take_while(char::is_ascii_digit).count();
+            let len: usize = name[..digits].parse().unwrap_or(0);
+            usage.push(Usage {
+                kernel: name.get(digits..digits + len).unwrap_or(name).to_string(),
+                registers: n,
+                spill_bytes: spills,
+            });
+        }
+    }
+    usage
 }
 
 /// Under NVRTC (`model!`'s `cuda`): kernels only, found by name. With nvcc: the launch
@@ -486,6 +541,20 @@ mod tests {
         assert!(!text.contains("const int oh"));
         // No grid: one thread.
         assert_eq!(thread_index(&[], "").1, 1);
+    }
+
+    #[test]
+    fn ptxas_reports_read_per_kernel() {
+        let report = "ptxas info    : Compiling entry function '_Z17net_step0_dense_2PKfPf' for 'sm_90'\nptxas info    : Function properties for _Z17net_step0_dense_2PKfPf\n    0 bytes stack frame, 8 bytes spill stores, 8 bytes spill loads\nptxas info    : Used 40 registers, used 0 barriers\n";
+        let usage = resource_usage(report);
+        assert_eq!(
+            usage,
+            [Usage {
+                kernel: "net_step0_dense_2".into(),
+                registers: 40,
+                spill_bytes: 8
+            }]
+        );
     }
 
     #[test]
