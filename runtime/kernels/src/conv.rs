@@ -96,6 +96,9 @@ pub fn conv_in<I: Isa>(
         valid::<I>(isa, p, x, w, bias, y);
         return;
     }
+    if cin_g == 1 && cout_g == 1 && depthwise::<I>(isa, p, x, w, bias, y) {
+        return;
+    }
     let mut pixel = 0;
     for b in 0..p.batch {
         for od in 0..wd.output {
@@ -418,8 +421,7 @@ unsafe fn pixels<V: Vector>(
     at: At,
 ) -> usize {
     let ww = p.windows[2];
-    let depthwise = p.groups == p.cin && p.groups == p.cout;
-    if p.groups != 1 && !depthwise {
+    if p.groups != 1 {
         return 0;
     }
     let (xp, wp, yp, bp) = (
@@ -428,22 +430,23 @@ unsafe fn pixels<V: Vector>(
         y.as_mut_ptr(),
         bias.map(<[f32]>::as_ptr),
     );
-    let interior = |ow: usize| ww.taps(ow).len() == ww.kernel;
+    let inside = ww.interior();
     // SAFETY: the contract, and the tile only where all its width taps are inside.
     unsafe {
-        if at.ow + TILE <= ww.output && interior(at.ow) && interior(at.ow + TILE - 1) {
-            if p.groups == 1 {
-                conv_tile::<V>(p, xp, wp, bp, yp, at);
-            } else {
-                depthwise_tile::<V>(p, xp, wp, bp, yp, at);
-            }
-            return TILE;
+        if inside.contains(&at.ow) && inside.len() >= TILE {
+            // The row's last interior tile starts early enough to end inside: it
+            // computes again (to the same values) pixels the tile before stored, rather
+            // than leaving up to `TILE - 1` pixels to the one-pixel kernel.
+            let back = (at.ow + TILE).saturating_sub(inside.end);
+            let tile = At {
+                ow: at.ow - back,
+                pixel: at.pixel - back,
+                ..at
+            };
+            conv_tile::<V>(p, xp, wp, bp, yp, tile);
+            return TILE - back;
         }
-        if p.groups == 1 {
-            conv_pixel::<V>(p, xp, wp, bp, yp, at);
-        } else {
-            depthwise_pixel::<V>(p, xp, wp, bp, yp, at);
-        }
+        conv_pixel::<V>(p, xp, wp, bp, yp, at);
     }
     1
 }
@@ -530,52 +533,6 @@ unsafe fn conv_tile<V: Vector>(
     }
 }
 
-/// `TILE` adjacent output pixels of a depthwise convolution with one output per channel,
-/// a vector of channels at a time in `TILE` accumulators: each weight vector loaded
-/// serves `TILE` pixels, and no partial sum leaves a register.
-///
-/// # Safety
-/// As for [`conv_tile`], with `p.groups == p.cin == p.cout` instead of one group.
-#[inline(always)]
-unsafe fn depthwise_tile<V: Vector>(
-    p: &Conv,
-    xp: *const f32,
-    wp: *const f32,
-    bias: Option<*const f32>,
-    yp: *mut f32,
-    at: At,
-) {
-    let [wd, wh, ww] = p.windows;
-    let c = p.cout;
-    let mut co = 0;
-    while co < c {
-        // SAFETY (the whole block): offsets stay inside x, w, y and bias by the
-        // function's contract.
-        unsafe {
-            let mut acc = [bias_vector::<V>(bias, co); TILE];
-            for kd in wd.taps(at.od) {
-                let id = wd.at(at.od, kd);
-                for kh in wh.taps(at.oh) {
-                    let ih = wh.at(at.oh, kh);
-                    let row = ((at.b * wd.input + id) * wh.input + ih) * ww.input;
-                    for kw in 0..ww.kernel {
-                        let tap = (kd * wh.kernel + kh) * ww.kernel + kw;
-                        let wv = V::load(wp.add(tap * c + co));
-                        for (t, a) in acc.iter_mut().enumerate() {
-                            let xv = V::load(xp.add((row + ww.at(at.ow + t, kw)) * c + co));
-                            *a = xv.mul_add(wv, *a);
-                        }
-                    }
-                }
-            }
-            for (t, a) in acc.iter().enumerate() {
-                a.store(yp.add((at.pixel + t) * c + co));
-            }
-        }
-        co += V::LANES;
-    }
-}
-
 /// One output pixel (at an edge, where taps fall in padding), its channels in
 /// registers `PIXEL_BLOCK` vectors at a time, visiting only the taps inside the input.
 ///
@@ -641,54 +598,205 @@ unsafe fn conv_pixel<V: Vector>(
     }
 }
 
-/// One output pixel of a depthwise convolution (one output per channel), its channels
-/// in registers `PIXEL_BLOCK` vectors at a time across the taps inside the input.
-///
-/// # Safety
-/// As for [`depthwise_tile`], for one pixel whose taps come from `taps()`.
+/// Taps a depthwise window may have for [`depthwise`]; larger windows take the loop.
+const MAX_TAPS: usize = 64;
+
+/// A depthwise convolution with one output per channel, row by row: `TILE` adjacent
+/// pixels at a time where their width taps are all inside the input (the row's last
+/// tile starts early enough to end inside, computing some pixels again to the same
+/// values), one pixel at a time at the edges. Each tile lists its taps once, as offsets
+/// into x and w, then runs every block of channels over them with the tile's
+/// accumulators in registers. Returns false, having written nothing, for windows of
+/// more than [`MAX_TAPS`] taps.
 #[inline(always)]
-unsafe fn depthwise_pixel<V: Vector>(
+fn depthwise<I: Isa>(
+    isa: I,
     p: &Conv,
-    xp: *const f32,
-    wp: *const f32,
-    bias: Option<*const f32>,
-    yp: *mut f32,
-    at: At,
-) {
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) -> bool {
     let [wd, wh, ww] = p.windows;
-    let (c, l) = (p.cout, V::LANES);
-    let mut co = 0;
-    while co < c {
-        let vectors = ((c - co) / l).min(PIXEL_BLOCK);
-        // SAFETY (the whole block): as in `conv_pixel`.
-        unsafe {
-            let mut acc = [V::splat(0.0); PIXEL_BLOCK];
-            for (j, a) in acc.iter_mut().enumerate().take(vectors) {
-                *a = bias_vector(bias, co + l * j);
-            }
-            for kd in wd.taps(at.od) {
-                for kh in wh.taps(at.oh) {
-                    for kw in ww.taps(at.ow) {
-                        let xi = (((at.b * wd.input + wd.at(at.od, kd)) * wh.input
-                            + wh.at(at.oh, kh))
-                            * ww.input
-                            + ww.at(at.ow, kw))
-                            * c
-                            + co;
-                        let wi = ((kd * wh.kernel + kh) * ww.kernel + kw) * c + co;
-                        for (j, a) in acc.iter_mut().enumerate().take(vectors) {
-                            let xv = V::load(xp.add(xi + l * j));
-                            *a = xv.mul_add(V::load(wp.add(wi + l * j)), *a);
+    if wd.kernel * wh.kernel * ww.kernel > MAX_TAPS {
+        return false;
+    }
+    let c = p.cout;
+    let (xp, wp, yp, bp) = (
+        x.as_ptr(),
+        w.as_ptr(),
+        y.as_mut_ptr(),
+        bias.map(<[f32]>::as_ptr),
+    );
+    let inside = ww.interior();
+    let tiles = inside.len() >= TILE;
+    let mut taps = [(0, 0); MAX_TAPS];
+    let mut pixel = 0;
+    for b in 0..p.batch {
+        for od in 0..wd.output {
+            for oh in 0..wh.output {
+                let row_start = pixel;
+                let mut ow = 0;
+                while ow < ww.output {
+                    let tiled = tiles && inside.contains(&ow);
+                    let (first, kws) = if tiled {
+                        ((ow + TILE).min(inside.end) - TILE, 0..ww.kernel)
+                    } else {
+                        (ow, ww.taps(ow))
+                    };
+                    let mut n = 0;
+                    for kd in wd.taps(od) {
+                        let id = wd.at(od, kd);
+                        for kh in wh.taps(oh) {
+                            let row = (b * wd.input + id) * wh.input + wh.at(oh, kh);
+                            for kw in kws.clone() {
+                                let tap = (kd * wh.kernel + kh) * ww.kernel + kw;
+                                if let Some(t) = taps.get_mut(n) {
+                                    *t = ((row * ww.input + ww.at(first, kw)) * c, tap * c);
+                                }
+                                n += 1;
+                            }
+                        }
+                    }
+                    let list = taps.get(..n).unwrap_or_default();
+                    let out = pixel - (ow - first);
+                    // SAFETY: `conv_in` checked x, w, y and bias against the geometry;
+                    // every tap listed is inside x for every pixel of the tile, and the
+                    // tile's pixels are output pixels.
+                    unsafe {
+                        if tiled {
+                            depthwise_channels::<I, TILE>(
+                                c,
+                                ww.stride * c,
+                                list,
+                                xp,
+                                wp,
+                                bp,
+                                yp.add(out * c),
+                            );
+                            pixel += first + TILE - ow;
+                            ow = first + TILE;
+                        } else {
+                            depthwise_channels::<I, 1>(c, 0, list, xp, wp, bp, yp.add(out * c));
+                            pixel += 1;
+                            ow += 1;
                         }
                     }
                 }
-            }
-            let out = yp.add(at.pixel * c + co);
-            for (j, a) in acc.iter().enumerate().take(vectors) {
-                a.store(out.add(l * j));
+                // SAFETY: the row's pixels were just written, inside y.
+                p.act
+                    .apply(isa, unsafe { part_mut(y, row_start * c, ww.output * c) });
             }
         }
-        co += l * vectors;
+    }
+    true
+}
+
+/// Every channel of `T` depthwise pixels `step` floats apart in x, in blocks of `I`'s
+/// registers, then its half width, then one channel at a time.
+///
+/// # Safety
+/// Each `(x, w)` of `taps` and every channel below `c` is inside x (for each of the `T`
+/// pixels) and w; `y` is writable for `T * c` floats, and bias readable for `c`.
+#[inline(always)]
+unsafe fn depthwise_channels<I: Isa, const T: usize>(
+    c: usize,
+    step: usize,
+    taps: &[(usize, usize)],
+    xp: *const f32,
+    wp: *const f32,
+    bias: Option<*const f32>,
+    y: *mut f32,
+) {
+    let args = (c, step, taps, xp, wp, bias, y);
+    // SAFETY: the contract; each block ends at or below `c`.
+    unsafe {
+        let co = depthwise_blocks::<I::F, T>(args, 0);
+        let co = if <I::H>::LANES < <I::F>::LANES {
+            depthwise_blocks::<I::H, T>(args, co)
+        } else {
+            co
+        };
+        if 1 < <I::H>::LANES {
+            depthwise_blocks::<crate::lanes::S, T>(args, co);
+        }
+    }
+}
+
+/// [`depthwise_channels`]'s arguments.
+type DwArgs<'a> = (
+    usize,
+    usize,
+    &'a [(usize, usize)],
+    *const f32,
+    *const f32,
+    Option<*const f32>,
+    *mut f32,
+);
+
+/// The channels from `co` on in blocks of `V` registers while whole registers fit:
+/// as many registers a block as `T` pixels' accumulators leave room for. Returns the
+/// first channel left.
+///
+/// # Safety
+/// As for [`depthwise_channels`].
+#[inline(always)]
+unsafe fn depthwise_blocks<V: Vector, const T: usize>(a: DwArgs, mut co: usize) -> usize {
+    let (c, l) = (a.0, V::LANES);
+    // SAFETY: each block ends at or below `c`.
+    unsafe {
+        if T == 1 {
+            while co + 8 * l <= c {
+                depthwise_block::<V, T, 8>(a, co);
+                co += 8 * l;
+            }
+        } else if l == 16 {
+            // 32 registers: 6 x 4 accumulators and 4 weights.
+            while co + 4 * l <= c {
+                depthwise_block::<V, T, 4>(a, co);
+                co += 4 * l;
+            }
+        }
+        while co + 2 * l <= c {
+            depthwise_block::<V, T, 2>(a, co);
+            co += 2 * l;
+        }
+        if co + l <= c {
+            depthwise_block::<V, T, 1>(a, co);
+            co += l;
+        }
+    }
+    co
+}
+
+/// `NV` registers of channels from `co` for `T` pixels: bias, then the taps in order
+/// (without FMA, the portable loop's order and bits), each weight register loaded
+/// serving the `T` pixels.
+///
+/// # Safety
+/// As for [`depthwise_channels`], with `co + NV * V::LANES <= c`.
+#[inline(always)]
+unsafe fn depthwise_block<V: Vector, const T: usize, const NV: usize>(a: DwArgs, co: usize) {
+    let (c, step, taps, xp, wp, bias, y) = a;
+    let l = V::LANES;
+    // SAFETY (the whole body): offsets stay inside x, w, y and bias by the contract.
+    unsafe {
+        let b: [V; NV] = core::array::from_fn(|j| bias_vector(bias, co + j * l));
+        let mut acc = [b; T];
+        for &(xo, wo) in taps {
+            let wv: [V; NV] = core::array::from_fn(|j| V::load(wp.add(wo + co + j * l)));
+            let xs = xp.add(xo + co);
+            for (t, acc) in acc.iter_mut().enumerate() {
+                for j in 0..NV {
+                    acc[j] = V::load(xs.add(t * step + j * l)).mul_add(wv[j], acc[j]);
+                }
+            }
+        }
+        for (t, acc) in acc.iter().enumerate() {
+            for (j, v) in acc.iter().enumerate() {
+                v.store(y.add(t * c + co + j * l));
+            }
+        }
     }
 }
 

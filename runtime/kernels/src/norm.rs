@@ -34,6 +34,10 @@ impl Strided {
     }
 }
 
+/// Named axes shorter than this run several positions per call of [`per_position`]'s
+/// function.
+const SHORT: usize = 64;
+
 /// Calls `f(params, x, y)` on each run of values that share one position of the named
 /// axes (`params` is that position's entry of each parameter), or, where the named axes
 /// are last, on each block of `n` values with the whole parameter slices: loops with no
@@ -55,11 +59,30 @@ fn per_position<const P: usize>(
         return;
     }
     if p.inner == 1 {
-        for o in 0..p.outer {
+        let mut o = 0;
+        if p.n < SHORT {
+            // Few named values (an image's 3 channels): the parameters repeated `k` times
+            // make runs of `k * n` values, so that a call's loop, not its overhead, takes
+            // the time. The same operations per element as below.
+            let k = SHORT / p.n;
+            let m = k * p.n;
+            let tiled: [[f32; SHORT]; P] = core::array::from_fn(|i| {
+                core::array::from_fn(|j| params[i].get(j % p.n).copied().unwrap_or(0.0))
+            });
+            while o + k <= p.outer {
+                let at = o * p.n..o * p.n + m;
+                if let (Some(x), Some(y)) = (x.get(at.clone()), y.get_mut(at)) {
+                    f(tiled.each_ref().map(|q| q.get(..m).unwrap_or(&[])), x, y);
+                }
+                o += k;
+            }
+        }
+        while o < p.outer {
             let at = o * p.n..(o + 1) * p.n;
             if let (Some(x), Some(y)) = (x.get(at.clone()), y.get_mut(at)) {
                 f(params.map(|q| q.get(..p.n).unwrap_or(&[])), x, y);
             }
+            o += 1;
         }
         return;
     }

@@ -71,9 +71,67 @@ impl Window {
                     < self.input)
     }
 
+    /// The outputs all of whose taps land inside the input: one run, between the
+    /// outputs that reach into the padding before and after.
+    pub const fn interior(&self) -> Range<usize> {
+        if self.stride == 0 {
+            return 0..0;
+        }
+        let start = self.pad_before.div_ceil(self.stride);
+        let reach = self.kernel.saturating_sub(1).saturating_mul(self.dilation);
+        // The last output's window ends on the input's last position at most.
+        let room = self.input.saturating_add(self.pad_before);
+        let end = if room > reach {
+            (room - reach - 1) / self.stride + 1
+        } else {
+            0
+        };
+        let end = if end < self.output { end } else { self.output };
+        let start = if start < end { start } else { end };
+        start..end
+    }
+
     /// Input position of tap `k` of output `o`, for `k` in [`Window::taps`]`(o)`.
     #[inline(always)]
     pub const fn at(&self, o: usize, k: usize) -> usize {
         o * self.stride + k * self.dilation - self.pad_before
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Window;
+    use std::vec::Vec;
+
+    #[test]
+    fn interior_holds_exactly_the_outputs_with_every_tap_inside() {
+        for input in 1..12 {
+            for kernel in 1..5 {
+                for stride in 1..4 {
+                    for dilation in 1..3 {
+                        for pad_before in 0..4 {
+                            let reach = (kernel - 1) * dilation;
+                            let padded = input + 2 * pad_before;
+                            if padded <= reach {
+                                continue;
+                            }
+                            let w = Window {
+                                input,
+                                output: (padded - reach - 1) / stride + 1,
+                                kernel,
+                                stride,
+                                dilation,
+                                pad_before,
+                            };
+                            let full: Vec<usize> = (0..w.output)
+                                .filter(|&o| w.taps(o).len() == kernel)
+                                .collect();
+                            let interior: Vec<usize> = w.interior().collect();
+                            assert_eq!(interior, full, "{w:?}");
+                        }
+                    }
+                }
+            }
+        }
     }
 }
