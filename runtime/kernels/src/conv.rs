@@ -2,6 +2,8 @@
 //! is `[1, 1, L]`): direct grouped convolution (depthwise is one group per input
 //! channel) and transposed convolution.
 
+use core::mem::MaybeUninit;
+
 use crate::act::Act;
 use crate::isa::Isa;
 use crate::lanes::Vector;
@@ -630,7 +632,9 @@ fn depthwise<I: Isa>(
     );
     let inside = ww.interior();
     let tiles = inside.len() >= TILE;
-    let mut taps = [(0, 0); MAX_TAPS];
+    // Left uninitialised: zeroing it would be a `memset` on the stack, whose instruction
+    // count varies with the stack's alignment, which the environment's size moves.
+    let mut taps = [const { MaybeUninit::<(usize, usize)>::uninit() }; MAX_TAPS];
     let mut pixel = 0;
     for b in 0..p.batch {
         for od in 0..wd.output {
@@ -652,13 +656,20 @@ fn depthwise<I: Isa>(
                             for kw in kws.clone() {
                                 let tap = (kd * wh.kernel + kh) * ww.kernel + kw;
                                 if let Some(t) = taps.get_mut(n) {
-                                    *t = ((row * ww.input + ww.at(first, kw)) * c, tap * c);
+                                    t.write(((row * ww.input + ww.at(first, kw)) * c, tap * c));
                                 }
                                 n += 1;
                             }
                         }
                     }
-                    let list = taps.get(..n).unwrap_or_default();
+                    // SAFETY: the first `n` (at most MAX_TAPS, by the check above)
+                    // were just written.
+                    let list = unsafe {
+                        core::slice::from_raw_parts(
+                            taps.as_ptr().cast::<(usize, usize)>(),
+                            n.min(MAX_TAPS),
+                        )
+                    };
                     let out = pixel - (ow - first);
                     // SAFETY: `conv_in` checked x, w, y and bias against the geometry;
                     // every tap listed is inside x for every pixel of the tile, and the
