@@ -37,6 +37,11 @@ const NORMAL: usize = 48;
 const SUBNORMAL: usize = 16;
 const POOL: usize = NORMAL + SUBNORMAL;
 
+/// A cache line of an object's scratch memory, which its header asks to be 64-aligned.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
 struct Options {
     results: PathBuf,
     runs: usize,
@@ -307,9 +312,9 @@ fn run() -> Result<(), String> {
 
         // kerac, Cranelift objects.
         for &(target, predict) in bench.objects {
-            let mut scratch = vec![0u128; bench.scratch_bytes.div_ceil(16).max(1)];
+            let mut scratch = vec![Line([0; 64]); bench.scratch_bytes.div_ceil(64).max(1)];
             let mut out = vec![0f32; out_len];
-            let object = |i: usize, out: &mut Vec<f32>, scratch: &mut Vec<u128>| {
+            let object = |i: usize, out: &mut Vec<f32>, scratch: &mut Vec<Line>| {
                 let mut ptrs = Vec::with_capacity(bench.output_lens.len());
                 let mut at = 0;
                 for &n in bench.output_lens {
@@ -318,8 +323,8 @@ fn run() -> Result<(), String> {
                 }
                 let ins = [x(i).as_ptr()];
                 // SAFETY: the object's predict reads one input of `in_len` floats, writes
-                // the outputs' lengths into `out`, and uses `scratch_bytes` of 16-aligned
-                // scratch.
+                // the outputs' lengths into `out`, and uses `scratch_bytes` of scratch
+                // (aligned as the header asks, a cache line).
                 unsafe { predict(ins.as_ptr(), ptrs.as_ptr(), scratch.as_mut_ptr().cast()) }
             };
             let mut diff = 0f64;

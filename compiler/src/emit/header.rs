@@ -22,8 +22,9 @@ pub fn scratch_bytes(plan: &Plan) -> usize {
     plan.arena_floats.max(1) * 4
 }
 
-/// Alignment the scratch buffer should have (the code itself tolerates any).
-pub const SCRATCH_ALIGN: usize = 16;
+/// Alignment the scratch buffer should have (the code itself tolerates any): a cache
+/// line, as the plan aligns its large buffers (`plan::WIDE_ALIGN_FLOATS`).
+pub const SCRATCH_ALIGN: usize = 64;
 
 /// A C identifier from a Keras name: other characters become `_`.
 pub(crate) fn c_ident(name: &str) -> String {

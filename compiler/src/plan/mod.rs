@@ -401,6 +401,9 @@ pub struct Plan {
 /// Floats between buffer offsets: 32 bytes, one AVX2 vector.
 pub const ALIGN_FLOATS: usize = 8;
 
+/// Alignment of large buffers' offsets: 64 bytes, a cache line and one AVX-512 vector.
+pub const WIDE_ALIGN_FLOATS: usize = 16;
+
 impl Plan {
     /// Lowers, optimizes and lays out a graph.
     pub fn new(graph: &Graph) -> Result<Plan> {

@@ -528,6 +528,11 @@ fn check_prefix(prefix: &str) -> Result<()> {
     }
 }
 
+/// A cache line of scratch memory: the scratch buffer is [`SCRATCH_ALIGN`]-aligned.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; SCRATCH_ALIGN]);
+
 /// A model compiled in memory for this machine.
 pub struct Jit {
     // Owns the executable memory `predict` points into.
@@ -538,7 +543,7 @@ pub struct Jit {
     io_loops: Vec<Loop>,
     /// Bytes of scratch before the loop counters of a counting build.
     counters_at: Option<usize>,
-    scratch: Vec<u128>,
+    scratch: Vec<Line>,
     input_lens: Vec<usize>,
     output_lens: Vec<usize>,
     output_shapes: Vec<Vec<usize>>,
@@ -620,7 +625,7 @@ impl Jit {
             loops: defined.loops,
             io_loops: defined.io_loops,
             counters_at: counting.then(|| scratch_bytes(plan).div_ceil(8) * 8),
-            scratch: vec![0; bytes.div_ceil(16)],
+            scratch: vec![Line([0; SCRATCH_ALIGN]); bytes.div_ceil(SCRATCH_ALIGN)],
             input_lens: plan
                 .inputs
                 .iter()
@@ -664,9 +669,12 @@ impl Jit {
         let at = self.counters_at?;
         let total: usize = self.loops.iter().map(Vec::len).sum();
         // SAFETY: a counting build's scratch holds `total` u64 counters from `at`,
-        // which is a multiple of 8 inside a buffer of u128.
+        // which is a multiple of 8 inside a buffer of cache lines.
         let bytes: &[u8] = unsafe {
-            std::slice::from_raw_parts(self.scratch.as_ptr().cast(), self.scratch.len() * 16)
+            std::slice::from_raw_parts(
+                self.scratch.as_ptr().cast(),
+                self.scratch.len() * SCRATCH_ALIGN,
+            )
         };
         Some(
             (0..total)
@@ -751,14 +759,14 @@ impl Jit {
         mut after_step: impl FnMut(usize, &[f32]),
     ) -> Result<()> {
         if plan.steps.len() != self.steps.len()
-            || self.scratch.len() * 16 < scratch_bytes(plan)
+            || self.scratch.len() * SCRATCH_ALIGN < scratch_bytes(plan)
             || inputs.len() != plan.inputs.len()
         {
             bail!("the inputs or the plan do not fit this compiled model");
         }
         let floats = plan.arena_floats;
         // SAFETY: the scratch holds at least `arena_floats` floats (checked above),
-        // u128-aligned, and nothing else borrows it while this slice lives.
+        // cache-line-aligned, and nothing else borrows it while this slice lives.
         let arena =
             unsafe { std::slice::from_raw_parts_mut(self.scratch.as_mut_ptr().cast(), floats) };
         crate::plan::exec::write_inputs(plan, arena, inputs)?;
@@ -775,7 +783,7 @@ impl Jit {
     /// Forgets a streaming model's recurrent state (zeroes the scratch memory, which
     /// holds it): the next call starts a new sequence.
     pub fn reset_state(&mut self) {
-        self.scratch.fill(0);
+        self.scratch.fill(Line([0; SCRATCH_ALIGN]));
     }
 }
 
