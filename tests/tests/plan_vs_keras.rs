@@ -100,3 +100,24 @@ fn plan_counts_the_same_flops_as_the_graph() {
         assert_eq!(plan.flops(), graph.flops(), "{}", f.label());
     }
 }
+
+#[test]
+fn zero_padding_before_a_depthwise_convolution_becomes_its_padding() {
+    // MobileNetV2 pads explicitly before each of its four strided depthwise
+    // convolutions; the plan holds no copy for them, and plan_on_runtime_kernels_...
+    // above checks the result against Keras.
+    let model = kerac_conformance::fixtures_dir().join("app_mobilenetv2/k3.keras");
+    let graph = kerac_compiler::load(&model, None, &BuildOptions::default()).unwrap();
+    let plan = Plan::new(&graph).unwrap();
+    let folded: Vec<&str> = plan
+        .steps
+        .iter()
+        .filter(|s| s.layers.contains("_pad + ") && s.layers.contains("depthwise"))
+        .map(|s| s.layers.as_str())
+        .collect();
+    assert_eq!(folded.len(), 4, "{folded:#?}");
+    for step in &plan.steps {
+        let copy = matches!(step.kernel, plan::Kernel::Resample(_));
+        assert!(!(copy && step.layers.ends_with("_pad")), "{}", step.layers);
+    }
+}

@@ -15,7 +15,7 @@ fn readers(plan: &Plan, value: BufferId) -> usize {
 }
 
 /// The step that reads `value`, when exactly one step does and it is not an output.
-fn sole_reader(plan: &Plan, value: BufferId) -> Option<usize> {
+pub(super) fn sole_reader(plan: &Plan, value: BufferId) -> Option<usize> {
     if readers(plan, value) != 1 {
         return None;
     }

@@ -410,6 +410,7 @@ impl Plan {
         let mut plan = lower::lower(graph).map_err(|e| e.in_file(&graph.source))?;
         fuse::fold_batch_norm(&mut plan);
         fuse::fuse_activations(&mut plan);
+        pad::fold_zero_padding(&mut plan);
         pad::pad_convolutions(&mut plan);
         pack::pack(&mut plan);
         arena::place(&mut plan);

@@ -67,6 +67,69 @@ pub fn pad_convolutions(plan: &mut Plan) {
     plan.steps = steps;
 }
 
+/// A zero padding (`ZeroPadding2D`, as MobileNetV2 and EfficientNet put before their
+/// strided depthwise convolutions) whose only reader is a grouped convolution becomes
+/// that convolution's own padding: one pass over memory fewer. The taps that landed on
+/// the zeros are skipped instead of multiplied, so only convolutions whose weights are
+/// all finite take it: there each skipped product was a zero. Single-group convolutions are left to
+/// [`pad_convolutions`], which pads their input again for the tiled valid path.
+pub fn fold_zero_padding(plan: &mut Plan) {
+    let mut i = 0;
+    while i < plan.steps.len() {
+        let Kernel::Resample(pad) = plan.steps[i].kernel else {
+            i += 1;
+            continue;
+        };
+        let reader = super::fuse::sole_reader(plan, plan.steps[i].output);
+        let Some(j) =
+            reader.filter(|&j| plan.steps[j].inputs.first() == Some(&plan.steps[i].output))
+        else {
+            i += 1;
+            continue;
+        };
+        // A tap on a padded zero adds weight x 0, which is 0 only for finite weights.
+        let finite = match plan.steps[j].kernel {
+            Kernel::Conv { w, .. } => plan.weights[w].data.iter().all(|v| v.is_finite()),
+            _ => false,
+        };
+        let Kernel::Conv { p, .. } = &mut plan.steps[j].kernel else {
+            i += 1;
+            continue;
+        };
+        // Each axis padded, or left as it is (the unit depth axis of a 2-D padding).
+        let axes = pad.axes.map(|a| match a {
+            AxisMap::Pad { before, input, len } => Some((before, input, len)),
+            AxisMap::Crop { before: 0, len } => Some((0, len, len)),
+            _ => None,
+        });
+        let fits = finite
+            && p.groups > 1
+            && pad.batch == p.batch
+            && pad.channels == p.cin
+            && (0..3).all(|k| {
+                axes[k].is_some_and(|(_, input, len)| {
+                    let w = p.windows[k];
+                    input == pad.input[k] && w.input == len && w.pad_before == 0 && w.is_valid()
+                })
+            });
+        if !fits {
+            i += 1;
+            continue;
+        }
+        for (w, axis) in p.windows.iter_mut().zip(axes) {
+            if let Some((before, input, _)) = axis {
+                w.input = input;
+                w.pad_before = before;
+            }
+        }
+        let padding = plan.steps.remove(i);
+        let j = if i < j { j - 1 } else { j };
+        let conv = &mut plan.steps[j];
+        conv.inputs[0] = padding.inputs[0];
+        conv.layers = format!("{} + {}", padding.layers, conv.layers);
+    }
+}
+
 /// The input length a window reads with its padding: up to the last tap of its last
 /// output, which may stop short of the input's end (a strided window can leave it).
 /// `None` where the count overflows.
