@@ -150,12 +150,12 @@ fn c<T: Lanes>(v: f32) -> T {
 
 #[inline(always)]
 fn vmax<T: Lanes>(a: T, b: T) -> T {
-    T::select(a.gt(b), a, b)
+    a.max(b)
 }
 
 #[inline(always)]
 fn vmin<T: Lanes>(a: T, b: T) -> T {
-    T::select(a.lt(b), a, b)
+    a.min(b)
 }
 
 /// Clamps `x` into `[lo, hi]`; NaN stays NaN.
@@ -379,9 +379,19 @@ impl Act {
     /// [`Act::apply`] for code already inside `I::vectorize`.
     #[inline(always)]
     fn apply_in<I: Isa>(self, data: &mut [f32]) {
-        if self == Act::Linear {
-            return;
+        // The activations of most convolutions get loops of their own, with the constant
+        // folded in: the general loop passes every register through the whole `match`
+        // of `eval_lanes`, which the optimiser does not hoist out of it.
+        match self {
+            Act::Linear => {}
+            Act::Relu => Act::Relu.each::<I>(data),
+            Act::Relu6 => Act::Relu6.each::<I>(data),
+            other => other.each::<I>(data),
         }
+    }
+
+    #[inline(always)]
+    fn each<I: Isa>(self, data: &mut [f32]) {
         let start = self.lanes::<I::F>(data, 0);
         let start = self.lanes::<I::H>(data, start);
         // `get_mut`, not indexing: the start is within the data, but the optimiser

@@ -39,6 +39,18 @@ pub trait Lanes:
     fn mantissa(self) -> Self;
     /// The correctly rounded square root (NaN below zero).
     fn sqrt(self) -> Self;
+    /// `self > o ? self : o`, x86 `maxps`: NaN in either gives `o`. The SIMD lanes
+    /// override it with that one instruction, which a compare and a blend are not
+    /// always turned into (never with AVX-512's mask registers).
+    #[inline(always)]
+    fn max(self, o: Self) -> Self {
+        Self::select(self.gt(o), self, o)
+    }
+    /// `self < o ? self : o`, x86 `minps`: NaN in either gives `o`.
+    #[inline(always)]
+    fn min(self, o: Self) -> Self {
+        Self::select(self.lt(o), self, o)
+    }
 }
 
 /// A register of float lanes the kernels load, multiply-add and store: the one
@@ -61,8 +73,6 @@ pub trait Vector: Lanes {
     /// `self * b + c`: fused (one rounding) where the ISA has FMA, else a product
     /// then a sum, which is the portable loop's rounding.
     fn mul_add(self, b: Self, c: Self) -> Self;
-    /// `self > o ? self : o`, x86 `maxps`: NaN in either gives `o`.
-    fn max(self, o: Self) -> Self;
 }
 
 impl Vector for S {
@@ -80,10 +90,6 @@ impl Vector for S {
     #[inline(always)]
     fn mul_add(self, b: S, c: S) -> S {
         S(c.0 + self.0 * b.0)
-    }
-    #[inline(always)]
-    fn max(self, o: S) -> S {
-        S::select(self.gt(o), self, o)
     }
 }
 
@@ -358,6 +364,16 @@ mod sse {
                 V4(_mm_castsi128_ps(m))
             }
         }
+        #[inline(always)]
+        fn max(self, o: V4) -> V4 {
+            // SAFETY: SSE is part of the x86-64 baseline.
+            V4(unsafe { _mm_max_ps(self.0, o.0) })
+        }
+        #[inline(always)]
+        fn min(self, o: V4) -> V4 {
+            // SAFETY: SSE is part of the x86-64 baseline.
+            V4(unsafe { _mm_min_ps(self.0, o.0) })
+        }
     }
 
     impl super::Vector for V4 {
@@ -376,11 +392,6 @@ mod sse {
         fn mul_add(self, b: V4, c: V4) -> V4 {
             // SSE2 has no FMA: the portable loop's product, then sum.
             c + self * b
-        }
-        #[inline(always)]
-        fn max(self, o: V4) -> V4 {
-            // SAFETY: SSE is part of the x86-64 baseline.
-            V4(unsafe { _mm_max_ps(self.0, o.0) })
         }
     }
 }
@@ -488,6 +499,16 @@ mod avx2 {
                 V8(_mm256_castsi256_ps(m))
             }
         }
+        #[inline(always)]
+        fn max(self, o: V8) -> V8 {
+            // SAFETY: V8 runs only where the CPU has AVX2.
+            V8(unsafe { _mm256_max_ps(self.0, o.0) })
+        }
+        #[inline(always)]
+        fn min(self, o: V8) -> V8 {
+            // SAFETY: V8 runs only where the CPU has AVX2.
+            V8(unsafe { _mm256_min_ps(self.0, o.0) })
+        }
     }
 
     impl super::Vector for V8 {
@@ -506,11 +527,6 @@ mod avx2 {
         fn mul_add(self, b: V8, c: V8) -> V8 {
             // SAFETY: V8 runs only where the CPU has AVX2 and FMA.
             V8(unsafe { _mm256_fmadd_ps(self.0, b.0, c.0) })
-        }
-        #[inline(always)]
-        fn max(self, o: V8) -> V8 {
-            // SAFETY: V8 runs only where the CPU has AVX2.
-            V8(unsafe { _mm256_max_ps(self.0, o.0) })
         }
     }
 }
@@ -640,6 +656,16 @@ mod avx512 {
                 ))
             }
         }
+        #[inline(always)]
+        fn max(self, o: V16) -> V16 {
+            // SAFETY: as above; `vmaxps` has `maxps`'s NaN rule at every width.
+            V16(unsafe { _mm512_max_ps(self.0, o.0) })
+        }
+        #[inline(always)]
+        fn min(self, o: V16) -> V16 {
+            // SAFETY: as above; `vmaxps` has `maxps`'s NaN rule at every width.
+            V16(unsafe { _mm512_min_ps(self.0, o.0) })
+        }
     }
 
     impl super::Vector for V16 {
@@ -658,11 +684,6 @@ mod avx512 {
         fn mul_add(self, b: V16, c: V16) -> V16 {
             // SAFETY: V16 runs only where the CPU has AVX-512F.
             V16(unsafe { _mm512_fmadd_ps(self.0, b.0, c.0) })
-        }
-        #[inline(always)]
-        fn max(self, o: V16) -> V16 {
-            // SAFETY: as above; `vmaxps` has `maxps`'s NaN rule at every width.
-            V16(unsafe { _mm512_max_ps(self.0, o.0) })
         }
     }
 }
