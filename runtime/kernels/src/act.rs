@@ -379,9 +379,9 @@ impl Act {
     /// [`Act::apply`] for code already inside `I::vectorize`.
     #[inline(always)]
     fn apply_in<I: Isa>(self, data: &mut [f32]) {
-        // The activations of most convolutions get loops of their own, with the constant
-        // folded in: the general loop passes every register through the whole `match`
-        // of `eval_lanes`, which the optimiser does not hoist out of it.
+        // The activations of most convolutions get loops of their own, with the
+        // activation known inside them, rather than the general loop's `eval_lanes`
+        // over every activation.
         match self {
             Act::Linear => {}
             Act::Relu => Act::Relu.each::<I>(data),
