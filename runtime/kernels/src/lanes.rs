@@ -39,9 +39,17 @@ pub trait Lanes:
     fn mantissa(self) -> Self;
     /// The correctly rounded square root (NaN below zero).
     fn sqrt(self) -> Self;
+    /// Rounding toward negative infinity, for `|self| < 2^31` (the range `exp` uses).
+    /// AVX and AVX-512 override it with their one rounding instruction: exact, so the
+    /// same bits as the truncation, compare and blend here.
+    #[inline(always)]
+    fn floor(self) -> Self {
+        let t = self.trunc();
+        t - Self::select(t.gt(self), Self::splat(1.0), Self::splat(0.0))
+    }
     /// `self > o ? self : o`, x86 `maxps`: NaN in either gives `o`. The SIMD lanes
-    /// override it with that one instruction, which a compare and a blend are not
-    /// always turned into (never with AVX-512's mask registers).
+    /// override it with that one instruction rather than leave the optimiser to find
+    /// it in a compare and a blend.
     #[inline(always)]
     fn max(self, o: Self) -> Self {
         Self::select(self.gt(o), self, o)
@@ -500,6 +508,10 @@ mod avx2 {
             }
         }
         #[inline(always)]
+        fn floor(self) -> V8 {
+            V8(unsafe { _mm256_floor_ps(self.0) })
+        }
+        #[inline(always)]
         fn max(self, o: V8) -> V8 {
             // SAFETY: V8 runs only where the CPU has AVX2.
             V8(unsafe { _mm256_max_ps(self.0, o.0) })
@@ -655,6 +667,12 @@ mod avx512 {
                     _mm512_set1_epi32(0x3f00_0000),
                 ))
             }
+        }
+        #[inline(always)]
+        fn floor(self) -> V16 {
+            V16(unsafe {
+                _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(self.0)
+            })
         }
         #[inline(always)]
         fn max(self, o: V16) -> V16 {
