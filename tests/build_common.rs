@@ -1,5 +1,5 @@
 //! What the conformance crates' build scripts share: one `kerac::model!` module per
-//! fixture file. Included by `tests/build.rs` and `tests/extra/build.rs`.
+//! fixture file. Included by `tests/compiled/build.rs` and `tests/extra/build.rs`.
 
 use std::fmt::Write;
 use std::path::Path;
@@ -16,9 +16,11 @@ pub fn fixture_dirs(root: &Path) -> Vec<std::path::PathBuf> {
 }
 
 /// One `model!` module per model file (of `files`) in `dirs`, its row in the table and
-/// its weight size.
+/// its weight size. Paths under `root` are written relative to it, with `to_root` (the
+/// way from the calling crate to `root`) before the model's.
 pub fn expand(
     root: &Path,
+    to_root: &str,
     dirs: &[std::path::PathBuf],
     files: &[&str],
     modules: &mut String,
@@ -29,9 +31,9 @@ pub fn expand(
         let name = dir.file_name().unwrap().to_string_lossy().into_owned();
         // Committed fixtures by a path relative to the crate (as a user would write
         // it); extra ones by their absolute path.
-        let folder = match dir.strip_prefix(root) {
-            Ok(relative) => relative.display().to_string(),
-            Err(_) => dir.display().to_string(),
+        let (folder, to_folder) = match dir.strip_prefix(root) {
+            Ok(relative) => (relative.display().to_string(), to_root),
+            Err(_) => (dir.display().to_string(), ""),
         };
         for &file in files {
             if !dir.join(file).exists() {
@@ -60,7 +62,7 @@ pub fn expand(
             writeln!(
                 modules,
                 "pub mod {module} {{ kerac::model!(pub Model = {:?}{options}); }}",
-                format!("{folder}/{file}")
+                format!("{to_folder}{folder}/{file}")
             )
             .unwrap();
             writeln!(

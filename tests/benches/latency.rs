@@ -9,10 +9,7 @@ use kerac_compiler::bench::measure;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-#[allow(dead_code)]
-mod compiled {
-    include!(concat!(env!("OUT_DIR"), "/compiled_fixtures.rs"));
-}
+use kerac_conformance_compiled as compiled;
 
 const MODELS: &[&str] = &[
     "controller/k3.keras",

@@ -19,6 +19,7 @@ fn main() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         common::expand(
             root,
+            "",
             &common::fixture_dirs(extra),
             &["k3.keras"],
             &mut modules,

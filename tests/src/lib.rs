@@ -26,13 +26,7 @@ impl Fixture {
     }
 }
 
-/// Label, reference file and constructor of a fixture file compiled by `model!` (the
-/// build scripts write the tables).
-pub type Compiled = (
-    &'static str,
-    &'static str,
-    fn(kerac::Level) -> Box<dyn kerac::Model>,
-);
+pub use kerac_conformance_compiled::Compiled;
 
 /// Runs every compiled model in `all` through the generic `kerac::Model` entry point at
 /// each instruction set this CPU has, on its recorded inputs (the reference path is

@@ -23,10 +23,7 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-#[allow(dead_code)]
-mod compiled {
-    include!(concat!(env!("OUT_DIR"), "/compiled_fixtures.rs"));
-}
+use kerac_conformance_compiled as compiled;
 
 #[test]
 fn running_a_compiled_model_allocates_nothing() {

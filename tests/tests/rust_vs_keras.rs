@@ -2,10 +2,7 @@
 //! the generic `kerac::Model` entry point with each instruction set this CPU has,
 //! compared with the outputs real Keras recorded.
 
-#[allow(dead_code)]
-mod compiled {
-    include!(concat!(env!("OUT_DIR"), "/compiled_fixtures.rs"));
-}
+use kerac_conformance_compiled as compiled;
 
 use kerac_compiler::io::IoFile;
 use std::path::Path;

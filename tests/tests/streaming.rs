@@ -10,10 +10,7 @@ use kerac_compiler::plan::{exec, Plan};
 use kerac_compiler::BuildOptions;
 use ndarray::{ArrayD, IxDyn};
 
-#[allow(dead_code)]
-mod compiled {
-    include!(concat!(env!("OUT_DIR"), "/compiled_fixtures.rs"));
-}
+use kerac_conformance_compiled as compiled;
 
 const FILES: [&str; 3] = ["k3.keras", "k3.h5", "k2.h5"];
 

@@ -2,10 +2,7 @@
 //! callgrind: `predict_once LABEL zeros|huge|nan|inf|denormal|random ISA`. Prints a
 //! checksum and the instruction set that ran (Valgrind's CPU may lack the one asked for).
 
-#[allow(dead_code)]
-mod compiled {
-    include!(concat!(env!("OUT_DIR"), "/compiled_fixtures.rs"));
-}
+use kerac_conformance_compiled as compiled;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();

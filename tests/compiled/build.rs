@@ -1,7 +1,7 @@
 //! Writes one `kerac::model!` call per fixture file, so the tests compile every fixture
 //! through the macro exactly as a user crate would.
 
-#[path = "build_common.rs"]
+#[path = "../build_common.rs"]
 mod common;
 
 use common::{expand, fixture_dirs};
@@ -22,15 +22,18 @@ pub const STREAMED: [&str; 6] = [
 ];
 
 fn main() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // `tests/`: the reference paths in the table are relative to it, as the tests read
+    // them; the model paths are written relative to this crate.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let fixtures = root.join("fixtures");
-    println!("cargo:rerun-if-changed=fixtures");
+    println!("cargo:rerun-if-changed=../fixtures");
     let dirs = fixture_dirs(&fixtures);
     let mut modules = String::new();
-    let mut table = String::from("pub use kerac_conformance::Compiled;\n/// Every fixture file compiled by `model!`.\npub fn compiled() -> Vec<Compiled> {\n    vec![\n");
+    let mut table = String::from("/// Every fixture file compiled by `model!`.\npub fn compiled() -> Vec<Compiled> {\n    vec![\n");
     let mut sizes = String::from("/// Label and `WEIGHT_BYTES` of every fixture file compiled by `model!`.\npub fn weight_bytes() -> Vec<(&'static str, usize)> {\n    vec![\n");
     expand(
         root,
+        "../",
         &dirs,
         &ALL_FILES,
         &mut modules,
@@ -51,7 +54,7 @@ fn main() {
         for file in ["k3.keras", "k3.h5", "k2.h5"] {
             let module = format!("s_{}_{}", name, file.replace('.', "_"));
             let reference = format!("fixtures/{name}/{}.io.json", &file[..2]);
-            writeln!(modules, "pub mod {module} {{ kerac::model!(pub Model = \"fixtures/{name}/{file}\", stream = true); }}").unwrap();
+            writeln!(modules, "pub mod {module} {{ kerac::model!(pub Model = \"../fixtures/{name}/{file}\", stream = true); }}").unwrap();
             writeln!(table, "        (\"{name}/{file}\", \"{reference}\", |isa| Box::new({module}::Model::with_isa(isa))),").unwrap();
         }
     }
