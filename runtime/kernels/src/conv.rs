@@ -356,7 +356,9 @@ unsafe fn valid_block<V: Vector, const NV: usize>(
         };
         // Panels outside L1 are prefetched too, even from L2 (3x3 layers of 64-128
         // channels: 10% faster on AVX-512); those inside it would only lose load slots.
-        let far = p.panels && wd.kernel * wh.kernel * ww.kernel * cin * cout > L1_FLOATS;
+        // Rows inside L1 need no prefetch in either layout.
+        let big = wd.kernel * wh.kernel * ww.kernel * cin * cout > L1_FLOATS;
+        let far = p.panels && big;
         for kd in 0..wd.kernel {
             for kh in 0..wh.kernel {
                 let row = (kd * wd.dilation * wh.input + kh * wh.dilation) * ww.input;
@@ -375,7 +377,7 @@ unsafe fn valid_block<V: Vector, const NV: usize>(
                             for c in cols {
                                 crate::simd::prefetch(wr.add(PREFETCH_ROWS * PANEL + c));
                             }
-                        } else if !p.panels {
+                        } else if !p.panels && big {
                             for line in (0..NV * l).step_by(16) {
                                 crate::simd::prefetch(wr.add(PREFETCH_ROWS * cout + co + line));
                             }
@@ -626,9 +628,11 @@ const DW_CHUNK: usize = 128;
 /// A depthwise convolution with one output per channel, row by row: `TILE` adjacent
 /// pixels at a time where their width taps are all inside the input (the row's last
 /// tile starts early enough to end inside, computing some pixels again to the same
-/// values), one pixel at a time at the edges. Each tile lists its taps once, as offsets
-/// into x and w, then runs every block of channels over them with the tile's
-/// accumulators in registers. Wide layers go in chunks of [`DW_CHUNK`] channels, each
+/// values), one pixel at a time at the edges. Each row lists its tiles' taps once, as
+/// offsets into x and w from its first tile (the others start whole pixels further
+/// along x), and each edge pixel its own; every block of channels then runs over a
+/// list with the tile's accumulators in registers. Listing the taps per tile took a
+/// third of MobileNet's depthwise time. Wide layers go in chunks of [`DW_CHUNK`] channels, each
 /// over the whole map. Returns false, having written nothing, for windows of more than
 /// [`MAX_TAPS`] taps.
 #[inline(always)]
@@ -647,89 +651,102 @@ fn depthwise<I: Isa>(
     let c = p.cout;
     let inside = ww.interior();
     let tiles = inside.len() >= TILE;
-    // Left uninitialised: zeroing it would be a `memset` on the stack, whose instruction
-    // count varies with the stack's alignment, which the environment's size moves.
-    let mut taps = [const { MaybeUninit::<(usize, usize)>::uninit() }; MAX_TAPS];
+    // Left uninitialised: zeroing them would be a `memset` on the stack, whose
+    // instruction count varies with the stack's alignment, which the environment's size
+    // moves. `edge` lists one edge pixel's taps; `row` those of the row's first tile,
+    // which every tile of the row shares, `stride` floats further along x a pixel.
+    let mut edge = [const { MaybeUninit::<(usize, usize)>::uninit() }; MAX_TAPS];
+    let mut row = [const { MaybeUninit::<(usize, usize)>::uninit() }; MAX_TAPS];
     let taps_n = wd.kernel * wh.kernel * ww.kernel;
     let chunk = if taps_n * c > L1_FLOATS / 2 {
         DW_CHUNK
     } else {
         c
     };
+    // Lists the taps of output position (od, oh) and width `first`, for widths `kws`;
+    // returns how many.
+    let list = |list: &mut [MaybeUninit<(usize, usize)>; MAX_TAPS],
+                b: usize,
+                od: usize,
+                oh: usize,
+                first: usize,
+                kws: core::ops::Range<usize>| {
+        let mut n = 0;
+        for kd in wd.taps(od) {
+            let id = wd.at(od, kd);
+            for kh in wh.taps(oh) {
+                let r = (b * wd.input + id) * wh.input + wh.at(oh, kh);
+                for kw in kws.clone() {
+                    let tap = (kd * wh.kernel + kh) * ww.kernel + kw;
+                    if let Some(t) = list.get_mut(n) {
+                        t.write(((r * ww.input + ww.at(first, kw)) * c, tap * c));
+                    }
+                    n += 1;
+                }
+            }
+        }
+        // SAFETY: the first `n` (at most MAX_TAPS, by the check above) were just
+        // written.
+        unsafe {
+            core::slice::from_raw_parts(list.as_ptr().cast::<(usize, usize)>(), n.min(MAX_TAPS))
+        }
+    };
     let mut c0 = 0;
     while c0 < c {
         let count = (c - c0).min(chunk);
         // Every channel of a row is done once the last chunk has passed it.
         let last = c0 + count == c;
-        // The chunk's first channel: offsets below stay whole pixels of `c` floats.
-        let (xp, wp, yp, bp) = (
-            x.as_ptr().wrapping_add(c0),
-            w.as_ptr().wrapping_add(c0),
-            y.as_mut_ptr().wrapping_add(c0),
-            bias.map(|b| b.as_ptr().wrapping_add(c0)),
-        );
         let mut pixel = 0;
         for b in 0..p.batch {
             for od in 0..wd.output {
                 for oh in 0..wh.output {
                     let row_start = pixel;
+                    let row_taps = if tiles {
+                        list(&mut row, b, od, oh, inside.start, 0..ww.kernel)
+                    } else {
+                        &[]
+                    };
                     let mut ow = 0;
                     while ow < ww.output {
                         let tiled = tiles && inside.contains(&ow);
-                        let (first, kws) = if tiled {
-                            ((ow + TILE).min(inside.end) - TILE, 0..ww.kernel)
+                        // The row's last tile starts early enough to end inside.
+                        let first = if tiled {
+                            (ow + TILE).min(inside.end) - TILE
                         } else {
-                            (ow, ww.taps(ow))
-                        };
-                        let mut n = 0;
-                        for kd in wd.taps(od) {
-                            let id = wd.at(od, kd);
-                            for kh in wh.taps(oh) {
-                                let row = (b * wd.input + id) * wh.input + wh.at(oh, kh);
-                                for kw in kws.clone() {
-                                    let tap = (kd * wh.kernel + kh) * ww.kernel + kw;
-                                    if let Some(t) = taps.get_mut(n) {
-                                        t.write(((row * ww.input + ww.at(first, kw)) * c, tap * c));
-                                    }
-                                    n += 1;
-                                }
-                            }
-                        }
-                        // SAFETY: the first `n` (at most MAX_TAPS, by the check above)
-                        // were just written.
-                        let list = unsafe {
-                            core::slice::from_raw_parts(
-                                taps.as_ptr().cast::<(usize, usize)>(),
-                                n.min(MAX_TAPS),
-                            )
+                            ow
                         };
                         let out = pixel - (ow - first);
+                        // The chunk's first channel, and the tile's first pixel along x
+                        // from where `row_taps` start: offsets stay whole pixels of `c`
+                        // floats.
+                        let shift = if tiled {
+                            (first - inside.start) * ww.stride * c
+                        } else {
+                            0
+                        };
+                        let a = DwArgs {
+                            c: (c, count),
+                            step: ww.stride * c,
+                            taps: if tiled {
+                                row_taps
+                            } else {
+                                list(&mut edge, b, od, oh, ow, ww.taps(ow))
+                            },
+                            xp: x.as_ptr().wrapping_add(c0 + shift),
+                            wp: w.as_ptr().wrapping_add(c0),
+                            bias: bias.map(|b| b.as_ptr().wrapping_add(c0)),
+                            y: y.as_mut_ptr().wrapping_add(c0 + out * c),
+                        };
                         // SAFETY: `conv_in` checked x, w, y and bias against the geometry;
                         // every tap listed is inside x for every pixel of the tile, and the
                         // tile's pixels are output pixels.
                         unsafe {
                             if tiled {
-                                depthwise_channels::<I, TILE>(
-                                    (c, count),
-                                    ww.stride * c,
-                                    list,
-                                    xp,
-                                    wp,
-                                    bp,
-                                    yp.add(out * c),
-                                );
+                                depthwise_channels::<I, TILE>(a);
                                 pixel += first + TILE - ow;
                                 ow = first + TILE;
                             } else {
-                                depthwise_channels::<I, 1>(
-                                    (c, count),
-                                    0,
-                                    list,
-                                    xp,
-                                    wp,
-                                    bp,
-                                    yp.add(out * c),
-                                );
+                                depthwise_channels::<I, 1>(a);
                                 pixel += 1;
                                 ow += 1;
                             }
@@ -748,6 +765,21 @@ fn depthwise<I: Isa>(
     true
 }
 
+/// Where [`depthwise_channels`] reads and writes.
+#[derive(Clone, Copy)]
+struct DwArgs<'a> {
+    /// Floats a pixel, and channels to compute from the pointers on.
+    c: (usize, usize),
+    /// Floats between the tile's pixels in x.
+    step: usize,
+    /// `(x, w)` offsets of each tap from `xp` and `wp`.
+    taps: &'a [(usize, usize)],
+    xp: *const f32,
+    wp: *const f32,
+    bias: Option<*const f32>,
+    y: *mut f32,
+}
+
 /// The first `count` channels of `T` depthwise pixels `step` floats apart in x, of
 /// `c` floats each in y (`(c, count)`), in blocks of `I`'s registers, then its half
 /// width, then one channel at a time.
@@ -757,40 +789,20 @@ fn depthwise<I: Isa>(
 /// the `T` pixels) and w; `y` is writable for `(T - 1) * c + count` floats, and bias
 /// readable for `count`.
 #[inline(always)]
-unsafe fn depthwise_channels<I: Isa, const T: usize>(
-    c: (usize, usize),
-    step: usize,
-    taps: &[(usize, usize)],
-    xp: *const f32,
-    wp: *const f32,
-    bias: Option<*const f32>,
-    y: *mut f32,
-) {
-    let args = (c, step, taps, xp, wp, bias, y);
+unsafe fn depthwise_channels<I: Isa, const T: usize>(a: DwArgs) {
     // SAFETY: the contract; each block ends at or below `count`.
     unsafe {
-        let co = depthwise_blocks::<I::F, T>(args, 0);
+        let co = depthwise_blocks::<I::F, T>(a, 0);
         let co = if <I::H>::LANES < <I::F>::LANES {
-            depthwise_blocks::<I::H, T>(args, co)
+            depthwise_blocks::<I::H, T>(a, co)
         } else {
             co
         };
         if 1 < <I::H>::LANES {
-            depthwise_blocks::<crate::lanes::S, T>(args, co);
+            depthwise_blocks::<crate::lanes::S, T>(a, co);
         }
     }
 }
-
-/// [`depthwise_channels`]'s arguments.
-type DwArgs<'a> = (
-    (usize, usize),
-    usize,
-    &'a [(usize, usize)],
-    *const f32,
-    *const f32,
-    Option<*const f32>,
-    *mut f32,
-);
 
 /// The channels from `co` on in blocks of `V` registers while whole registers fit:
 /// as many registers a block as `T` pixels' accumulators leave room for. Returns the
@@ -800,7 +812,7 @@ type DwArgs<'a> = (
 /// As for [`depthwise_channels`].
 #[inline(always)]
 unsafe fn depthwise_blocks<V: Vector, const T: usize>(a: DwArgs, mut co: usize) -> usize {
-    let (c, l) = (a.0 .1, V::LANES);
+    let (c, l) = (a.c.1, V::LANES);
     // SAFETY: each block ends at or below `c`.
     unsafe {
         if T == 1 {
@@ -835,24 +847,23 @@ unsafe fn depthwise_blocks<V: Vector, const T: usize>(a: DwArgs, mut co: usize) 
 /// As for [`depthwise_channels`], with `co + NV * V::LANES <= count`.
 #[inline(always)]
 unsafe fn depthwise_block<V: Vector, const T: usize, const NV: usize>(a: DwArgs, co: usize) {
-    let ((c, _), step, taps, xp, wp, bias, y) = a;
-    let l = V::LANES;
+    let (c, l) = (a.c.0, V::LANES);
     // SAFETY (the whole body): offsets stay inside x, w, y and bias by the contract.
     unsafe {
-        let b: [V; NV] = core::array::from_fn(|j| bias_vector(bias, co + j * l));
+        let b: [V; NV] = core::array::from_fn(|j| bias_vector(a.bias, co + j * l));
         let mut acc = [b; T];
-        for &(xo, wo) in taps {
-            let wv: [V; NV] = core::array::from_fn(|j| V::load(wp.add(wo + co + j * l)));
-            let xs = xp.add(xo + co);
+        for &(xo, wo) in a.taps {
+            let wv: [V; NV] = core::array::from_fn(|j| V::load(a.wp.add(wo + co + j * l)));
+            let xs = a.xp.add(xo + co);
             for (t, acc) in acc.iter_mut().enumerate() {
                 for j in 0..NV {
-                    acc[j] = V::load(xs.add(t * step + j * l)).mul_add(wv[j], acc[j]);
+                    acc[j] = V::load(xs.add(t * a.step + j * l)).mul_add(wv[j], acc[j]);
                 }
             }
         }
         for (t, acc) in acc.iter().enumerate() {
             for (j, v) in acc.iter().enumerate() {
-                v.store(y.add(t * c + co + j * l));
+                v.store(a.y.add(t * c + co + j * l));
             }
         }
     }
@@ -973,33 +984,36 @@ mod tests {
     }
 
     /// A reference in the portable loop's order: bias, then each tap inside the input,
-    /// then each input channel of the group.
+    /// then each input channel of the group; the activation last.
     fn reference(p: &Conv, x: &[f32], w: &[f32], bias: &[f32]) -> Vec<f32> {
         let [wd, wh, ww] = p.windows;
         let (cin_g, cout_g) = (p.cin / p.groups, p.cout / p.groups);
         let mut y = Vec::new();
-        for od in 0..wd.output {
-            for oh in 0..wh.output {
-                for ow in 0..ww.output {
-                    for co in 0..p.cout {
-                        let g = co / cout_g;
-                        let mut acc = bias[co];
-                        for kd in wd.taps(od) {
-                            for kh in wh.taps(oh) {
-                                for kw in ww.taps(ow) {
-                                    let xi = ((wd.at(od, kd) * wh.input + wh.at(oh, kh))
-                                        * ww.input
-                                        + ww.at(ow, kw))
-                                        * p.cin;
-                                    let tap = (kd * wh.kernel + kh) * ww.kernel + kw;
-                                    for ci in 0..cin_g {
-                                        let wv = w[(tap * cin_g + ci) * p.cout + co];
-                                        acc += x[xi + g * cin_g + ci] * wv;
+        for b in 0..p.batch {
+            for od in 0..wd.output {
+                for oh in 0..wh.output {
+                    for ow in 0..ww.output {
+                        for co in 0..p.cout {
+                            let g = co / cout_g;
+                            let mut acc = bias[co];
+                            for kd in wd.taps(od) {
+                                for kh in wh.taps(oh) {
+                                    for kw in ww.taps(ow) {
+                                        let xi = (((b * wd.input + wd.at(od, kd)) * wh.input
+                                            + wh.at(oh, kh))
+                                            * ww.input
+                                            + ww.at(ow, kw))
+                                            * p.cin;
+                                        let tap = (kd * wh.kernel + kh) * ww.kernel + kw;
+                                        for ci in 0..cin_g {
+                                            let wv = w[(tap * cin_g + ci) * p.cout + co];
+                                            acc += x[xi + g * cin_g + ci] * wv;
+                                        }
                                     }
                                 }
                             }
+                            y.push(p.act.eval(acc));
                         }
-                        y.push(acc);
                     }
                 }
             }
@@ -1054,18 +1068,35 @@ mod tests {
             (7, 52, 1, 1, 2, 1, false),
             (9, 5, 1, 2, 1, 1, false),
         ];
-        for (cin, cout, groups, kernel, stride, dilation, same) in cases {
+        // The activations run in a pass over each tile or row the kernel stored.
+        // Maps 9 wide, and 29 wide for rows of several depthwise tiles at stride 2.
+        let acts = [
+            Act::Linear,
+            Act::Relu,
+            Act::Relu6,
+            Act::ReluFull {
+                max: 0.75,
+                slope: 0.1,
+                threshold: 0.25,
+            },
+            Act::Swish,
+        ];
+        for (((cin, cout, groups, kernel, stride, dilation, same), act), width) in cases
+            .into_iter()
+            .flat_map(|case| acts.map(|act| (case, act)))
+            .flat_map(|case| [9, 29].map(|width| (case, width)))
+        {
             let p = Conv {
                 batch: 2,
                 windows: [
                     Window::UNIT,
                     window(7, kernel, stride, dilation, same),
-                    window(9, kernel, stride, dilation, same),
+                    window(width, kernel, stride, dilation, same),
                 ],
                 cin,
                 cout,
                 groups,
-                act: Act::Linear,
+                act,
                 panels: false,
             };
             let (nx, nw, ny) = p.sizes();
