@@ -202,13 +202,25 @@ fn valid<I: Isa>(isa: I, p: &Conv, x: &[f32], w: &[f32], bias: Option<&[f32]>, y
     let (mut ow, mut oh, mut od) = (0, 0, 0);
     let mut image = 0;
     let mut first = 0;
+    // 1x1 windows of stride 1 read the input's pixels in order, as a matrix.
+    let pointwise = p.windows.iter().all(|w| w.kernel == 1 && w.stride == 1);
     // Pixels before `done` have had their activation.
     let mut done = 0;
     while first < pixels {
         let count = (pixels - first).min(TILE);
         let mut bases = [0; TILE];
         let mut last = 0;
-        for (t, b) in bases.iter_mut().enumerate() {
+        if pointwise {
+            // Pixel after pixel in x too: no positions to step.
+            for (t, b) in bases.iter_mut().enumerate() {
+                *b = (first + t.min(count - 1)) * p.cin;
+            }
+        }
+        for (t, b) in bases
+            .iter_mut()
+            .enumerate()
+            .take(if pointwise { 0 } else { TILE })
+        {
             // A short last tile repeats its last pixel.
             if t >= count {
                 *b = last;
