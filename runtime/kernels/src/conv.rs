@@ -209,37 +209,34 @@ fn valid<I: Isa>(isa: I, p: &Conv, x: &[f32], w: &[f32], bias: Option<&[f32]>, y
     while first < pixels {
         let count = (pixels - first).min(TILE);
         let mut bases = [0; TILE];
-        let mut last = 0;
         if pointwise {
-            // Pixel after pixel in x too: no positions to step.
+            // Pixel after pixel in x too: no positions to step. A short last tile
+            // repeats its last pixel.
             for (t, b) in bases.iter_mut().enumerate() {
                 *b = (first + t.min(count - 1)) * p.cin;
             }
-        }
-        for (t, b) in bases
-            .iter_mut()
-            .enumerate()
-            .take(if pointwise { 0 } else { TILE })
-        {
-            // A short last tile repeats its last pixel.
-            if t >= count {
+        } else {
+            let mut last = 0;
+            for (t, b) in bases.iter_mut().enumerate() {
+                if t >= count {
+                    *b = last;
+                    continue;
+                }
+                last = ((image + od * wd.stride * wh.input + oh * wh.stride) * ww.input
+                    + ow * ww.stride)
+                    * p.cin;
                 *b = last;
-                continue;
-            }
-            last = ((image + od * wd.stride * wh.input + oh * wh.stride) * ww.input
-                + ow * ww.stride)
-                * p.cin;
-            *b = last;
-            ow += 1;
-            if ow == ww.output {
-                ow = 0;
-                oh += 1;
-                if oh == wh.output {
-                    oh = 0;
-                    od += 1;
-                    if od == wd.output {
-                        od = 0;
-                        image += wd.input * wh.input;
+                ow += 1;
+                if ow == ww.output {
+                    ow = 0;
+                    oh += 1;
+                    if oh == wh.output {
+                        oh = 0;
+                        od += 1;
+                        if od == wd.output {
+                            od = 0;
+                            image += wd.input * wh.input;
+                        }
                     }
                 }
             }
@@ -657,9 +654,9 @@ const DW_CHUNK: usize = 128;
 /// offsets into x and w from its first tile (the others start whole pixels further
 /// along x), and each edge pixel its own; every block of channels then runs over a
 /// list with the tile's accumulators in registers. Listing the taps per tile took a
-/// third of MobileNet's depthwise time. Wide layers go in chunks of [`DW_CHUNK`] channels, each
-/// over the whole map. Returns false, having written nothing, for windows of more than
-/// [`MAX_TAPS`] taps.
+/// third of MobileNet's depthwise time. Wide layers go in chunks of [`DW_CHUNK`]
+/// channels, each over the whole map. Returns false, having written nothing, for
+/// windows of more than [`MAX_TAPS`] taps.
 #[inline(always)]
 fn depthwise<I: Isa>(
     isa: I,
