@@ -95,7 +95,11 @@ pub fn conv_in<I: Isa>(
     if p.groups == 1 && p.windows.iter().all(Window::is_valid) {
         // Every tap inside the input (the plan pads inputs beforehand): tiles of pixels
         // anywhere in the output, across rows, with no edge cases.
-        valid::<I>(isa, p, x, w, bias, y);
+        if cout <= <I::F>::LANES {
+            valid::<I, WIDE_TILE>(isa, p, x, w, bias, y);
+        } else {
+            valid::<I, TILE>(isa, p, x, w, bias, y);
+        }
         return;
     }
     if cin_g == 1 && cout_g == 1 && depthwise::<I>(isa, p, x, w, bias, y) {
@@ -183,12 +187,19 @@ pub fn conv_in<I: Isa>(
 }
 
 /// A convolution all of whose taps are inside the input ([`Window::is_valid`] on every
-/// axis), one group: an implicit matrix product over tiles of `TILE` output pixels taken
+/// axis), one group: an implicit matrix product over tiles of `T` output pixels taken
 /// in order across rows, images and the batch, so that small maps (4x4 at the end of a
 /// ResNet) share each weight load among as many pixels as wide ones. A last tile of
 /// fewer pixels repeats its last pixel and stores only its own.
 #[inline(always)]
-fn valid<I: Isa>(isa: I, p: &Conv, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+fn valid<I: Isa, const T: usize>(
+    isa: I,
+    p: &Conv,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
     let [wd, wh, ww] = p.windows;
     let pixels = p.batch * wd.output * wh.output * ww.output;
     let (xp, wp, yp, bp) = (
@@ -207,8 +218,8 @@ fn valid<I: Isa>(isa: I, p: &Conv, x: &[f32], w: &[f32], bias: Option<&[f32]>, y
     // Pixels before `done` have had their activation.
     let mut done = 0;
     while first < pixels {
-        let count = (pixels - first).min(TILE);
-        let mut bases = [0; TILE];
+        let count = (pixels - first).min(T);
+        let mut bases = [0; T];
         if pointwise {
             // Pixel after pixel in x too: no positions to step. A short last tile
             // repeats its last pixel.
@@ -249,12 +260,12 @@ fn valid<I: Isa>(isa: I, p: &Conv, x: &[f32], w: &[f32], bias: Option<&[f32]>, y
         // SAFETY: `conv_in` checked x, w, y and bias against the geometry; every pixel
         // of the tile is an output pixel, and a valid window keeps its taps inside x.
         unsafe {
-            let mut co = columns::<I::F>(p, xp, wp, bp, yp, &tile, 0);
+            let mut co = columns::<I::F, T>(p, xp, wp, bp, yp, &tile, 0);
             if <I::H>::LANES < <I::F>::LANES {
-                co = columns::<I::H>(p, xp, wp, bp, yp, &tile, co);
+                co = columns::<I::H, T>(p, xp, wp, bp, yp, &tile, co);
             }
             if 1 < <I::H>::LANES {
-                columns::<crate::lanes::S>(p, xp, wp, bp, yp, &tile, co);
+                columns::<crate::lanes::S, T>(p, xp, wp, bp, yp, &tile, co);
             }
         }
         first += count;
@@ -284,8 +295,8 @@ const L1_FLOATS: usize = 8192;
 
 /// Output pixels computed together by [`valid`]: where each reads the input, and the
 /// pixels to store.
-struct Tile {
-    bases: [usize; TILE],
+struct Tile<const T: usize> {
+    bases: [usize; T],
     first: usize,
     count: usize,
 }
@@ -297,40 +308,46 @@ struct Tile {
 /// # Safety
 /// As for [`valid_block`], for every block it runs.
 #[inline(always)]
-unsafe fn columns<V: Vector>(
+unsafe fn columns<V: Vector, const T: usize>(
     p: &Conv,
     xp: *const f32,
     wp: *const f32,
     bias: Option<*const f32>,
     yp: *mut f32,
-    tile: &Tile,
+    tile: &Tile<T>,
     mut co: usize,
 ) -> usize {
     let (l, cout) = (V::LANES, p.cout);
     // SAFETY: each block lies below `cout`.
     unsafe {
-        if l == 16 {
+        if T != TILE {
+            // Wide tiles are for layers of one register of channels or less.
+            while co + l <= cout {
+                valid_block::<V, 1, T>(p, xp, wp, bias, yp, tile, co);
+                co += l;
+            }
+        } else if l == 16 {
             while co + 4 * l <= cout {
-                valid_block::<V, 4>(p, xp, wp, bias, yp, tile, co);
+                valid_block::<V, 4, T>(p, xp, wp, bias, yp, tile, co);
                 co += 4 * l;
             }
             // Three registers left run as two and one: one block width fewer for
             // every step to inline.
             if co + 2 * l <= cout {
-                valid_block::<V, 2>(p, xp, wp, bias, yp, tile, co);
+                valid_block::<V, 2, T>(p, xp, wp, bias, yp, tile, co);
                 co += 2 * l;
             }
             if co + l <= cout {
-                valid_block::<V, 1>(p, xp, wp, bias, yp, tile, co);
+                valid_block::<V, 1, T>(p, xp, wp, bias, yp, tile, co);
                 co += l;
             }
         } else {
             while co + 2 * l <= cout {
-                valid_block::<V, 2>(p, xp, wp, bias, yp, tile, co);
+                valid_block::<V, 2, T>(p, xp, wp, bias, yp, tile, co);
                 co += 2 * l;
             }
             if co + l <= cout {
-                valid_block::<V, 1>(p, xp, wp, bias, yp, tile, co);
+                valid_block::<V, 1, T>(p, xp, wp, bias, yp, tile, co);
                 co += l;
             }
         }
@@ -338,8 +355,8 @@ unsafe fn columns<V: Vector>(
     co
 }
 
-/// `NV` registers of output channels from `co` for the `TILE` pixels of `tile`, in
-/// `TILE x NV` accumulators: each weight register loaded serves `TILE` pixels. The sums
+/// `NV` registers of output channels from `co` for the `T` pixels of `tile`, in
+/// `T x NV` accumulators: each weight register loaded serves `T` pixels. The sums
 /// run bias first, then the taps and channels in order: without FMA, the portable
 /// loop's order.
 ///
@@ -347,13 +364,13 @@ unsafe fn columns<V: Vector>(
 /// `p` is valid on every axis and one group; x, w, y and bias hold what `p` needs;
 /// `tile` holds output pixels; `co + NV * V::LANES <= p.cout`; `V`'s ISA is enabled.
 #[inline(always)]
-unsafe fn valid_block<V: Vector, const NV: usize>(
+unsafe fn valid_block<V: Vector, const NV: usize, const T: usize>(
     p: &Conv,
     xp: *const f32,
     wp: *const f32,
     bias: Option<*const f32>,
     yp: *mut f32,
-    tile: &Tile,
+    tile: &Tile<T>,
     co: usize,
 ) {
     let [wd, wh, ww] = p.windows;
@@ -361,7 +378,7 @@ unsafe fn valid_block<V: Vector, const NV: usize>(
     // SAFETY (the whole body): offsets stay inside x, w, y and bias by the contract.
     unsafe {
         let b: [V; NV] = core::array::from_fn(|j| bias_vector(bias, co + j * l));
-        let mut acc = [b; TILE];
+        let mut acc = [b; T];
         // Where row 0 of each register's columns is, and how far apart rows are.
         let (stride, cols): (usize, [usize; NV]) = if p.panels {
             let rows = wd.kernel * wh.kernel * ww.kernel * cin;
@@ -388,8 +405,7 @@ unsafe fn valid_block<V: Vector, const NV: usize>(
                     let off = (row + kw * ww.dilation) * cin;
                     let tap = (kd * wh.kernel + kh) * ww.kernel + kw;
                     let wrow = wp.add(tap * cin * stride);
-                    let xs: [*const f32; TILE] =
-                        core::array::from_fn(|t| xp.add(tile.bases[t] + off));
+                    let xs: [*const f32; T] = core::array::from_fn(|t| xp.add(tile.bases[t] + off));
                     for ci in 0..run {
                         let wr = wrow.add(ci * stride);
                         // Rows of w are `cout` apart: a stride the hardware prefetcher
@@ -405,7 +421,7 @@ unsafe fn valid_block<V: Vector, const NV: usize>(
                             }
                         }
                         let wv: [V; NV] = core::array::from_fn(|j| V::load(wr.add(cols[j])));
-                        for t in 0..TILE {
+                        for t in 0..T {
                             let v = V::splat(*xs[t].add(ci));
                             for j in 0..NV {
                                 acc[t][j] = v.mul_add(wv[j], acc[t][j]);
@@ -437,6 +453,11 @@ struct At {
 /// Output pixels per tile: 6 pixels x 2 vectors is 12 accumulators, plus two weight
 /// vectors and a broadcast input, within the 16 registers of SSE and AVX2.
 const TILE: usize = 6;
+
+/// Output pixels per tile of layers with one register of channels or less: with 6, the
+/// 6 chains of multiply-adds wait on each other's latency (4 cycles, 2 a cycle); 12
+/// accumulators, a weight vector and a broadcast still fit in 16 registers.
+const WIDE_TILE: usize = 12;
 
 /// Vectors of output channels one pixel keeps in registers.
 const PIXEL_BLOCK: usize = 8;
@@ -1089,6 +1110,10 @@ mod tests {
             (3, 32, 1, 3, 2, 2, false),
             (7, 52, 1, 1, 2, 1, false),
             (9, 5, 1, 2, 1, 1, false),
+            // Wide tiles: one register of channels or less, at every width.
+            (3, 4, 1, 3, 2, 1, false),
+            (3, 16, 1, 3, 2, 1, false),
+            (2, 3, 1, 3, 1, 1, false),
         ];
         // The activations run in a pass over each tile or row the kernel stored.
         // Maps 9 wide, and 29 wide for rows of several depthwise tiles at stride 2.
