@@ -397,10 +397,17 @@ impl Op for ReluOp {
         2 * self.elements as u64
     }
     fn lower(&self, l: &mut Lower) -> Result<()> {
-        let act = Act::ReluFull {
-            max: self.max_value.map_or(f32::INFINITY, |m| m as f32),
-            slope: self.negative_slope as f32,
-            threshold: self.threshold as f32,
+        let max = self.max_value.map_or(f32::INFINITY, |m| m as f32);
+        // Keras runs this case as `relu` or `relu6`: a clamp, two instructions where
+        // the threshold and slope take five.
+        let act = if self.negative_slope == 0.0 && self.threshold == 0.0 {
+            Act::Clip { lo: 0.0, hi: max }
+        } else {
+            Act::ReluFull {
+                max,
+                slope: self.negative_slope as f32,
+                threshold: self.threshold as f32,
+            }
         };
         l.unary(Kernel::Activation(act), self.flops());
         Ok(())
