@@ -210,65 +210,51 @@ fn valid<I: Isa, const T: usize>(
     );
     // The next pixel's position, stepped with carries rather than divided out of its
     // index: out of line, the divisions by axis lengths cost more than a small tile.
-    let (mut ow, mut oh, mut od) = (0, 0, 0);
-    let mut image = 0;
+    let mut at = (0, 0, 0, 0);
     let mut first = 0;
     // 1x1 windows of stride 1 read the input's pixels in order, as a matrix.
     let pointwise = p.windows.iter().all(|w| w.kernel == 1 && w.stride == 1);
     // Pixels before `done` have had their activation.
     let mut done = 0;
-    while first < pixels {
-        let count = (pixels - first).min(T);
-        let mut bases = [0; T];
-        if pointwise {
-            // Pixel after pixel in x too: no positions to step. A short last tile
-            // repeats its last pixel.
-            for (t, b) in bases.iter_mut().enumerate() {
-                *b = (first + t.min(count - 1)) * p.cin;
-            }
-        } else {
-            let mut last = 0;
-            for (t, b) in bases.iter_mut().enumerate() {
-                if t >= count {
-                    *b = last;
-                    continue;
-                }
-                last = ((image + od * wd.stride * wh.input + oh * wh.stride) * ww.input
-                    + ow * ww.stride)
-                    * p.cin;
-                *b = last;
-                ow += 1;
-                if ow == ww.output {
-                    ow = 0;
-                    oh += 1;
-                    if oh == wh.output {
-                        oh = 0;
-                        od += 1;
-                        if od == wd.output {
-                            od = 0;
-                            image += wd.input * wh.input;
-                        }
-                    }
-                }
-            }
+    // Tiles a band: where the weights outgrow L1, each tile of a band reads a block's
+    // weights while the one before left them there, rather than the whole matrix from
+    // L2 or beyond, for as many tiles as keep their input rows in half of L1.
+    let [kd, kh, kw] = p.windows.map(|w| w.kernel);
+    let k = kd * kh * kw * p.cin;
+    let band_tiles = if k * p.cout > L1_FLOATS {
+        (L1_FLOATS / 2 / (T * k).max(1)).clamp(1, BAND)
+    } else {
+        1
+    };
+    let mut tiles = [const {
+        Tile {
+            bases: [0; T],
+            first: 0,
+            count: 0,
         }
-        let tile = Tile {
-            bases,
-            first,
-            count,
-        };
+    }; BAND];
+    while first < pixels {
+        let mut n = 0;
+        while n < band_tiles && first < pixels {
+            let tile = next_tile::<T>(p, pointwise, first, &mut at);
+            first += tile.count;
+            if let Some(t) = tiles.get_mut(n) {
+                *t = tile;
+            }
+            n += 1;
+        }
+        let band = tiles.get(..n).unwrap_or_default();
         // SAFETY: `conv_in` checked x, w, y and bias against the geometry; every pixel
-        // of the tile is an output pixel, and a valid window keeps its taps inside x.
+        // of the tiles is an output pixel, and a valid window keeps its taps inside x.
         unsafe {
-            let mut co = columns::<I::F, T>(p, xp, wp, bp, yp, &tile, 0);
+            let mut co = columns::<I::F, T>(p, xp, wp, bp, yp, band, 0);
             if <I::H>::LANES < <I::F>::LANES {
-                co = columns::<I::H, T>(p, xp, wp, bp, yp, &tile, co);
+                co = columns::<I::H, T>(p, xp, wp, bp, yp, band, co);
             }
             if 1 < <I::H>::LANES {
-                columns::<crate::lanes::S, T>(p, xp, wp, bp, yp, &tile, co);
+                columns::<crate::lanes::S, T>(p, xp, wp, bp, yp, band, co);
             }
         }
-        first += count;
         // The activation runs over tiles while they are still in L1, in passes of at
         // least ACT_FLOATS: one call a tile cost 1x1 layers of 8 input channels as much
         // as the tile's products.
@@ -282,9 +268,66 @@ fn valid<I: Isa, const T: usize>(
     }
 }
 
+/// The tile of output pixels from `first`: where each reads x. `at` is the position of
+/// pixel `first` (image offset, depth, row, column), stepped to the tile's end.
+#[inline(always)]
+fn next_tile<const T: usize>(
+    p: &Conv,
+    pointwise: bool,
+    first: usize,
+    at: &mut (usize, usize, usize, usize),
+) -> Tile<T> {
+    let [wd, wh, ww] = p.windows;
+    let pixels = p.batch * wd.output * wh.output * ww.output;
+    let (mut image, mut od, mut oh, mut ow) = *at;
+    let count = (pixels - first).min(T);
+    let mut bases = [0; T];
+    if pointwise {
+        // Pixel after pixel in x too: no positions to step. A short last tile
+        // repeats its last pixel.
+        for (t, b) in bases.iter_mut().enumerate() {
+            *b = (first + t.min(count - 1)) * p.cin;
+        }
+    } else {
+        let mut last = 0;
+        for (t, b) in bases.iter_mut().enumerate() {
+            if t >= count {
+                *b = last;
+                continue;
+            }
+            last = ((image + od * wd.stride * wh.input + oh * wh.stride) * ww.input
+                + ow * ww.stride)
+                * p.cin;
+            *b = last;
+            ow += 1;
+            if ow == ww.output {
+                ow = 0;
+                oh += 1;
+                if oh == wh.output {
+                    oh = 0;
+                    od += 1;
+                    if od == wd.output {
+                        od = 0;
+                        image += wd.input * wh.input;
+                    }
+                }
+            }
+        }
+    }
+    *at = (image, od, oh, ow);
+    Tile {
+        bases,
+        first,
+        count,
+    }
+}
+
 /// Floats of output that [`valid`] leaves for its activation's next pass: 8 KiB, a
 /// quarter of the smallest L1 data cache.
 const ACT_FLOATS: usize = 2048;
+
+/// Most tiles in a band of [`valid`].
+const BAND: usize = 4;
 
 /// Weight rows ahead that [`valid_block`] asks the cache for.
 const PREFETCH_ROWS: usize = 16;
@@ -301,12 +344,13 @@ struct Tile<const T: usize> {
     count: usize,
 }
 
-/// The output channels of a [`Tile`] from `co` on, in blocks of `V` registers (four at
-/// a time with 16-lane registers and their 32 names, two otherwise) while whole
-/// registers fit. Returns the first channel left.
+/// The output channels of a band of [`Tile`]s from `co` on, in blocks of `V` registers
+/// (four at a time with 16-lane registers and their 32 names, two otherwise) while
+/// whole registers fit, each block over every tile of the band. Returns the first
+/// channel left.
 ///
 /// # Safety
-/// As for [`valid_block`], for every block it runs.
+/// As for [`valid_block`], for every block and tile it runs.
 #[inline(always)]
 unsafe fn columns<V: Vector, const T: usize>(
     p: &Conv,
@@ -314,7 +358,7 @@ unsafe fn columns<V: Vector, const T: usize>(
     wp: *const f32,
     bias: Option<*const f32>,
     yp: *mut f32,
-    tile: &Tile<T>,
+    tiles: &[Tile<T>],
     mut co: usize,
 ) -> usize {
     let (l, cout) = (V::LANES, p.cout);
@@ -323,36 +367,57 @@ unsafe fn columns<V: Vector, const T: usize>(
         if T != TILE {
             // Wide tiles are for layers of one register of channels or less.
             while co + l <= cout {
-                valid_block::<V, 1, T>(p, xp, wp, bias, yp, tile, co);
+                band::<V, 1, T>(p, xp, wp, bias, yp, tiles, co);
                 co += l;
             }
         } else if l == 16 {
             while co + 4 * l <= cout {
-                valid_block::<V, 4, T>(p, xp, wp, bias, yp, tile, co);
+                band::<V, 4, T>(p, xp, wp, bias, yp, tiles, co);
                 co += 4 * l;
             }
             // Three registers left run as two and one: one block width fewer for
             // every step to inline.
             if co + 2 * l <= cout {
-                valid_block::<V, 2, T>(p, xp, wp, bias, yp, tile, co);
+                band::<V, 2, T>(p, xp, wp, bias, yp, tiles, co);
                 co += 2 * l;
             }
             if co + l <= cout {
-                valid_block::<V, 1, T>(p, xp, wp, bias, yp, tile, co);
+                band::<V, 1, T>(p, xp, wp, bias, yp, tiles, co);
                 co += l;
             }
         } else {
             while co + 2 * l <= cout {
-                valid_block::<V, 2, T>(p, xp, wp, bias, yp, tile, co);
+                band::<V, 2, T>(p, xp, wp, bias, yp, tiles, co);
                 co += 2 * l;
             }
             if co + l <= cout {
-                valid_block::<V, 1, T>(p, xp, wp, bias, yp, tile, co);
+                band::<V, 1, T>(p, xp, wp, bias, yp, tiles, co);
                 co += l;
             }
         }
     }
     co
+}
+
+/// [`valid_block`] for each tile of a band: the tiles share the block's weights while
+/// they are in L1.
+///
+/// # Safety
+/// As for [`valid_block`], for each tile.
+#[inline(always)]
+unsafe fn band<V: Vector, const NV: usize, const T: usize>(
+    p: &Conv,
+    xp: *const f32,
+    wp: *const f32,
+    bias: Option<*const f32>,
+    yp: *mut f32,
+    tiles: &[Tile<T>],
+    co: usize,
+) {
+    for tile in tiles {
+        // SAFETY: the caller's.
+        unsafe { valid_block::<V, NV, T>(p, xp, wp, bias, yp, tile, co) };
+    }
 }
 
 /// `NV` registers of output channels from `co` for the `T` pixels of `tile`, in
@@ -1114,6 +1179,9 @@ mod tests {
             (3, 4, 1, 3, 2, 1, false),
             (3, 16, 1, 3, 2, 1, false),
             (2, 3, 1, 3, 1, 1, false),
+            // Bands of tiles sharing weights that outgrow L1, with every tail width.
+            (100, 90, 1, 1, 1, 1, false),
+            (30, 50, 1, 3, 1, 1, false),
         ];
         // The activations run in a pass over each tile or row the kernel stored.
         // Maps 9 wide, and 29 wide for rows of several depthwise tiles at stride 2.
