@@ -364,63 +364,56 @@ impl Act {
 
     #[inline(never)]
     fn apply_out<I: Isa>(self, isa: I, data: &mut [f32]) {
-        // A loop of its own for each activation, every arm alike, each rebuilding its
-        // variant inside the closure: there the optimiser knows which activation it
-        // runs, so the loop holds its code and constants alone, and on the ISAs that
-        // enter a function with their features, each activation's loops are a
-        // function of their own. One loop over `eval_lanes` branches through its whole
-        // `match` on every register and loads its constants again (3-7% of Sigmoid's
-        // and Swish's time); the unrolled loops of every activation in one function
-        // made the optimiser's time grow far faster than the code.
-        macro_rules! run {
-            ($act:expr) => {
-                isa.vectorize(
-                    #[inline(always)]
-                    || $act.each_in::<I>(data),
-                )
-            };
-        }
+        // A loop of its own for each activation, every arm alike: inside an arm the
+        // optimiser knows which activation `self` is, so the loop holds its code and
+        // constants alone. One loop over `eval_lanes` branches through its whole
+        // `match` on every register and loads its constants again (the optimiser does
+        // not take the `match` out of the loop): 3-7% of Sigmoid's and Swish's time.
         match self {
             Act::Linear => {}
-            Act::Relu => run!(Act::Relu),
-            Act::ReluFull {
-                max,
-                slope,
-                threshold,
-            } => run!(Act::ReluFull {
-                max,
-                slope,
-                threshold
-            }),
-            Act::Relu6 => run!(Act::Relu6),
-            Act::LeakyRelu(v) => run!(Act::LeakyRelu(v)),
-            Act::Elu(v) => run!(Act::Elu(v)),
-            Act::Selu => run!(Act::Selu),
-            Act::Gelu => run!(Act::Gelu),
-            Act::GeluTanh => run!(Act::GeluTanh),
-            Act::Sigmoid => run!(Act::Sigmoid),
-            Act::HardSigmoidKeras2 => run!(Act::HardSigmoidKeras2),
-            Act::HardSigmoid => run!(Act::HardSigmoid),
-            Act::Tanh => run!(Act::Tanh),
-            Act::Softplus => run!(Act::Softplus),
-            Act::Softsign => run!(Act::Softsign),
-            Act::Swish => run!(Act::Swish),
-            Act::Exponential => run!(Act::Exponential),
-            Act::Mish => run!(Act::Mish),
-            Act::HardSwish => run!(Act::HardSwish),
-            Act::Thresholded(v) => run!(Act::Thresholded(v)),
-            Act::NonZero => run!(Act::NonZero),
-            Act::Max(v) => run!(Act::Max(v)),
-            Act::Min(v) => run!(Act::Min(v)),
-            Act::Clip { lo, hi } => run!(Act::Clip { lo, hi }),
-            Act::Abs => run!(Act::Abs),
-            Act::Sqrt => run!(Act::Sqrt),
-            Act::Rsqrt => run!(Act::Rsqrt),
-            Act::Log => run!(Act::Log),
-            Act::DivInto(v) => run!(Act::DivInto(v)),
-            Act::Pow(v) => run!(Act::Pow(v)),
-            Act::Fill(v) => run!(Act::Fill(v)),
+            Act::Relu => self.each(isa, data),
+            Act::ReluFull { .. } => self.each(isa, data),
+            Act::Relu6 => self.each(isa, data),
+            Act::LeakyRelu(_) => self.each(isa, data),
+            Act::Elu(_) => self.each(isa, data),
+            Act::Selu => self.each(isa, data),
+            Act::Gelu => self.each(isa, data),
+            Act::GeluTanh => self.each(isa, data),
+            Act::Sigmoid => self.each(isa, data),
+            Act::HardSigmoidKeras2 => self.each(isa, data),
+            Act::HardSigmoid => self.each(isa, data),
+            Act::Tanh => self.each(isa, data),
+            Act::Softplus => self.each(isa, data),
+            Act::Softsign => self.each(isa, data),
+            Act::Swish => self.each(isa, data),
+            Act::Exponential => self.each(isa, data),
+            Act::Mish => self.each(isa, data),
+            Act::HardSwish => self.each(isa, data),
+            Act::Thresholded(_) => self.each(isa, data),
+            Act::NonZero => self.each(isa, data),
+            Act::Max(_) => self.each(isa, data),
+            Act::Min(_) => self.each(isa, data),
+            Act::Clip { .. } => self.each(isa, data),
+            Act::Abs => self.each(isa, data),
+            Act::Sqrt => self.each(isa, data),
+            Act::Rsqrt => self.each(isa, data),
+            Act::Log => self.each(isa, data),
+            Act::DivInto(_) => self.each(isa, data),
+            Act::Pow(_) => self.each(isa, data),
+            Act::Fill(_) => self.each(isa, data),
         }
+    }
+
+    /// One `vectorize` closure for every arm, so one function per ISA. Only the full
+    /// width's loop is unrolled: unrolling the half width's too (which runs once at
+    /// most) made a crate with MobileNet take 4 times as long to build, and giving each
+    /// activation a function of its own doubled its build's CPU time.
+    #[inline(always)]
+    fn each<I: Isa>(self, isa: I, data: &mut [f32]) {
+        isa.vectorize(
+            #[inline(always)]
+            || self.each_in::<I>(data),
+        );
     }
 
     #[inline(always)]
@@ -439,19 +432,18 @@ impl Act {
     #[inline(always)]
     fn lanes<V: Vector, const FOUR: bool>(self, data: &mut [f32], mut start: usize) -> usize {
         let p = data.as_mut_ptr();
-        // Four registers an iteration, each operation on all four before the next:
-        // the polynomials are long chains of dependent operations, and four chains
-        // side by side keep the pipes busy. Evaluated one after another, the chains
-        // filled the scheduler with operations waiting on their inputs.
+        // Four registers an iteration: the polynomials are long chains of dependent
+        // operations, and four independent ones keep the pipes busy.
         let l = V::LANES;
         while FOUR && start + 4 * l <= data.len() {
             // SAFETY: `start + 4 * LANES <= len`; the ISA is the caller's.
             unsafe {
-                let x = Four([0, 1, 2, 3].map(|k| V::load(p.add(start + k * l))));
-                let Four(y) = self.eval_lanes(x);
-                for (k, v) in y.into_iter().enumerate() {
-                    v.store(p.add(start + k * l));
-                }
+                let (a, b) = (V::load(p.add(start)), V::load(p.add(start + l)));
+                let (c, d) = (V::load(p.add(start + 2 * l)), V::load(p.add(start + 3 * l)));
+                self.eval_lanes(a).store(p.add(start));
+                self.eval_lanes(b).store(p.add(start + l));
+                self.eval_lanes(c).store(p.add(start + 2 * l));
+                self.eval_lanes(d).store(p.add(start + 3 * l));
             }
             start += 4 * l;
         }
@@ -461,111 +453,6 @@ impl Act {
             start += V::LANES;
         }
         start
-    }
-}
-
-/// Four registers as one [`Lanes`]: every operation on each in turn, so that the
-/// four evaluations of an activation run interleaved, with the same operations and
-/// bits as one register.
-#[derive(Clone, Copy)]
-struct Four<V>([V; 4]);
-
-impl<V: Lanes> Four<V> {
-    #[inline(always)]
-    fn map(self, f: impl Fn(V) -> V) -> Four<V> {
-        let [a, b, c, d] = self.0;
-        Four([f(a), f(b), f(c), f(d)])
-    }
-
-    #[inline(always)]
-    fn zip(self, o: Four<V>, f: impl Fn(V, V) -> V) -> Four<V> {
-        let ([a, b, c, d], [e, g, h, i]) = (self.0, o.0);
-        Four([f(a, e), f(b, g), f(c, h), f(d, i)])
-    }
-}
-
-macro_rules! four_op {
-    ($trait:ident, $f:ident, $op:tt) => {
-        impl<V: Lanes> core::ops::$trait for Four<V> {
-            type Output = Four<V>;
-            #[inline(always)]
-            fn $f(self, o: Four<V>) -> Four<V> {
-                self.zip(o, |a, b| a $op b)
-            }
-        }
-    };
-}
-four_op!(Add, add, +);
-four_op!(Sub, sub, -);
-four_op!(Mul, mul, *);
-four_op!(Div, div, /);
-
-impl<V: Lanes> core::ops::Neg for Four<V> {
-    type Output = Four<V>;
-    #[inline(always)]
-    fn neg(self) -> Four<V> {
-        self.map(|a| -a)
-    }
-}
-
-impl<V: Lanes> Lanes for Four<V> {
-    #[inline(always)]
-    fn splat(v: f32) -> Self {
-        Four([V::splat(v); 4])
-    }
-    #[inline(always)]
-    fn gt(self, o: Self) -> Self {
-        self.zip(o, V::gt)
-    }
-    #[inline(always)]
-    fn lt(self, o: Self) -> Self {
-        self.zip(o, V::lt)
-    }
-    #[inline(always)]
-    fn ge(self, o: Self) -> Self {
-        self.zip(o, V::ge)
-    }
-    #[inline(always)]
-    fn select(m: Self, a: Self, b: Self) -> Self {
-        let ([m0, m1, m2, m3], [a0, a1, a2, a3], [b0, b1, b2, b3]) = (m.0, a.0, b.0);
-        Four([
-            V::select(m0, a0, b0),
-            V::select(m1, a1, b1),
-            V::select(m2, a2, b2),
-            V::select(m3, a3, b3),
-        ])
-    }
-    #[inline(always)]
-    fn trunc(self) -> Self {
-        self.map(V::trunc)
-    }
-    #[inline(always)]
-    fn pow2_minus_1(self) -> Self {
-        self.map(V::pow2_minus_1)
-    }
-    #[inline(always)]
-    fn exponent(self) -> Self {
-        self.map(V::exponent)
-    }
-    #[inline(always)]
-    fn mantissa(self) -> Self {
-        self.map(V::mantissa)
-    }
-    #[inline(always)]
-    fn sqrt(self) -> Self {
-        self.map(V::sqrt)
-    }
-    #[inline(always)]
-    fn floor(self) -> Self {
-        self.map(V::floor)
-    }
-    #[inline(always)]
-    fn max(self, o: Self) -> Self {
-        self.zip(o, V::max)
-    }
-    #[inline(always)]
-    fn min(self, o: Self) -> Self {
-        self.zip(o, V::min)
     }
 }
 
