@@ -364,6 +364,15 @@ impl Act {
 
     #[inline(never)]
     fn apply_out<I: Isa>(self, isa: I, data: &mut [f32]) {
+        isa.vectorize(
+            #[inline(always)]
+            || self.apply_in::<I>(data),
+        );
+    }
+
+    /// [`Act::apply`] for code already inside `I::vectorize`.
+    #[inline(always)]
+    fn apply_in<I: Isa>(self, data: &mut [f32]) {
         // A loop of its own for each activation, every arm alike: inside an arm the
         // optimiser knows which activation `self` is, so the loop holds its code and
         // constants alone. One loop over `eval_lanes` branches through its whole
@@ -371,53 +380,41 @@ impl Act {
         // not take the `match` out of the loop): 3-7% of Sigmoid's and Swish's time.
         match self {
             Act::Linear => {}
-            Act::Relu => self.each(isa, data),
-            Act::ReluFull { .. } => self.each(isa, data),
-            Act::Relu6 => self.each(isa, data),
-            Act::LeakyRelu(_) => self.each(isa, data),
-            Act::Elu(_) => self.each(isa, data),
-            Act::Selu => self.each(isa, data),
-            Act::Gelu => self.each(isa, data),
-            Act::GeluTanh => self.each(isa, data),
-            Act::Sigmoid => self.each(isa, data),
-            Act::HardSigmoidKeras2 => self.each(isa, data),
-            Act::HardSigmoid => self.each(isa, data),
-            Act::Tanh => self.each(isa, data),
-            Act::Softplus => self.each(isa, data),
-            Act::Softsign => self.each(isa, data),
-            Act::Swish => self.each(isa, data),
-            Act::Exponential => self.each(isa, data),
-            Act::Mish => self.each(isa, data),
-            Act::HardSwish => self.each(isa, data),
-            Act::Thresholded(_) => self.each(isa, data),
-            Act::NonZero => self.each(isa, data),
-            Act::Max(_) => self.each(isa, data),
-            Act::Min(_) => self.each(isa, data),
-            Act::Clip { .. } => self.each(isa, data),
-            Act::Abs => self.each(isa, data),
-            Act::Sqrt => self.each(isa, data),
-            Act::Rsqrt => self.each(isa, data),
-            Act::Log => self.each(isa, data),
-            Act::DivInto(_) => self.each(isa, data),
-            Act::Pow(_) => self.each(isa, data),
-            Act::Fill(_) => self.each(isa, data),
+            Act::Relu => self.each::<I>(data),
+            Act::ReluFull { .. } => self.each::<I>(data),
+            Act::Relu6 => self.each::<I>(data),
+            Act::LeakyRelu(_) => self.each::<I>(data),
+            Act::Elu(_) => self.each::<I>(data),
+            Act::Selu => self.each::<I>(data),
+            Act::Gelu => self.each::<I>(data),
+            Act::GeluTanh => self.each::<I>(data),
+            Act::Sigmoid => self.each::<I>(data),
+            Act::HardSigmoidKeras2 => self.each::<I>(data),
+            Act::HardSigmoid => self.each::<I>(data),
+            Act::Tanh => self.each::<I>(data),
+            Act::Softplus => self.each::<I>(data),
+            Act::Softsign => self.each::<I>(data),
+            Act::Swish => self.each::<I>(data),
+            Act::Exponential => self.each::<I>(data),
+            Act::Mish => self.each::<I>(data),
+            Act::HardSwish => self.each::<I>(data),
+            Act::Thresholded(_) => self.each::<I>(data),
+            Act::NonZero => self.each::<I>(data),
+            Act::Max(_) => self.each::<I>(data),
+            Act::Min(_) => self.each::<I>(data),
+            Act::Clip { .. } => self.each::<I>(data),
+            Act::Abs => self.each::<I>(data),
+            Act::Sqrt => self.each::<I>(data),
+            Act::Rsqrt => self.each::<I>(data),
+            Act::Log => self.each::<I>(data),
+            Act::DivInto(_) => self.each::<I>(data),
+            Act::Pow(_) => self.each::<I>(data),
+            Act::Fill(_) => self.each::<I>(data),
         }
     }
 
-    /// One `vectorize` closure for every arm, so one function per ISA. Only the full
-    /// width's loop is unrolled: unrolling the half width's too (which runs once at
-    /// most) made a crate with MobileNet take 4 times as long to build, and giving each
-    /// activation a function of its own doubled its build's CPU time.
     #[inline(always)]
-    fn each<I: Isa>(self, isa: I, data: &mut [f32]) {
-        isa.vectorize(
-            #[inline(always)]
-            || self.each_in::<I>(data),
-        );
-    }
-
-    #[inline(always)]
-    fn each_in<I: Isa>(self, data: &mut [f32]) {
+    fn each<I: Isa>(self, data: &mut [f32]) {
         let start = self.lanes::<I::F, true>(data, 0);
         // Less than one full register is left: one half register at most.
         let start = self.lanes::<I::H, false>(data, start);
@@ -433,7 +430,9 @@ impl Act {
     fn lanes<V: Vector, const FOUR: bool>(self, data: &mut [f32], mut start: usize) -> usize {
         let p = data.as_mut_ptr();
         // Four registers an iteration: the polynomials are long chains of dependent
-        // operations, and four independent ones keep the pipes busy.
+        // operations, and four independent ones keep the pipes busy. At the full width
+        // only: unrolling the half width's loop too (one pass at most) took a crate
+        // with MobileNet 4 times as long to build.
         let l = V::LANES;
         while FOUR && start + 4 * l <= data.len() {
             // SAFETY: `start + 4 * LANES <= len`; the ISA is the caller's.
