@@ -156,6 +156,7 @@ fn run_case(model: &Path, options: &BuildOptions, jit: bool) -> kerac_compiler::
             source: model.display().to_string(),
             weights: WeightsAt::File("fuzzed.weights.bin".into()),
             isa: kerac_compiler::emit::rust::Level::Avx512,
+            inline: None,
         },
     )?;
     std::hint::black_box((source, plan.weight_blob()));

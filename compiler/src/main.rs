@@ -621,6 +621,7 @@ fn compile_rust(
             None => WeightsAt::Inline,
         },
         isa: kerac_compiler::emit::rust::Level::Avx512,
+        inline: None,
     };
     let source = emit_source(&plan, &options)?;
     match (output, weights_file) {

@@ -20,6 +20,7 @@ struct Args {
     stream: bool,
     isa: Option<LitStr>,
     cuda: bool,
+    inline: Option<bool>,
 }
 
 impl Parse for Args {
@@ -38,6 +39,7 @@ impl Parse for Args {
             stream: false,
             isa: None,
             cuda: false,
+            inline: None,
         };
         while input.parse::<Option<Token![,]>>()?.is_some() {
             if input.is_empty() {
@@ -72,6 +74,10 @@ impl Parse for Args {
                     input.parse::<Token![=]>()?;
                     args.stream = input.parse::<syn::LitBool>()?.value;
                 }
+                "inline" => {
+                    input.parse::<Token![=]>()?;
+                    args.inline = Some(input.parse::<syn::LitBool>()?.value);
+                }
                 "input_shape" => {
                     let inner;
                     parenthesized!(inner in input);
@@ -91,7 +97,7 @@ impl Parse for Args {
                     args.input_shapes.push((input_name, dims));
                 }
                 other => {
-                    return Err(syn::Error::new(key.span(), format!("unknown option `{other}`; expected batch, weights, stream, isa, cuda or input_shape(NAME)")));
+                    return Err(syn::Error::new(key.span(), format!("unknown option `{other}`; expected batch, weights, stream, isa, cuda, inline or input_shape(NAME)")));
                 }
             }
         }
@@ -156,6 +162,7 @@ fn expand(args: &Args) -> Result<proc_macro2::TokenStream, String> {
             .and_then(|name| Level::parse(&name.value()))
             .unwrap_or(Level::Avx512),
         cuda,
+        inline: args.inline,
     };
     emit(&plan, &rust).map_err(|e| e.to_string())
 }

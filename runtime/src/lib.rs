@@ -22,7 +22,8 @@ pub mod cuda;
 /// `Cargo.toml`. Options follow, comma-separated: `batch = 4`, `weights = "net.weights.h5"`
 /// (for a config JSON), `input_shape(name) = [30, 3]` (for dimensions the file leaves
 /// open), `isa = "avx2"` (the widest kernels `new()` may pick), `stream = true` (one
-/// time step a call), `cuda` (also `Net::new_cuda`, with the `cuda` feature). Errors
+/// time step a call), `cuda` (also `Net::new_cuda`, with the `cuda` feature), `inline =
+/// false` (kernels out of line: a faster build, slower code). Errors
 /// are compile errors at the call.
 #[cfg(feature = "macros")]
 pub use kerac_macros::model;

@@ -54,7 +54,13 @@ fn main() {
         for file in ["k3.keras", "k3.h5", "k2.h5"] {
             let module = format!("s_{}_{}", name, file.replace('.', "_"));
             let reference = format!("fixtures/{name}/{}.io.json", &file[..2]);
-            writeln!(modules, "pub mod {module} {{ kerac::model!(pub Model = \"../fixtures/{name}/{file}\", stream = true); }}").unwrap();
+            // As in `common::expand`: the native archive inlined, the others not.
+            let inline = if file == "k3.keras" {
+                ""
+            } else {
+                ", inline = false"
+            };
+            writeln!(modules, "pub mod {module} {{ kerac::model!(pub Model = \"../fixtures/{name}/{file}\", stream = true{inline}); }}").unwrap();
             writeln!(table, "        (\"{name}/{file}\", \"{reference}\", |isa| Box::new({module}::Model::with_isa(isa))),").unwrap();
         }
     }

@@ -35,6 +35,11 @@ pub struct RustOptions {
     /// its launches ([`super::cuda::source_and_launches`]), for `new_cuda` and the
     /// `<Name>Cuda` type; the runtime's `cuda` feature runs them.
     pub cuda: Option<(String, Vec<super::cuda::Launch>)>,
+    /// Whether each step's kernel is inlined into `run` with the step's constants
+    /// (`Some(true)`), or every kernel is called out of line, one copy per kernel and
+    /// ISA shared by every step (`Some(false)`: a build several times faster, slower
+    /// code); `None` inlines plans of up to [`INLINE_STEPS`] steps.
+    pub inline: Option<bool>,
 }
 
 /// Where generated code keeps its weight bytes.
@@ -282,12 +287,29 @@ fn steps_module(plan: &Plan, options: &RustOptions, module: &syn::Ident) -> Resu
             quote!(*include_bytes!(#path))
         }
     };
+    let inline = options.inline.unwrap_or(plan.steps.len() <= INLINE_STEPS);
     let mut consts = Vec::new();
     let mut calls = Vec::new();
+    let mut step_fns = Vec::new();
     for (i, step) in plan.steps.iter().enumerate() {
-        let (c, call) = emit_step(plan, i, step)?;
+        let (c, call) = emit_step(plan, i, step, inline)?;
         consts.push(c);
-        calls.push(call);
+        if inline {
+            // A function of its own for each step, compiled for the ISA with the
+            // step's constants: one function holding every step took the optimiser
+            // minutes for a MobileNet, its passes growing faster than the code.
+            let f = format_ident!("step_{}", i);
+            step_fns.push(quote! {
+                #[inline(never)]
+                #[allow(unused_variables)]
+                fn #f<I: kerac::Isa>(isa: I, arena: &mut [f32]) {
+                    isa.vectorize(#[inline(always)] || { #call })
+                }
+            });
+            calls.push(quote!(#f::<I>(isa, arena);));
+        } else {
+            calls.push(call);
+        }
     }
     let track = options.track_files.iter().map(|path| {
         let path = Literal::string(path);
@@ -305,9 +327,10 @@ fn steps_module(plan: &Plan, options: &RustOptions, module: &syn::Ident) -> Resu
             /// Every weight, little-endian float32, each 64-byte aligned.
             pub(super) static WEIGHTS: kerac::Weights<#weight_bytes> = kerac::Weights(#blob);
             #(#consts)*
+            #(#step_fns)*
             /// Runs every step with `isa`'s kernels; the inputs are already in the arena.
-            /// One function compiled for that ISA holds every step, so each kernel is
-            /// inlined with its step's constants.
+            /// Each kernel is inlined with its step's constants in a function compiled
+            /// for that ISA: the step's own, or (out of line) the kernel's.
             #[inline(never)]
             pub(super) fn run<I: kerac::Isa>(isa: I, arena: &mut [f32]) {
                 isa.vectorize(#[inline(always)] || steps::<I>(isa, arena))
@@ -428,16 +451,17 @@ pub fn emit_source(plan: &Plan, options: &RustOptions) -> Result<String> {
 /// Inlining only the heaviest steps of larger plans gained EfficientNetB0 3% and cost
 /// every such model's build tens of seconds more. At 80, MobileNetV2 (96x96, 65
 /// steps) is inlined: 13% faster, and its crate builds in 29 s rather than 16 s.
-const INLINE_STEPS: usize = 80;
+pub const INLINE_STEPS: usize = 80;
 
-fn emit_step(plan: &Plan, i: usize, step: &Step) -> Result<(TokenStream, TokenStream)> {
+fn emit_step(
+    plan: &Plan,
+    i: usize,
+    step: &Step,
+    inline: bool,
+) -> Result<(TokenStream, TokenStream)> {
     // `conv_in` inside `run`'s one `vectorize`, or `conv`, which has its own.
     let kernel = |f: &str| {
-        let suffix = if plan.steps.len() <= INLINE_STEPS {
-            "_in"
-        } else {
-            ""
-        };
+        let suffix = if inline { "_in" } else { "" };
         format_ident!("{f}{suffix}")
     };
     let (dense, conv, conv_transpose, pool, global_pool, activation, attention, recurrent) = (
@@ -484,7 +508,19 @@ fn emit_step(plan: &Plan, i: usize, step: &Step) -> Result<(TokenStream, TokenSt
         }),
         Kernel::Conv { p, w, b } => (quote!(kerac::conv::Conv), p.to_rust(), {
             let (w, b) = (weight(*w), opt_weight(*b));
-            quote!(kerac::conv::#conv::<I>(isa, &#name, x0, #w, #b, y))
+            if inline {
+                // The step's kernel and channel count as parameters: its inlined code
+                // holds that kernel alone.
+                let route = match p.route() {
+                    kerac::conv::VALID => quote!(kerac::conv::VALID),
+                    kerac::conv::DEPTHWISE => quote!(kerac::conv::DEPTHWISE),
+                    _ => quote!(kerac::conv::GENERAL),
+                };
+                let cout = p.cout;
+                quote!(kerac::conv::conv_at::<I, { #route }, #cout>(isa, &#name, x0, #w, #b, y))
+            } else {
+                quote!(kerac::conv::#conv::<I>(isa, &#name, x0, #w, #b, y))
+            }
         }),
         Kernel::ConvTranspose { p, w, b } => (quote!(kerac::conv::ConvTranspose), p.to_rust(), {
             let (w, b) = (weight(*w), opt_weight(*b));

@@ -33,6 +33,16 @@ pub struct Conv {
     pub panels: bool,
 }
 
+/// A convolution's kernel ([`Conv::route`]) not known where it is called: [`conv_at`]
+/// decides when it runs.
+pub const ANY: u8 = 0;
+/// Every tap inside the input, one group: tiles of pixels as a matrix product.
+pub const VALID: u8 = 1;
+/// One input and one output channel a group, at most [`MAX_TAPS`] taps.
+pub const DEPTHWISE: u8 = 2;
+/// Everything else: grouped convolutions, and windows with taps outside the input.
+pub const GENERAL: u8 = 3;
+
 /// Output channels per weight panel ([`Conv::panels`]): a multiple of every register
 /// width, so one layout serves every instruction set.
 pub const PANEL: usize = 16;
@@ -44,6 +54,22 @@ impl Conv {
         self.groups == 1
             && self.cout.is_multiple_of(PANEL)
             && self.windows.iter().all(Window::is_valid)
+    }
+
+    /// Which of [`VALID`], [`DEPTHWISE`] and [`GENERAL`] runs the convolution.
+    pub const fn route(&self) -> u8 {
+        let [d, h, w] = self.windows;
+        if self.groups == 1 && d.is_valid() && h.is_valid() && w.is_valid() {
+            VALID
+        } else if self.groups != 0
+            && self.cin / self.groups == 1
+            && self.cout / self.groups == 1
+            && d.kernel * h.kernel * w.kernel <= MAX_TAPS
+        {
+            DEPTHWISE
+        } else {
+            GENERAL
+        }
     }
 
     /// Floats of input, kernel and output.
@@ -80,6 +106,27 @@ pub fn conv_in<I: Isa>(
     bias: Option<&[f32]>,
     y: &mut [f32],
 ) {
+    conv_at::<I, ANY, 0>(isa, p, x, w, bias, y);
+}
+
+/// [`conv_in`] for a convolution whose [`Conv::route`] is `ROUTE` and whose output
+/// channels are `COUT` (or [`ANY`] and 0: either decided as it runs). The step an
+/// emitter inlines then holds the one kernel and the register blocks its channels
+/// take, not every one that some convolution needs: a third of the code or less for
+/// the compiler to optimise a step. A `p` of another route writes nothing.
+#[inline(always)]
+pub fn conv_at<I: Isa, const ROUTE: u8, const COUT: usize>(
+    isa: I,
+    p: &Conv,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    let route = p.route();
+    if (ROUTE != ANY && route != ROUTE) || (COUT != 0 && p.cout != COUT) {
+        return;
+    }
     let (nx, nw, ny) = p.sizes();
     if p.groups == 0
         || x.len() < nx
@@ -90,21 +137,42 @@ pub fn conv_in<I: Isa>(
     {
         return;
     }
-    let [wd, wh, ww] = p.windows;
-    let (cin_g, cout_g, cout) = (p.cin / p.groups, p.cout / p.groups, p.cout);
-    if p.groups == 1 && p.windows.iter().all(Window::is_valid) {
+    // Each `const` condition is decided when the function is instantiated, so that
+    // the code of the other kernels is never generated.
+    if const { ROUTE == ANY || ROUTE == VALID } && route == VALID {
         // Every tap inside the input (the plan pads inputs beforehand): tiles of pixels
         // anywhere in the output, across rows, with no edge cases.
-        if cout <= <I::F>::LANES {
-            valid::<I, WIDE_TILE>(isa, p, x, w, bias, y);
-        } else {
-            valid::<I, TILE>(isa, p, x, w, bias, y);
+        if const { COUT <= <I::F>::LANES } && p.cout <= <I::F>::LANES {
+            valid::<I, WIDE_TILE, COUT>(isa, p, x, w, bias, y);
+        } else if const { COUT == 0 || COUT > <I::F>::LANES } {
+            valid::<I, TILE, COUT>(isa, p, x, w, bias, y);
         }
         return;
     }
-    if cin_g == 1 && cout_g == 1 && depthwise::<I>(isa, p, x, w, bias, y) {
+    if const { ROUTE == ANY || ROUTE == DEPTHWISE } && route == DEPTHWISE {
+        depthwise::<I>(isa, p, x, w, bias, y);
         return;
     }
+    if const { ROUTE == ANY || ROUTE == GENERAL } {
+        general::<I, COUT>(isa, p, x, w, bias, y);
+    }
+}
+
+/// The loop over output pixels for what neither [`valid`] nor [`depthwise`] takes: a
+/// tile of pixels where every width tap is inside the input and the channels fill
+/// registers, else one pixel at a time. Its unsafe blocks rely on [`conv_at`]'s
+/// checks of every length against the geometry.
+#[inline(always)]
+fn general<I: Isa, const COUT: usize>(
+    isa: I,
+    p: &Conv,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    let [wd, wh, ww] = p.windows;
+    let (cin_g, cout_g, cout) = (p.cin / p.groups.max(1), p.cout / p.groups.max(1), p.cout);
     let mut pixel = 0;
     for b in 0..p.batch {
         for od in 0..wd.output {
@@ -122,9 +190,13 @@ pub fn conv_in<I: Isa>(
                     // SAFETY: lengths were checked above; `pixels` keeps to taps()
                     // and to whole tiles inside the output row.
                     let done = unsafe {
-                        if cout % <I::F>::LANES == 0 {
+                        if const { COUT.is_multiple_of(<I::F>::LANES) }
+                            && cout.is_multiple_of(<I::F>::LANES)
+                        {
                             pixels::<I::F>(p, x, w, bias, y, at)
-                        } else if cout % <I::H>::LANES == 0 {
+                        } else if const { COUT.is_multiple_of(<I::H>::LANES) }
+                            && cout.is_multiple_of(<I::H>::LANES)
+                        {
                             pixels::<I::H>(p, x, w, bias, y, at)
                         } else {
                             0
@@ -192,7 +264,7 @@ pub fn conv_in<I: Isa>(
 /// ResNet) share each weight load among as many pixels as wide ones. A last tile of
 /// fewer pixels repeats its last pixel and stores only its own.
 #[inline(always)]
-fn valid<I: Isa, const T: usize>(
+fn valid<I: Isa, const T: usize, const COUT: usize>(
     isa: I,
     p: &Conv,
     x: &[f32],
@@ -244,14 +316,17 @@ fn valid<I: Isa, const T: usize>(
             n += 1;
         }
         let band = tiles.get(..n).unwrap_or_default();
-        // SAFETY: `conv_in` checked x, w, y and bias against the geometry; every pixel
+        // SAFETY: `conv_at` checked x, w, y and bias against the geometry; every pixel
         // of the tiles is an output pixel, and a valid window keeps its taps inside x.
         unsafe {
+            // Half and single lanes only for channels the wider registers leave.
             let mut co = columns::<I::F, T>(p, xp, wp, bp, yp, band, 0);
-            if <I::H>::LANES < <I::F>::LANES {
+            if const {
+                <I::H>::LANES < <I::F>::LANES && (COUT == 0 || !COUT.is_multiple_of(<I::F>::LANES))
+            } {
                 co = columns::<I::H, T>(p, xp, wp, bp, yp, band, co);
             }
-            if 1 < <I::H>::LANES {
+            if const { 1 < <I::H>::LANES && (COUT == 0 || !COUT.is_multiple_of(<I::H>::LANES)) } {
                 columns::<crate::lanes::S, T>(p, xp, wp, bp, yp, band, co);
             }
         }
@@ -364,13 +439,13 @@ unsafe fn columns<V: Vector, const T: usize>(
     let (l, cout) = (V::LANES, p.cout);
     // SAFETY: each block lies below `cout`.
     unsafe {
-        if T != TILE {
+        if const { T != TILE } {
             // Wide tiles are for layers of one register of channels or less.
             while co + l <= cout {
                 band::<V, 1, T>(p, xp, wp, bias, yp, tiles, co);
                 co += l;
             }
-        } else if l == 16 {
+        } else if const { V::LANES == 16 } {
             while co + 4 * l <= cout {
                 band::<V, 4, T>(p, xp, wp, bias, yp, tiles, co);
                 co += 4 * l;
@@ -845,7 +920,7 @@ fn depthwise<I: Isa>(
                             bias: bias.map(|b| b.as_ptr().wrapping_add(c0)),
                             y: y.as_mut_ptr().wrapping_add(c0 + out * c),
                         };
-                        // SAFETY: `conv_in` checked x, w, y and bias against the geometry;
+                        // SAFETY: `conv_at` checked x, w, y and bias against the geometry;
                         // every tap listed is inside x for every pixel of the tile, and the
                         // tile's pixels are output pixels.
                         unsafe {
@@ -901,12 +976,12 @@ unsafe fn depthwise_channels<I: Isa, const T: usize>(a: DwArgs) {
     // SAFETY: the contract; each block ends at or below `count`.
     unsafe {
         let co = depthwise_blocks::<I::F, T>(a, 0);
-        let co = if <I::H>::LANES < <I::F>::LANES {
+        let co = if const { <I::H>::LANES < <I::F>::LANES } {
             depthwise_blocks::<I::H, T>(a, co)
         } else {
             co
         };
-        if 1 < <I::H>::LANES {
+        if const { 1 < <I::H>::LANES } {
             depthwise_blocks::<crate::lanes::S, T>(a, co);
         }
     }
@@ -923,12 +998,12 @@ unsafe fn depthwise_blocks<V: Vector, const T: usize>(a: DwArgs, mut co: usize) 
     let (c, l) = (a.c.1, V::LANES);
     // SAFETY: each block ends at or below `c`.
     unsafe {
-        if T == 1 {
+        if const { T == 1 } {
             while co + 8 * l <= c {
                 depthwise_block::<V, T, 8>(a, co);
                 co += 8 * l;
             }
-        } else if l == 16 {
+        } else if const { V::LANES == 16 } {
             // 32 registers: 6 x 4 accumulators and 4 weights.
             while co + 4 * l <= c {
                 depthwise_block::<V, T, 4>(a, co);
