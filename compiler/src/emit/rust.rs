@@ -35,10 +35,10 @@ pub struct RustOptions {
     /// its launches ([`super::cuda::source_and_launches`]), for `new_cuda` and the
     /// `<Name>Cuda` type; the runtime's `cuda` feature runs them.
     pub cuda: Option<(String, Vec<super::cuda::Launch>)>,
-    /// Whether each step's kernel is inlined into `run` with the step's constants
-    /// (`Some(true)`), or every kernel is called out of line, one copy per kernel and
-    /// ISA shared by every step (`Some(false)`: a build several times faster, slower
-    /// code); `None` inlines plans of up to [`INLINE_STEPS`] steps.
+    /// Whether each step is a function of its own with its kernel inlined and the
+    /// step's constants (`Some(true)`), or every kernel is called out of line, one copy
+    /// per kernel and ISA shared by every step and model of the crate (`Some(false)`:
+    /// slower code, less of it); `None` inlines plans of up to [`INLINE_STEPS`] steps.
     pub inline: Option<bool>,
 }
 
@@ -445,12 +445,13 @@ pub fn emit_source(plan: &Plan, options: &RustOptions) -> Result<String> {
 }
 
 /// Plans with more steps than this call each vector kernel out of line (one function
-/// per kernel and ISA, shared by its steps) instead of inlining every step into `run`:
-/// inlined, a model of hundreds of steps becomes one function too large to compile in
-/// reasonable time and memory, and its large layers gain little from the constants.
-/// Inlining only the heaviest steps of larger plans gained EfficientNetB0 3% and cost
-/// every such model's build tens of seconds more. At 80, MobileNetV2 (96x96, 65
-/// steps) is inlined: 13% faster, and its crate builds in 29 s rather than 16 s.
+/// per kernel and ISA, shared by its steps) instead of giving each step a function of
+/// its own with its kernel inlined: inlined, a model of hundreds of steps compiles
+/// hundreds of kernel copies for every ISA, and its large layers gain little from the
+/// constants. The limit dates from when every step was inlined into one function: at
+/// 80, MobileNetV2 (96x96, 65 steps) is inlined, 13% faster. With a function per step,
+/// MobileNet (29 steps) builds faster inlined than out of line (11-13 s against 21-29
+/// s), so a higher limit may now pay.
 pub const INLINE_STEPS: usize = 80;
 
 fn emit_step(
@@ -459,7 +460,7 @@ fn emit_step(
     step: &Step,
     inline: bool,
 ) -> Result<(TokenStream, TokenStream)> {
-    // `conv_in` inside `run`'s one `vectorize`, or `conv`, which has its own.
+    // `conv_in` inside the step's `vectorize`, or `conv`, which has its own.
     let kernel = |f: &str| {
         let suffix = if inline { "_in" } else { "" };
         format_ident!("{f}{suffix}")
