@@ -38,7 +38,7 @@ pub struct Conv {
 pub const ANY: u8 = 0;
 /// Every tap inside the input, one group: tiles of pixels as a matrix product.
 pub const VALID: u8 = 1;
-/// One input and one output channel a group, at most [`MAX_TAPS`] taps.
+/// One input and one output channel a group, and at most 64 taps.
 pub const DEPTHWISE: u8 = 2;
 /// Everything else: grouped convolutions, and windows with taps outside the input.
 pub const GENERAL: u8 = 3;
