@@ -122,7 +122,7 @@ pub struct Counts {
 }
 
 impl WcetReport {
-    /// The report for `plan`; `counts` from [`count_instructions`] where Valgrind ran.
+    /// The report for `plan`; `counts` from [`count_in_valgrind`] where Valgrind ran.
     pub fn new(
         plan: &Plan,
         counts: std::result::Result<Counts, String>,
