@@ -485,6 +485,41 @@ impl Act {
     }
 }
 
+/// An activation that is one clamp, which a kernel applies to its accumulators as it
+/// stores them instead of in a pass over the output afterwards: [`Act::clamp`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Clamp {
+    /// [`Act::Relu`].
+    Relu,
+    /// [`Act::Relu6`] and [`Act::Clip`]: `[lo, hi]`.
+    Between(f32, f32),
+}
+
+impl Clamp {
+    /// The clamp of a lane vector: the same operations as [`Act::apply`]'s loop, so
+    /// the same bits.
+    #[inline(always)]
+    pub fn apply<T: Lanes>(self, x: T) -> T {
+        match self {
+            Clamp::Relu => ReluMap.map(x),
+            Clamp::Between(lo, hi) => ClipMap(lo, hi).map(x),
+        }
+    }
+}
+
+impl Act {
+    /// The clamp this activation is, if it is one.
+    #[inline]
+    pub const fn clamp(self) -> Option<Clamp> {
+        match self {
+            Act::Relu => Some(Clamp::Relu),
+            Act::Relu6 => Some(Clamp::Between(0.0, 6.0)),
+            Act::Clip { lo, hi } => Some(Clamp::Between(lo, hi)),
+            _ => None,
+        }
+    }
+}
+
 /// `m` over every value with `I`'s widest registers, then its half width, then one
 /// at a time: the same bits at every width.
 #[inline(always)]
