@@ -960,6 +960,11 @@ fn depthwise<I: Isa>(
                         let a = DwArgs {
                             c: (c, count),
                             step: ww.stride * c,
+                            run: if ww.stride == 1 && ww.dilation == 1 {
+                                ww.kernel
+                            } else {
+                                0
+                            },
                             taps: if tiled {
                                 row_taps
                             } else {
@@ -1006,6 +1011,9 @@ struct DwArgs<'a> {
     c: (usize, usize),
     /// Floats between the tile's pixels in x.
     step: usize,
+    /// Taps along a window row, where the taps are undilated and the stride 1 (else
+    /// 0): for [`sliding_block`].
+    run: usize,
     /// `(x, w)` offsets of each tap from `xp` and `wp`.
     taps: &'a [(usize, usize)],
     xp: *const f32,
@@ -1051,6 +1059,17 @@ unsafe fn depthwise_blocks<V: Vector, const T: usize>(a: DwArgs, mut co: usize) 
     let (c, l) = (a.c.1, V::LANES);
     // SAFETY: each block ends at or below `c`.
     unsafe {
+        if const { T > 1 } && (a.run == 3 || a.run == 5) {
+            while co + l <= c {
+                if a.run == 3 {
+                    sliding_block::<V, T, 3>(a, co);
+                } else {
+                    sliding_block::<V, T, 5>(a, co);
+                }
+                co += l;
+            }
+            return co;
+        }
         if const { T == 1 } {
             while co + 8 * l <= c {
                 depthwise_block::<V, T, 8>(a, co);
@@ -1105,6 +1124,46 @@ unsafe fn depthwise_block<V: Vector, const T: usize, const NV: usize>(a: DwArgs,
                 };
                 v.store(a.y.add(t * c + co + j * l));
             }
+        }
+    }
+}
+
+/// [`depthwise_block`] of one register of channels for a tile of adjacent pixels
+/// (stride 1), with `K` undilated taps a window row: the `T + K - 1` input pixels a
+/// tile's window row covers are each loaded once and serve every tap that reads them,
+/// rather than once a tap. Each accumulator still takes its taps in order, so the sums
+/// are the same. (At stride 2 the same loop, unrolled less well, was slower.)
+///
+/// # Safety
+/// As for [`depthwise_channels`], with `co + V::LANES <= count`, `a.step` the floats
+/// of a pixel, and the taps in runs of `K` along a window row.
+#[inline(always)]
+unsafe fn sliding_block<V: Vector, const T: usize, const K: usize>(a: DwArgs, co: usize) {
+    let c = a.c.0;
+    // SAFETY (the whole body): offsets stay inside x, w, y and bias by the contract:
+    // pixel `t`'s tap `k` of a row reads what `t + k` does at the row's first tap.
+    unsafe {
+        let mut acc = [bias_vector::<V>(a.bias, co); T];
+        for row in a.taps.chunks_exact(K) {
+            let (xo, _) = row[0];
+            let wv: [V; K] = core::array::from_fn(|k| V::load(a.wp.add(row[k].1 + co)));
+            let xs = a.xp.add(xo + co);
+            for u in 0..T + K - 1 {
+                let xv = V::load(xs.add(u * c));
+                // Pixel t's tap k reads input pixel `t + k`.
+                for k in 0..K {
+                    if u >= k && u - k < T {
+                        acc[u - k] = xv.mul_add(wv[k], acc[u - k]);
+                    }
+                }
+            }
+        }
+        for (t, &v) in acc.iter().enumerate() {
+            let v = match a.clamp {
+                Some(k) => k.apply(v),
+                None => v,
+            };
+            v.store(a.y.add(t * c + co));
         }
     }
 }
