@@ -447,14 +447,13 @@ pub fn emit_source(plan: &Plan, options: &RustOptions) -> Result<String> {
 
 /// Plans with more steps than this call each vector kernel out of line (one function
 /// per kernel and ISA, shared by its steps) instead of giving each step a function of
-/// its own with its kernel inlined. Each inlined step costs about 0.3 s of build for
-/// one ISA and the shared kernels a fixed 100-300 s, so inlining is both the faster
-/// build and the faster code up to a few hundred steps: a user crate built with
-/// `cargo build --release` (user time to rebuild, p10 latency) measured EfficientNetB0
-/// (96x96, 127 steps) at 34 s and 3.48-3.55 ms inlined against 287 s and 3.63-4.05 ms
-/// out of line, and ResNet50 (64x64, 106 steps) at 36 s and 11.6-12.0 ms against 124 s
-/// and 12.1-13.4 ms. NASNetMobile (646 steps) took 754 s inlined, which is why the
-/// limit stays.
+/// its own with its kernel inlined. Each inlined step costs about half a second of
+/// build and the shared kernels a fixed 100-300 s, so inlining is both the faster build
+/// and the faster code up to a few hundred steps. In a user crate rebuilt with `cargo
+/// build --release` (user time; p10 latency), EfficientNetB0 (96x96, 127 steps) took
+/// 63 s inlined against 287 s out of line and ran in 3.48-3.55 ms against 3.63-4.05
+/// ms; ResNet50 (64x64, 106 steps) 44 s against 124 s, 11.6-12.0 ms against 12.1-13.4
+/// ms. NASNetMobile (646 steps) took 754 s inlined, which is why the limit stays.
 pub const INLINE_STEPS: usize = 200;
 
 fn emit_step(
