@@ -17,12 +17,16 @@ pub fn fixture_dirs(root: &Path) -> Vec<std::path::PathBuf> {
 
 /// One `model!` module per model file (of `files`) in `dirs`, its row in the table and
 /// its weight size. Paths under `root` are written relative to it, with `to_root` (the
-/// way from the calling crate to `root`) before the model's.
+/// way from the calling crate to `root`) before the model's. With `inline_first`, each
+/// folder's first file takes `model!`'s default (steps inlined up to its limit); every
+/// other file has `inline = false`.
+#[allow(clippy::too_many_arguments)]
 pub fn expand(
     root: &Path,
     to_root: &str,
     dirs: &[std::path::PathBuf],
     files: &[&str],
+    inline_first: bool,
     modules: &mut String,
     table: &mut String,
     sizes: &mut String,
@@ -63,7 +67,7 @@ pub fn expand(
             // user's crate compiles it, each step inlined; the other dialects differ
             // only in what the reader does, so their kernels go out of line: the same
             // kernels, in a build a fraction of the size.
-            if !std::mem::take(&mut first) {
+            if !std::mem::take(&mut first) || !inline_first {
                 options.push_str(", inline = false");
             }
             let module = format!("m_{}_{}", name, file.replace('.', "_"));

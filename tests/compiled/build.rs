@@ -36,6 +36,7 @@ fn main() {
         "../",
         &dirs,
         &ALL_FILES,
+        true,
         &mut modules,
         &mut table,
         &mut sizes,
