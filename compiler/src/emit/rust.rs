@@ -516,6 +516,7 @@ fn emit_step(
                 // holds that kernel alone.
                 let route = match p.route() {
                     kerac::conv::VALID => quote!(kerac::conv::VALID),
+                    kerac::conv::ROWS => quote!(kerac::conv::ROWS),
                     kerac::conv::DEPTHWISE => quote!(kerac::conv::DEPTHWISE),
                     _ => quote!(kerac::conv::GENERAL),
                 };
