@@ -54,9 +54,7 @@ fn run_all(
         }
         let emulated = tc.runner.is_some();
         let is_extra = extra.as_ref().is_some_and(|d| f.model.starts_with(d));
-        if is_extra
-            && (extras == Extras::None || f.file != "k3.keras")
-        {
+        if is_extra && (extras == Extras::None || f.file != "k3.keras") {
             continue;
         }
         let label = f.label();

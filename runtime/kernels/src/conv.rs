@@ -66,7 +66,11 @@ impl Conv {
     pub const fn route(&self) -> u8 {
         let [d, h, w] = self.windows;
         if self.groups == 1 && d.is_valid() && h.is_valid() && w.is_valid() {
-            if self.rows_fit() { ROWS } else { VALID }
+            if self.rows_fit() {
+                ROWS
+            } else {
+                VALID
+            }
         } else if self.groups != 0
             && self.cin / self.groups == 1
             && self.cout / self.groups == 1
@@ -1501,7 +1505,7 @@ mod tests {
             .into_iter()
             .flat_map(|case| acts.map(|act| (case, act)))
             .flat_map(|case| {
-                let same = case.0.6;
+                let same = case.0 .6;
                 [9, 29, 26]
                     .into_iter()
                     .filter(move |&width| width != 26 || !same)
