@@ -355,6 +355,14 @@ fn valid<I: Isa, const T: usize, const COUT: usize, const ROWS: bool>(
             count: 0,
         }
     }; BAND];
+    // Eight output channels with 16-lane registers: pairs of taps in each register.
+    let mut pair_weights = [0.0; PAIR_FLOATS];
+    let pairs = if const { COUT == 8 && <I::F>::LANES == 16 } && fill_pairs(p, w, &mut pair_weights)
+    {
+        Some(pair_weights.as_ptr())
+    } else {
+        None
+    };
     while first < pixels {
         if band_tiles == 1 {
             // Weights inside L1: each tile straight from where it is made, not through
@@ -363,7 +371,15 @@ fn valid<I: Isa, const T: usize, const COUT: usize, const ROWS: bool>(
             first += tile.count - tile.from;
             // SAFETY: as for the band below.
             unsafe {
-                all_columns::<I, T, COUT, ROWS>(p, xp, wp, bp, yp, core::slice::from_ref(&tile))
+                all_columns::<I, T, COUT, ROWS>(
+                    p,
+                    xp,
+                    wp,
+                    bp,
+                    yp,
+                    core::slice::from_ref(&tile),
+                    pairs,
+                )
             };
             if !fused && ((first - done) * p.cout >= ACT_FLOATS || first == pixels) {
                 // SAFETY: the pixels since `done` were just written, inside y.
@@ -386,7 +402,7 @@ fn valid<I: Isa, const T: usize, const COUT: usize, const ROWS: bool>(
         let band = tiles.get(..n).unwrap_or_default();
         // SAFETY: `conv_at` checked x, w, y and bias against the geometry; every pixel
         // of the tiles is an output pixel, and a valid window keeps its taps inside x.
-        unsafe { all_columns::<I, T, COUT, ROWS>(p, xp, wp, bp, yp, band) };
+        unsafe { all_columns::<I, T, COUT, ROWS>(p, xp, wp, bp, yp, band, pairs) };
         // The activation runs over tiles while they are still in L1, in passes of at
         // least ACT_FLOATS: one call a tile cost 1x1 layers of 8 input channels as much
         // as the tile's products.
@@ -401,10 +417,12 @@ fn valid<I: Isa, const T: usize, const COUT: usize, const ROWS: bool>(
 }
 
 /// Every output channel of a band of tiles: whole registers, then half and single
-/// lanes only for channels the wider registers leave.
+/// lanes only for channels the wider registers leave; or, with `pairs` (the weights
+/// [`fill_pairs`] laid out), [`pair_block`]'s pairs of taps.
 ///
 /// # Safety
-/// As for [`valid_block`], for every tile of the band.
+/// As for [`valid_block`], for every tile of the band; `pairs` only where `I` is
+/// AVX-512 and holds what [`fill_pairs`] wrote for `p`.
 #[inline(always)]
 unsafe fn all_columns<I: Isa, const T: usize, const COUT: usize, const ROWS: bool>(
     p: &Conv,
@@ -413,9 +431,21 @@ unsafe fn all_columns<I: Isa, const T: usize, const COUT: usize, const ROWS: boo
     bp: Option<*const f32>,
     yp: *mut f32,
     band: &[Tile<T>],
+    pairs: Option<*const f32>,
 ) {
     // SAFETY: the caller's.
     unsafe {
+        #[cfg(target_arch = "x86_64")]
+        if const { COUT == 8 && <I::F>::LANES == 16 } {
+            if let Some(pw) = pairs {
+                for tile in band {
+                    pair_block::<T, ROWS>(p, xp, pw, bp, yp, tile);
+                }
+                return;
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = pairs;
         let mut co = columns::<I::F, T, ROWS>(p, xp, wp, bp, yp, band, 0);
         if const { <I::H>::LANES < <I::F>::LANES && (COUT == 0 || !COUT.is_multiple_of(<I::F>::LANES)) }
         {
@@ -665,11 +695,7 @@ unsafe fn valid_block<V: Vector, const NV: usize, const T: usize, const ROWS: bo
             (cout, core::array::from_fn(|j| co + j * l))
         };
         // Undilated taps of a window row are one contiguous run in x and in w.
-        let (runs, run) = if ww.dilation == 1 {
-            (1, ww.kernel * cin)
-        } else {
-            (ww.kernel, cin)
-        };
+        let (runs, run) = runs(p);
         // Panels outside L1 are prefetched too, even from L2 (3x3 layers of 64-128
         // channels: 10% faster on AVX-512); those inside it would only lose load slots.
         // Rows inside L1 need no prefetch in either layout.
@@ -734,6 +760,141 @@ unsafe fn valid_block<V: Vector, const NV: usize, const T: usize, const ROWS: bo
                 };
                 v.store(out.add(j * l));
             }
+        }
+    }
+}
+
+/// Floats of [`fill_pairs`]'s weights: 96 registers, room for 7x7 windows of 3
+/// channels.
+const PAIR_FLOATS: usize = 96 * 16;
+
+/// Weight runs of [`valid_block`]: a window row's taps where they are contiguous in x
+/// (undilated), else each tap's channels. Returns the runs per window row and the
+/// floats per run.
+#[inline(always)]
+fn runs(p: &Conv) -> (usize, usize) {
+    let ww = p.windows[2];
+    if ww.dilation == 1 {
+        (1, ww.kernel * p.cin)
+    } else {
+        (ww.kernel, p.cin)
+    }
+}
+
+/// Lays out the weights of a convolution of 8 output channels for [`pair_block`]:
+/// for each run of taps, registers of two consecutive rows interleaved, lane `2j`
+/// from the first and `2j + 1` from the second. An odd run's last row is halved into
+/// both lanes, which the same input then feeds: a zero in the second lane would make
+/// an infinite input's product there `inf * 0`, a NaN where Keras has an inf. Returns
+/// false, writing nothing, where they do not fit [`PAIR_FLOATS`] or the layout does not
+/// apply.
+#[inline(always)]
+fn fill_pairs(p: &Conv, w: &[f32], out: &mut [f32; PAIR_FLOATS]) -> bool {
+    let [wd, wh, _] = p.windows;
+    let (runs, run) = runs(p);
+    let per_run = run.div_ceil(2);
+    let total = wd.kernel * wh.kernel * runs;
+    if p.cout != 8 || p.groups != 1 || p.panels || total * per_run * 16 > PAIR_FLOATS {
+        return false;
+    }
+    for r in 0..total {
+        for c in 0..per_run {
+            for j in 0..8 {
+                let row = r * run + 2 * c;
+                let at = (r * per_run + c) * 16 + 2 * j;
+                let first = w.get(row * 8 + j).copied().unwrap_or(0.0);
+                let (first, second) = if 2 * c + 1 < run {
+                    (first, w.get((row + 1) * 8 + j).copied().unwrap_or(0.0))
+                } else {
+                    (first * 0.5, first * 0.5)
+                };
+                if let Some(pair) = out.get_mut(at..at + 2) {
+                    pair.copy_from_slice(&[first, second]);
+                }
+            }
+        }
+    }
+    true
+}
+
+/// [`valid_block`] for 8 output channels on AVX-512: each 16-lane accumulator holds one
+/// pixel's channels for two taps side by side, fed by one 8-byte broadcast of two
+/// neighbouring input floats, and its pairs are added when the tile is stored. Half
+/// the multiply-adds and broadcasts of 8-lane registers, which left the first layer of
+/// a narrow MobileNet (3x3, 3 channels in, 8 out) bound on them at half the peak.
+///
+/// # Safety
+/// As for [`valid_block`] with `co` 0 and `p.cout` 8; `pw` holds what [`fill_pairs`]
+/// wrote for `p`; the CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn pair_block<const T: usize, const ROWS: bool>(
+    p: &Conv,
+    xp: *const f32,
+    pw: *const f32,
+    bias: Option<*const f32>,
+    yp: *mut f32,
+    tile: &Tile<T>,
+) {
+    use crate::lanes::{Lanes, V16, V8};
+
+    let [wd, wh, ww] = p.windows;
+    let cin = p.cin;
+    let (runs, run) = runs(p);
+    let (pairs, per_run) = (run / 2, run.div_ceil(2));
+    // SAFETY (the whole body): offsets stay inside x, w, y and bias by the contract; a
+    // pair reads floats `2c` and `2c + 1 < run` of its run.
+    unsafe {
+        let mut acc = [V16::splat(0.0); T];
+        let mut wr = pw;
+        for kd in 0..wd.kernel {
+            for kh in 0..wh.kernel {
+                let row = (kd * wd.dilation * wh.input + kh * wh.dilation) * ww.input;
+                for kw in 0..runs {
+                    let off = (row + kw * ww.dilation) * cin;
+                    let xs: [*const f32; T] = if ROWS {
+                        let x0 = xp.add(tile.bases[0] + off);
+                        core::array::from_fn(|t| x0.add(t * ww.stride * cin))
+                    } else {
+                        core::array::from_fn(|t| xp.add(tile.bases[t] + off))
+                    };
+                    // Hidden from the optimiser, as in `valid_block`.
+                    for c in 0..core::hint::black_box(pairs) {
+                        let wv = V16::load(wr.add(c * 16));
+                        for t in 0..T {
+                            acc[t] = V16::splat_pair(xs[t].add(2 * c)).mul_add(wv, acc[t]);
+                        }
+                    }
+                    if run % 2 == 1 {
+                        // The odd tap, half its weight in each lane of a pair.
+                        let wv = V16::load(wr.add(pairs * 16));
+                        for t in 0..T {
+                            acc[t] = V16::splat(*xs[t].add(run - 1)).mul_add(wv, acc[t]);
+                        }
+                    }
+                    wr = wr.add(per_run * 16);
+                }
+            }
+        }
+        // Two pixels at a time, one register of both: neighbours in y.
+        let b8: V8 = bias_vector(bias, 0);
+        let b = V16::twice(b8);
+        let clamp = p.act.clamp();
+        for t in (0..T).step_by(2) {
+            let keep = |t: usize| tile.from <= t && t < tile.count;
+            if !keep(t) && !keep(t + 1) {
+                continue;
+            }
+            let second = acc.get(t + 1).copied().unwrap_or(acc[t]);
+            let v = V16::pair_sums(acc[t], second) + b;
+            let v = match clamp {
+                Some(c) => c.apply(v),
+                None => v,
+            };
+            let mask = if keep(t) { 0x00ff } else { 0 } | if keep(t + 1) { 0xff00 } else { 0 };
+            // The first pixel kept or not, its place is inside y: a tile's pixels
+            // before `from` were stored by the tile before.
+            v.store_masked(yp.add((tile.first + t) * 8), mask);
         }
     }
 }
@@ -1388,7 +1549,13 @@ mod tests {
     impl WithIsa for Run<'_> {
         type Output = ();
         fn with<I: Isa>(self, isa: I) {
-            conv(isa, self.0, self.1, self.2, Some(self.3), self.4);
+            // Eight output channels as an emitter passes them, a constant: the kernels
+            // of that width (pairs of taps on AVX-512) exist only then.
+            if self.0.cout == 8 {
+                conv_at::<I, ANY, 8>(isa, self.0, self.1, self.2, Some(self.3), self.4);
+            } else {
+                conv(isa, self.0, self.1, self.2, Some(self.3), self.4);
+            }
         }
     }
 
@@ -1476,7 +1643,11 @@ mod tests {
             (3, 32, 1, 3, 2, 2, false),
             (7, 52, 1, 1, 2, 1, false),
             (9, 5, 1, 2, 1, 1, false),
-            // Wide tiles: one register of channels or less, at every width.
+            // Wide tiles: one register of channels or less, at every width; 8 output
+            // channels by pairs of taps (runs of 9, 5, and dilated runs of 2).
+            (3, 8, 1, 3, 2, 1, false),
+            (1, 8, 1, 5, 2, 1, false),
+            (2, 8, 1, 3, 1, 2, false),
             (3, 4, 1, 3, 2, 1, false),
             (3, 16, 1, 3, 2, 1, false),
             (2, 3, 1, 3, 1, 1, false),
@@ -1487,7 +1658,8 @@ mod tests {
         // The activations run in a pass over each tile or row the kernel stored, or,
         // the clamps, on the registers as they are stored. Maps 9 wide, and 29 wide
         // for rows of several depthwise tiles at stride 2; valid ones 26 wide too, for
-        // rows that the row tiles take.
+        // rows that the row tiles take, and of 8 output channels 101 wide, for row
+        // tiles whose last starts an odd number of pixels back (pairs of pixels stored).
         let acts = [
             Act::Linear,
             Act::Relu,
@@ -1505,10 +1677,14 @@ mod tests {
             .into_iter()
             .flat_map(|case| acts.map(|act| (case, act)))
             .flat_map(|case| {
-                let same = case.0 .6;
-                [9, 29, 26]
+                let (cout, same) = (case.0 .1, case.0 .6);
+                [9, 29, 26, 101]
                     .into_iter()
-                    .filter(move |&width| width != 26 || !same)
+                    .filter(move |&width| match width {
+                        26 => !same,
+                        101 => !same && cout == 8,
+                        _ => true,
+                    })
                     .map(move |width| (case, width))
             })
         {

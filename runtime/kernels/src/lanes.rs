@@ -686,6 +686,53 @@ mod avx512 {
         }
     }
 
+    impl V16 {
+        /// The two floats at `p` over every pair of lanes, `[p0, p1, p0, p1, ..]`: one
+        /// 8-byte broadcast.
+        ///
+        /// # Safety
+        /// Two readable floats at `p`.
+        #[inline(always)]
+        pub(crate) unsafe fn splat_pair(p: *const f32) -> V16 {
+            // SAFETY: the caller's; unaligned.
+            V16(unsafe { _mm512_castpd_ps(_mm512_set1_pd(p.cast::<f64>().read_unaligned())) })
+        }
+
+        /// The sums of neighbouring lanes of `a` then of `b`: lane `j` is
+        /// `a[2j] + a[2j + 1]` and lane `8 + j` is `b[2j] + b[2j + 1]`.
+        #[inline(always)]
+        pub(crate) fn pair_sums(a: V16, b: V16) -> V16 {
+            // SAFETY: V16 runs only where the CPU has AVX-512F.
+            unsafe {
+                let even =
+                    _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+                let odd =
+                    _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+                V16(_mm512_add_ps(
+                    _mm512_permutex2var_ps(a.0, even, b.0),
+                    _mm512_permutex2var_ps(a.0, odd, b.0),
+                ))
+            }
+        }
+
+        /// `v` in both halves.
+        #[inline(always)]
+        pub(crate) fn twice(v: super::V8) -> V16 {
+            // SAFETY: V16 runs only where the CPU has AVX-512F.
+            V16(unsafe { _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_castps_pd(v.0))) })
+        }
+
+        /// Stores the lanes whose bit is set in `keep`.
+        ///
+        /// # Safety
+        /// The kept lanes' floats at `p` are writable.
+        #[inline(always)]
+        pub(crate) unsafe fn store_masked(self, p: *mut f32, keep: u16) {
+            // SAFETY: the caller's; masked lanes are neither written nor faulted on.
+            unsafe { _mm512_mask_storeu_ps(p, keep, self.0) }
+        }
+    }
+
     impl super::Vector for V16 {
         const LANES: usize = 16;
         #[inline(always)]
