@@ -517,6 +517,7 @@ fn emit_step(
                 let route = match p.route() {
                     kerac::conv::VALID => quote!(kerac::conv::VALID),
                     kerac::conv::ROWS => quote!(kerac::conv::ROWS),
+                    kerac::conv::SMALL => quote!(kerac::conv::SMALL),
                     kerac::conv::DEPTHWISE => quote!(kerac::conv::DEPTHWISE),
                     _ => quote!(kerac::conv::GENERAL),
                 };

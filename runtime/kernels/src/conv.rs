@@ -48,6 +48,10 @@ pub const GENERAL: u8 = 3;
 /// tile steps back to end at the row's end and stores only its new pixels; the route
 /// is taken where that recomputes at most an eighth of the pixels.
 pub const ROWS: u8 = 4;
+/// [`VALID`] over 7 to 9 output pixels in all (a 3x3 map at the end of a network):
+/// one tile of [`SMALL_TILE`] pixels rather than two of [`TILE`], which computed 12.
+/// A step compiled for it alone takes the route; out of line it runs as [`VALID`].
+pub const SMALL: u8 = 5;
 
 /// Output channels per weight panel ([`Conv::panels`]): a multiple of every register
 /// width, so one layout serves every instruction set.
@@ -62,11 +66,15 @@ impl Conv {
             && self.windows.iter().all(Window::is_valid)
     }
 
-    /// Which of [`VALID`], [`DEPTHWISE`] and [`GENERAL`] runs the convolution.
+    /// Which of [`VALID`], [`ROWS`], [`SMALL`], [`DEPTHWISE`] and [`GENERAL`] runs the
+    /// convolution.
     pub const fn route(&self) -> u8 {
         let [d, h, w] = self.windows;
         if self.groups == 1 && d.is_valid() && h.is_valid() && w.is_valid() {
-            if self.rows_fit() {
+            let pixels = self.batch * d.output * h.output * w.output;
+            if TILE < pixels && pixels <= SMALL_TILE {
+                SMALL
+            } else if self.rows_fit() {
                 ROWS
             } else {
                 VALID
@@ -173,7 +181,11 @@ pub fn conv_at<I: Isa, const ROUTE: u8, const COUT: usize>(
     }
     // Each `const` condition is decided when the function is instantiated, so that
     // the code of the other kernels is never generated.
-    if const { ROUTE == ANY || ROUTE == VALID } && route == VALID {
+    if const { ROUTE == SMALL } && route == SMALL {
+        valid::<I, SMALL_TILE, COUT, false>(isa, p, x, w, bias, y);
+        return;
+    }
+    if const { ROUTE == ANY || ROUTE == VALID } && (route == VALID || route == SMALL) {
         // Every tap inside the input (the plan pads inputs beforehand): tiles of pixels
         // anywhere in the output, across rows, with no edge cases.
         if const { COUT <= <I::F>::LANES } && p.cout <= <I::F>::LANES {
@@ -606,7 +618,18 @@ unsafe fn columns<V: Vector, const T: usize, const ROWS: bool>(
     let (l, cout) = (V::LANES, p.cout);
     // SAFETY: each block lies below `cout`.
     unsafe {
-        if const { T != TILE } {
+        if const { T == SMALL_TILE } {
+            if const { V::LANES == 16 } {
+                while co + 2 * l <= cout {
+                    band::<V, 2, T, ROWS>(p, xp, wp, bias, yp, tiles, co);
+                    co += 2 * l;
+                }
+            }
+            while co + l <= cout {
+                band::<V, 1, T, ROWS>(p, xp, wp, bias, yp, tiles, co);
+                co += l;
+            }
+        } else if const { T != TILE } {
             // Wide tiles are for layers of one register of channels or less.
             while co + l <= cout {
                 band::<V, 1, T, ROWS>(p, xp, wp, bias, yp, tiles, co);
@@ -917,6 +940,10 @@ const TILE: usize = 6;
 /// 6 chains of multiply-adds wait on each other's latency (4 cycles, 2 a cycle); 12
 /// accumulators, a weight vector and a broadcast still fit in 16 registers.
 const WIDE_TILE: usize = 12;
+
+/// Output pixels of a [`SMALL`] tile: 9 pixels x 2 vectors of 16 lanes, or x 1 of 8,
+/// leave room for the weights and a broadcast.
+const SMALL_TILE: usize = 9;
 
 /// Vectors of output channels one pixel keeps in registers.
 const PIXEL_BLOCK: usize = 8;
@@ -1551,10 +1578,13 @@ mod tests {
         fn with<I: Isa>(self, isa: I) {
             // Eight output channels as an emitter passes them, a constant: the kernels
             // of that width (pairs of taps on AVX-512) exist only then.
-            if self.0.cout == 8 {
-                conv_at::<I, ANY, 8>(isa, self.0, self.1, self.2, Some(self.3), self.4);
-            } else {
-                conv(isa, self.0, self.1, self.2, Some(self.3), self.4);
+            // So too a small map's tile, which only a step of that route holds.
+            let (p, x, w, b, y) = (self.0, self.1, self.2, Some(self.3), self.4);
+            match (p.route(), p.cout) {
+                (SMALL, 8) => conv_at::<I, SMALL, 8>(isa, p, x, w, b, y),
+                (SMALL, _) => conv_at::<I, SMALL, 0>(isa, p, x, w, b, y),
+                (_, 8) => conv_at::<I, ANY, 8>(isa, p, x, w, b, y),
+                _ => conv(isa, p, x, w, b, y),
             }
         }
     }
@@ -1672,12 +1702,13 @@ mod tests {
             },
             Act::Swish,
         ];
-        let mut routes = [0; 5];
-        for (((cin, cout, groups, kernel, stride, dilation, same), act), width) in cases
+        let mut routes = [0; 6];
+        // Two images of 7 rows; and one image of a few pixels, for the small maps' tile
+        // (1x1 over 3x3, in panels too; 3x3 over 5x3 and 5x5; 8 channels by pairs).
+        let maps = cases
             .into_iter()
-            .flat_map(|case| acts.map(|act| (case, act)))
             .flat_map(|case| {
-                let (cout, same) = (case.0 .1, case.0 .6);
+                let (cout, same) = (case.1, case.6);
                 [9, 29, 26, 101]
                     .into_iter()
                     .filter(move |&width| match width {
@@ -1685,14 +1716,23 @@ mod tests {
                         101 => !same && cout == 8,
                         _ => true,
                     })
-                    .map(move |width| (case, width))
+                    .map(move |width| (case, 2, 7, width))
             })
+            .chain([
+                ((40, 40, 1, 1, 1, 1, false), 1, 3, 3),
+                ((16, 32, 1, 1, 1, 1, false), 1, 3, 3),
+                ((20, 24, 1, 3, 1, 1, false), 1, 5, 3),
+                ((20, 36, 1, 3, 1, 1, false), 1, 5, 5),
+                ((3, 8, 1, 3, 1, 1, false), 1, 5, 5),
+            ]);
+        for ((cin, cout, groups, kernel, stride, dilation, same), batch, height, width, act) in
+            maps.flat_map(|(case, b, h, w)| acts.map(|act| (case, b, h, w, act)))
         {
             let p = Conv {
-                batch: 2,
+                batch,
                 windows: [
                     Window::UNIT,
-                    window(7, kernel, stride, dilation, same),
+                    window(height, kernel, stride, dilation, same),
                     window(width, kernel, stride, dilation, same),
                 ],
                 cin,
