@@ -204,7 +204,11 @@ pub fn conv_at<I: Isa, const ROUTE: u8, const COUT: usize>(
         return;
     }
     if const { ROUTE == ANY || ROUTE == DEPTHWISE } && route == DEPTHWISE {
-        depthwise::<I>(isa, p, x, w, bias, y);
+        if const { COUT == 8 && <I::F>::LANES == 16 } && pair_sliding_fits(p) {
+            depthwise::<I, PAIR_TILE>(isa, p, x, w, bias, y);
+        } else {
+            depthwise::<I, TILE>(isa, p, x, w, bias, y);
+        }
         return;
     }
     if const { ROUTE == ANY || ROUTE == GENERAL } {
@@ -1154,7 +1158,7 @@ const MAX_TAPS: usize = 64;
 /// for each pixel. Smaller ones would only list their taps again for each chunk.
 const DW_CHUNK: usize = 128;
 
-/// A depthwise convolution with one output per channel, row by row: `TILE` adjacent
+/// A depthwise convolution with one output per channel, row by row: `T` adjacent
 /// pixels at a time where their width taps are all inside the input (the row's last
 /// tile starts early enough to end inside, computing some pixels again to the same
 /// values), one pixel at a time at the edges. Each row lists its tiles' taps once, as
@@ -1165,7 +1169,7 @@ const DW_CHUNK: usize = 128;
 /// channels, each over the whole map. Returns false, having written nothing, for
 /// windows of more than [`MAX_TAPS`] taps.
 #[inline(always)]
-fn depthwise<I: Isa>(
+fn depthwise<I: Isa, const T: usize>(
     isa: I,
     p: &Conv,
     x: &[f32],
@@ -1179,7 +1183,7 @@ fn depthwise<I: Isa>(
     }
     let c = p.cout;
     let inside = ww.interior();
-    let tiles = inside.len() >= TILE;
+    let tiles = inside.len() >= T;
     // Left uninitialised: zeroing them would be a `memset` on the stack, whose
     // instruction count varies with the stack's alignment, which the environment's size
     // moves. `edge` lists one edge pixel's taps; `row` those of the row's first tile,
@@ -1242,7 +1246,7 @@ fn depthwise<I: Isa>(
                         let tiled = tiles && inside.contains(&ow);
                         // The row's last tile starts early enough to end inside.
                         let first = if tiled {
-                            (ow + TILE).min(inside.end) - TILE
+                            (ow + T).min(inside.end) - T
                         } else {
                             ow
                         };
@@ -1279,9 +1283,9 @@ fn depthwise<I: Isa>(
                         // tile's pixels are output pixels.
                         unsafe {
                             if tiled {
-                                depthwise_channels::<I, TILE>(a);
-                                pixel += first + TILE - ow;
-                                ow = first + TILE;
+                                depthwise_channels::<I, T>(a);
+                                pixel += first + T - ow;
+                                ow = first + T;
                             } else {
                                 depthwise_channels::<I, 1>(a);
                                 pixel += 1;
@@ -1334,6 +1338,16 @@ struct DwArgs<'a> {
 unsafe fn depthwise_channels<I: Isa, const T: usize>(a: DwArgs) {
     // SAFETY: the contract; each block ends at or below `count`.
     unsafe {
+        if const { T == PAIR_TILE } {
+            // Taken only where `pair_sliding_fits`, on AVX-512.
+            #[cfg(target_arch = "x86_64")]
+            if a.c == (8, 8) && a.run == 3 {
+                pair_sliding::<3>(a);
+            } else if a.c == (8, 8) && a.run == 5 {
+                pair_sliding::<5>(a);
+            }
+            return;
+        }
         let co = depthwise_blocks::<I::F, T>(a, 0);
         let co = if const { <I::H>::LANES < <I::F>::LANES } {
             depthwise_blocks::<I::H, T>(a, co)
@@ -1462,6 +1476,61 @@ unsafe fn sliding_block<V: Vector, const T: usize, const K: usize>(a: DwArgs, co
                 None => v,
             };
             v.store(a.y.add(t * c + co));
+        }
+    }
+}
+
+/// Pixels of a depthwise tile of 8 channels on AVX-512 ([`pair_sliding`]): 6 registers
+/// of two pixels each.
+const PAIR_TILE: usize = 12;
+
+/// Whether [`pair_sliding`] takes a depthwise convolution: 8 channels, stride 1,
+/// undilated rows of 3 or 5 taps, and rows of at least [`PAIR_TILE`] pixels whose taps
+/// are all inside.
+#[inline(always)]
+fn pair_sliding_fits(p: &Conv) -> bool {
+    let ww = p.windows[2];
+    p.cout == 8
+        && ww.stride == 1
+        && ww.dilation == 1
+        && (ww.kernel == 3 || ww.kernel == 5)
+        && ww.interior().len() >= PAIR_TILE
+}
+
+/// [`sliding_block`] of 8 channels on AVX-512: each register holds two neighbouring
+/// pixels, which in x are 16 floats in a row, with the weights in both halves. Each
+/// accumulator takes its taps in order, so the sums are those of 8-lane registers at
+/// half the multiply-adds.
+///
+/// # Safety
+/// As for [`sliding_block`], with `a.c` `(8, 8)` and the CPU having AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn pair_sliding<const K: usize>(a: DwArgs) {
+    use crate::lanes::{V16, V8};
+    const T: usize = PAIR_TILE;
+    // SAFETY (the whole body): as for `sliding_block`; the load at pixel `2q + k` reads
+    // it and the next, at most `T + K - 2`, the last that the tile's windows cover.
+    unsafe {
+        let mut acc = [V16::twice(bias_vector::<V8>(a.bias, 0)); T / 2];
+        for row in a.taps.chunks_exact(K) {
+            let (xo, _) = row[0];
+            let wv: [V16; K] = core::array::from_fn(|k| V16::twice(V8::load(a.wp.add(row[k].1))));
+            let xs = a.xp.add(xo);
+            // Pixels 2q and 2q + 1 take tap k from the 16 floats at pixel 2q + k: the
+            // loads of one address (q, k and q + 1, k - 2) are one after unrolling.
+            for (k, &wk) in wv.iter().enumerate() {
+                for (q, acc) in acc.iter_mut().enumerate() {
+                    *acc = V16::load(xs.add((2 * q + k) * 8)).mul_add(wk, *acc);
+                }
+            }
+        }
+        for (q, &v) in acc.iter().enumerate() {
+            let v = match a.clamp {
+                Some(k) => k.apply(v),
+                None => v,
+            };
+            v.store(a.y.add(q * 16));
         }
     }
 }
@@ -1660,6 +1729,10 @@ mod tests {
             (8, 24, 1, 3, 1, 1, true),
             (8, 64, 1, 3, 1, 1, true),
             (24, 24, 24, 3, 1, 1, true),
+            // Depthwise of 8 channels: two pixels a register on AVX-512 at stride 1.
+            (8, 8, 8, 3, 1, 1, true),
+            (8, 8, 8, 5, 1, 1, true),
+            (8, 8, 8, 3, 2, 1, true),
             (12, 12, 12, 3, 1, 1, true),
             (32, 32, 32, 3, 2, 1, true),
             // Depthwise in chunks of channels, the last with every tail width.
