@@ -8,7 +8,7 @@
 
 use super::tokens::ToRust;
 use crate::error::{Error, Result};
-use crate::plan::{Kernel, Plan, Port, Step};
+use crate::plan::{BufferId, Kernel, Plan, Port, Step};
 use proc_macro2::{Literal, TokenStream};
 use quote::{format_ident, quote};
 
@@ -253,7 +253,7 @@ pub fn emit(plan: &Plan, options: &RustOptions) -> Result<TokenStream> {
             pub fn predict(&mut self, #(#input_names: &#input_types),*) -> #returns {
                 use kerac::Flat;
                 let arena = &mut self.arena.0;
-                #(kerac::arena::write(arena, #input_offsets, #input_names.flat());)*
+                #module::write_inputs(arena, [#(#input_names.flat()),*]);
                 self.isa.run(#module::Run(arena));
                 #(let mut #out_vars: #output_types = #output_zeros;
                   kerac::arena::read(arena, #output_offsets, #out_vars.flat_mut());)*
@@ -289,12 +289,17 @@ fn steps_module(plan: &Plan, options: &RustOptions, module: &syn::Ident) -> Resu
         }
     };
     let inline = options.inline.unwrap_or(plan.steps.len() <= INLINE_STEPS);
+    let padded = padded_input(plan);
     let mut consts = Vec::new();
     let mut calls = Vec::new();
     let mut step_fns = Vec::new();
     for (i, step) in plan.steps.iter().enumerate() {
         let (c, call) = emit_step(plan, i, step, inline)?;
         consts.push(c);
+        if i == 0 && padded.is_some() {
+            // `write_inputs` runs it.
+            continue;
+        }
         if inline {
             // A function of its own for each step, compiled for the ISA with the
             // step's constants: one function holding every step took the optimiser
@@ -319,6 +324,24 @@ fn steps_module(plan: &Plan, options: &RustOptions, module: &syn::Ident) -> Resu
         )
     });
     let arena_floats = plan.arena_floats;
+    let n_in = plan.inputs.len();
+    let writes = plan.inputs.iter().enumerate().map(|(k, port)| {
+        let b = &plan.buffers[port.buffer];
+        match padded {
+            Some((input, out)) if input == k => {
+                let (o, l) = (plan.buffers[out].offset, plan.buffers[out].len);
+                quote! {
+                    if let Some(y) = arena.get_mut(#o..#o + #l) {
+                        kerac::shape::resample(&STEP_0, inputs[#k], y);
+                    }
+                }
+            }
+            _ => {
+                let o = b.offset;
+                quote!(kerac::arena::write(arena, #o, inputs[#k]);)
+            }
+        }
+    });
     Ok(quote! {
         #[allow(clippy::all, clippy::pedantic, non_upper_case_globals)]
         mod #module {
@@ -341,6 +364,12 @@ fn steps_module(plan: &Plan, options: &RustOptions, module: &syn::Ident) -> Resu
             fn steps<I: kerac::Isa>(isa: I, arena: &mut [f32]) {
                 #(#calls)*
             }
+            /// Copies the inputs into the arena; an input that the first step only pads
+            /// goes straight to its padded place, that step's work, and `run` skips it.
+            #[inline(always)]
+            pub(super) fn write_inputs(arena: &mut [f32], inputs: [&[f32]; #n_in]) {
+                #(#writes)*
+            }
             /// [`run`] for whichever ISA the model chose when it was made.
             pub(super) struct Run<'a>(pub(super) &'a mut [f32]);
             impl kerac::WithIsa for Run<'_> {
@@ -354,6 +383,21 @@ fn steps_module(plan: &Plan, options: &RustOptions, module: &syn::Ident) -> Resu
     })
 }
 
+/// The input (its index) that step 0 pads or crops and nothing else reads, with that
+/// step's output: the input is then written to its padded place directly, which
+/// saves a copy of it (`write_inputs`). MobileNets and ResNets pad their input first.
+fn padded_input(plan: &Plan) -> Option<(usize, BufferId)> {
+    let first = plan.steps.first()?;
+    let (Kernel::Resample(_), [b]) = (&first.kernel, first.inputs.as_slice()) else {
+        return None;
+    };
+    let input = plan.inputs.iter().position(|p| p.buffer == *b)?;
+    let elsewhere = plan.steps[1..].iter().any(|s| s.inputs.contains(b))
+        || plan.outputs.iter().any(|p| p.buffer == *b)
+        || plan.state.contains(b);
+    (!elsewhere).then_some((input, first.output))
+}
+
 /// `impl kerac::Model`: the generic entry point on flat slices, lengths checked.
 fn model_trait(plan: &Plan, name: &syn::Ident, module: &syn::Ident) -> TokenStream {
     let (n_in, n_out) = (plan.inputs.len(), plan.outputs.len());
@@ -361,14 +405,12 @@ fn model_trait(plan: &Plan, name: &syn::Ident, module: &syn::Ident) -> TokenStre
     let out_idx: Vec<usize> = (0..n_out).collect();
     let sizes =
         |ports: &[Port]| -> Vec<usize> { ports.iter().map(|p| p.shape.iter().product()).collect() };
-    let offsets = |ports: &[Port]| -> Vec<usize> {
-        ports
-            .iter()
-            .map(|p| plan.buffers[p.buffer].offset)
-            .collect()
-    };
     let (input_sizes, output_sizes) = (sizes(&plan.inputs), sizes(&plan.outputs));
-    let (input_offsets, output_offsets) = (offsets(&plan.inputs), offsets(&plan.outputs));
+    let output_offsets: Vec<usize> = plan
+        .outputs
+        .iter()
+        .map(|p| plan.buffers[p.buffer].offset)
+        .collect();
     let reset_trait = if plan.state.is_empty() {
         quote!()
     } else {
@@ -400,7 +442,7 @@ fn model_trait(plan: &Plan, name: &syn::Ident, module: &syn::Ident) -> TokenStre
                     return Err(kerac::Error::BufferLength);
                 }
                 let arena = &mut self.arena.0;
-                #(kerac::arena::write(arena, #input_offsets, inputs[#in_idx]);)*
+                #module::write_inputs(arena, [#(inputs[#in_idx]),*]);
                 self.isa.run(#module::Run(arena));
                 #(kerac::arena::read(arena, #output_offsets, outputs[#out_idx]);)*
                 Ok(())
