@@ -60,6 +60,7 @@ pub const PANEL: usize = 16;
 impl Conv {
     /// The weights may be stored in panels: one group, every tap inside the input, and
     /// output channels a multiple of [`PANEL`].
+    #[inline]
     pub fn can_panel(&self) -> bool {
         self.groups == 1
             && self.cout.is_multiple_of(PANEL)
@@ -68,6 +69,7 @@ impl Conv {
 
     /// Which of [`VALID`], [`ROWS`], [`SMALL`], [`DEPTHWISE`] and [`GENERAL`] runs the
     /// convolution.
+    #[inline]
     pub const fn route(&self) -> u8 {
         let [d, h, w] = self.windows;
         if self.groups == 1 && d.is_valid() && h.is_valid() && w.is_valid() {
@@ -92,6 +94,7 @@ impl Conv {
 
     /// Whether [`ROWS`] tiles recompute at most an eighth of the pixels, with either
     /// tile width that some instruction set takes for these output channels.
+    #[inline]
     const fn rows_fit(&self) -> bool {
         let [d, h, w] = self.windows;
         let pointwise = d.kernel == 1
@@ -115,6 +118,7 @@ impl Conv {
     }
 
     /// Floats of input, kernel and output.
+    #[inline]
     pub const fn sizes(&self) -> (usize, usize, usize) {
         let [d, h, w] = self.windows;
         let taps = d.kernel * h.kernel * w.kernel;

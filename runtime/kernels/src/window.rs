@@ -62,6 +62,7 @@ impl Window {
 
     /// True when every tap of every output lands inside the input: no padding, and the
     /// last window ends inside (Keras's `valid`, or an input padded beforehand).
+    #[inline]
     pub const fn is_valid(&self) -> bool {
         self.pad_before == 0
             && (self.output == 0
@@ -73,6 +74,7 @@ impl Window {
 
     /// The outputs all of whose taps land inside the input: one run, between the
     /// outputs that reach into the padding before and after.
+    #[inline]
     pub const fn interior(&self) -> Range<usize> {
         if self.stride == 0 {
             return 0..0;
