@@ -364,8 +364,9 @@ fn steps_module(plan: &Plan, options: &RustOptions, module: &syn::Ident) -> Resu
             fn steps<I: kerac::Isa>(isa: I, arena: &mut [f32]) {
                 #(#calls)*
             }
-            /// Copies the inputs into the arena; an input that the first step only pads
-            /// goes straight to its padded place, that step's work, and `run` skips it.
+            /// Copies the inputs into the arena; an input that only the first step reads,
+            /// to pad or resample it, goes straight to that step's output, and `run`
+            /// skips the step.
             #[inline(always)]
             pub(super) fn write_inputs(arena: &mut [f32], inputs: [&[f32]; #n_in]) {
                 #(#writes)*
@@ -383,9 +384,10 @@ fn steps_module(plan: &Plan, options: &RustOptions, module: &syn::Ident) -> Resu
     })
 }
 
-/// The input (its index) that step 0 pads or crops and nothing else reads, with that
-/// step's output: the input is then written to its padded place directly, which
-/// saves a copy of it (`write_inputs`). MobileNets and ResNets pad their input first.
+/// The input (its index) that step 0 resamples (pads, crops or scales) and nothing
+/// else reads, with that step's output: the input is then written to its resampled
+/// place directly, which saves a copy of it (`write_inputs`). MobileNets and ResNets
+/// pad their input first.
 fn padded_input(plan: &Plan) -> Option<(usize, BufferId)> {
     let first = plan.steps.first()?;
     let (Kernel::Resample(_), [b]) = (&first.kernel, first.inputs.as_slice()) else {
