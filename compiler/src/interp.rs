@@ -58,7 +58,8 @@ pub fn run_observed(
             })
             .collect::<Result<_>>()
             .map_err(|e| e.in_layer(&node.name, &node.class))?;
-        let outputs = node.op.eval(&args);
+        // Subnormals flushed, as TensorFlow computes Keras models.
+        let outputs = kerac::fp::flushed(|| node.op.eval(&args));
         after_node(i, &outputs);
         for (&t, y) in node.outputs.iter().zip(outputs) {
             debug_assert_eq!(

@@ -272,15 +272,19 @@ impl Dispatch {
     }
 
     /// Runs `code` with the chosen ISA: one branch on a value fixed when the model was
-    /// made, never on data.
+    /// made, never on data. Subnormals are flushed to zero while it runs, as
+    /// TensorFlow runs Keras models ([`crate::fp::flushed`]).
     #[inline(always)]
     pub fn run<W: WithIsa>(self, code: W) -> W::Output {
-        match self {
-            Dispatch::Baseline(t) => code.with(t),
-            #[cfg(target_arch = "x86_64")]
-            Dispatch::Avx2(t) => code.with(t),
-            #[cfg(target_arch = "x86_64")]
-            Dispatch::Avx512(t) => code.with(t),
-        }
+        crate::fp::flushed(
+            #[inline(always)]
+            || match self {
+                Dispatch::Baseline(t) => code.with(t),
+                #[cfg(target_arch = "x86_64")]
+                Dispatch::Avx2(t) => code.with(t),
+                #[cfg(target_arch = "x86_64")]
+                Dispatch::Avx512(t) => code.with(t),
+            },
+        )
     }
 }

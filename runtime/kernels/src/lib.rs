@@ -16,6 +16,7 @@ pub mod arena;
 pub mod attention;
 pub mod conv;
 pub mod dense;
+pub mod fp;
 pub mod isa;
 pub mod lanes;
 pub mod merge;
