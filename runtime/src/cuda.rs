@@ -102,6 +102,9 @@ pub fn ptx(program: &Program, major: i32, minor: i32) -> Result<cudarc::nvrtc::P
         options: std::vec![
             std::format!("--gpu-architecture=compute_{major}{minor}"),
             "-std=c++17".to_string(),
+            // Subnormals flushed to zero, as TensorFlow computes Keras models on a CPU
+            // and as the CPU backends do.
+            "--ftz=true".to_string(),
         ],
         ..Default::default()
     };

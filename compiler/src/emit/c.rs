@@ -50,6 +50,8 @@ pub fn source(plan: &Plan, prefix: &str, source: &str) -> Result<String> {
     );
     let body = format!("{}{steps}", c.helpers);
     out.push_str(&prelude(&body));
+    out.push_str(FP_ENV);
+    out.push('\n');
     let _ = writeln!(
         out,
         "int {p}_predict(const float *const *inputs, float *const *outputs, void *scratch);\n"
@@ -396,6 +398,53 @@ static inline float kerac_sqrt(float x) {
 
 "#;
 
+/// The entry point's floating-point environment: subnormals flushed while the model
+/// runs, as TensorFlow computes Keras models (the `kerac::fp` of the Rust backend).
+pub(super) const FP_ENV: &str = r#"/* Subnormals flushed to zero while the model runs, as TensorFlow computes Keras
+ * models: MXCSR's FTZ and DAZ on x86, FZ in the FPCR or FPSCR on Arm (both inputs
+ * and results). Elsewhere the FPU's own setting holds: IEEE 754 subnormals. */
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__SSE__))
+typedef uint32_t kerac_fpenv;
+static inline kerac_fpenv kerac_fp_enter(void) {
+    uint32_t old, flush;
+    __asm__ volatile("stmxcsr %0" : "=m"(old) : : "memory");
+    flush = old | 0x8040u;
+    __asm__ volatile("ldmxcsr %0" : : "m"(flush) : "memory");
+    return old;
+}
+static inline void kerac_fp_leave(kerac_fpenv old) {
+    __asm__ volatile("ldmxcsr %0" : : "m"(old) : "memory");
+}
+#elif (defined(__GNUC__) || defined(__clang__)) && defined(__aarch64__)
+typedef uint64_t kerac_fpenv;
+static inline kerac_fpenv kerac_fp_enter(void) {
+    uint64_t old;
+    __asm__ volatile("mrs %0, fpcr" : "=r"(old) : : "memory");
+    __asm__ volatile("msr fpcr, %0" : : "r"(old | ((uint64_t)1 << 24)) : "memory");
+    return old;
+}
+static inline void kerac_fp_leave(kerac_fpenv old) {
+    __asm__ volatile("msr fpcr, %0" : : "r"(old) : "memory");
+}
+#elif (defined(__GNUC__) || defined(__clang__)) && defined(__arm__) && defined(__ARM_FP)
+typedef uint32_t kerac_fpenv;
+static inline kerac_fpenv kerac_fp_enter(void) {
+    uint32_t old;
+    __asm__ volatile("vmrs %0, fpscr" : "=r"(old) : : "memory");
+    __asm__ volatile("vmsr fpscr, %0" : : "r"(old | ((uint32_t)1 << 24)) : "memory");
+    return old;
+}
+static inline void kerac_fp_leave(kerac_fpenv old) {
+    __asm__ volatile("vmsr fpscr, %0" : : "r"(old) : "memory");
+}
+#else
+typedef int kerac_fpenv;
+static inline kerac_fpenv kerac_fp_enter(void) { return 0; }
+static inline void kerac_fp_leave(kerac_fpenv old) { (void)old; }
+#endif
+
+"#;
+
 /// A float as a C literal that reads back to the same bits.
 pub(super) fn flt(v: f32) -> String {
     if v.is_nan() {
@@ -453,6 +502,7 @@ fn predict(plan: &Plan, p: &str) -> String {
             .replace("{p}", p),
     );
     w.line("float *a = (float *)scratch;");
+    w.line("kerac_fpenv fp = kerac_fp_enter();");
     if plan.inputs.is_empty() && plan.outputs.is_empty() {
         w.line("(void)inputs;");
     }
@@ -485,6 +535,7 @@ fn predict(plan: &Plan, p: &str) -> String {
         w.line(format!("outputs[{i}][i] = a[{} + i];", b.offset));
         w.close();
     }
+    w.line("kerac_fp_leave(fp);");
     w.line("return 0;");
     w.close();
     w.s

@@ -91,7 +91,7 @@ pub fn source_and_launches(
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "/* {p}.cu: the Keras model `{}` compiled by kerac {} to CUDA C++.\n *\n * Source: {source}\n *\n * Compile it with nvcc (C++17); it needs the CUDA runtime and nothing else. Without\n * nvcc, any C++17 compiler builds the same kernels for the CPU, with {p}_predict\n * as the C backend's entry point: a check of the kernels on machines without a GPU.\n * A call allocates nothing, no kernel has a data-dependent branch, and every loop\n * and grid size is a constant. The header kerac wrote beside it declares the entry\n * points and the sizes. */\n",
+        "/* {p}.cu: the Keras model `{}` compiled by kerac {} to CUDA C++.\n *\n * Source: {source}\n *\n * Compile it with nvcc (C++17); it needs the CUDA runtime and nothing else. Without\n * nvcc, any C++17 compiler builds the same kernels for the CPU, with {p}_predict\n * as the C backend's entry point: a check of the kernels on machines without a GPU.\n * A call allocates nothing, no kernel has a data-dependent branch, and every loop\n * and grid size is a constant. The header kerac wrote beside it declares the entry\n * points and the sizes. Compile it with -ftz=true (NVRTC: --ftz=true): Keras's CPU\n * kernels flush subnormals to zero, and kerac's CPU backends do the same. */\n",
         plan.name,
         env!("CARGO_PKG_VERSION"),
     );
@@ -187,7 +187,8 @@ pub fn source_and_launches(
     );
     let _ = writeln!(
         out,
-        "#ifndef __CUDACC__\n/* The same kernels on the CPU: the C backend's entry point, for checking. */\nextern \"C\" int {p}_predict(const float *const *inputs, float *const *outputs, void *scratch) {{\n    return {p}_predict_cuda(inputs, outputs, scratch, 0);\n}}\n#endif\n#endif /* __CUDACC_RTC__ */"
+        "#ifndef __CUDACC__\n{}\n/* The same kernels on the CPU: the C backend's entry point, for checking, with\n * subnormals flushed as -ftz=true flushes them on the GPU. */\nextern \"C\" int {p}_predict(const float *const *inputs, float *const *outputs, void *scratch) {{\n    kerac_fpenv fp = kerac_fp_enter();\n    int e = {p}_predict_cuda(inputs, outputs, scratch, 0);\n    kerac_fp_leave(fp);\n    return e;\n}}\n#endif\n#endif /* __CUDACC_RTC__ */",
+        c::FP_ENV.trim_end()
     );
     Ok((out, launches))
 }

@@ -124,7 +124,7 @@ pub fn header(plan: &Plan, info: &HeaderInfo) -> String {
     };
     let _ = writeln!(
         w,
-        "/* Runs the model once.\n *   inputs:  {m}_NUM_INPUTS pointers, input i to {m}_INPUT<i>_SIZE floats;\n *   outputs: {m}_NUM_OUTPUTS pointers, output i to {m}_OUTPUT<i>_SIZE floats;\n *   scratch: {m}_SCRATCH_BYTES bytes, {scratch_doc}\n * Returns 0 on success (the only value it returns today; others are reserved).\n * Input and output buffers may not overlap the scratch memory. */"
+        "/* Runs the model once.\n *   inputs:  {m}_NUM_INPUTS pointers, input i to {m}_INPUT<i>_SIZE floats;\n *   outputs: {m}_NUM_OUTPUTS pointers, output i to {m}_OUTPUT<i>_SIZE floats;\n *   scratch: {m}_SCRATCH_BYTES bytes, {scratch_doc}\n * Returns 0 on success (the only value it returns today; others are reserved).\n * Input and output buffers may not overlap the scratch memory. Subnormals are\n * flushed to zero during the call, as TensorFlow computes Keras models (x86 MXCSR\n * FTZ and DAZ, Arm FZ; not on RISC-V, which has no such mode); the caller's\n * floating-point control register is restored before it returns. */"
     );
     let _ = writeln!(
         w,

@@ -21,6 +21,7 @@ mod attention;
 mod conv;
 mod dense;
 mod dispatch;
+mod fpenv;
 mod fx;
 mod merge;
 mod norm;
@@ -401,6 +402,28 @@ fn define<M: Module>(
         .iter()
         .map(|&f| module.declare_func_in_func(f, &mut ctx.func))
         .collect();
+    // Subnormals flushed while the model runs, where the target can ([`fpenv`]).
+    let fp = match fpenv::functions(&module.isa().triple().architecture.to_string())? {
+        None => None,
+        Some((enter_code, leave_code)) => {
+            let mut enter_sig = Signature::new(call_conv);
+            enter_sig.returns.push(AbiParam::new(types::I64));
+            let mut leave_sig = Signature::new(call_conv);
+            leave_sig.params.push(AbiParam::new(types::I64));
+            let mut declare = |name: &str, sig: &Signature, code: &[u8]| {
+                let f = module
+                    .declare_function(&format!("{prefix}_{name}"), Linkage::Local, sig)
+                    .map_err(backend)?;
+                module
+                    .define_function_bytes(f, 16, code, &[])
+                    .map_err(backend)?;
+                Ok::<_, Error>(module.declare_func_in_func(f, &mut ctx.func))
+            };
+            let enter = declare("fp_enter", &enter_sig, &enter_code)?;
+            let leave = declare("fp_leave", &leave_sig, &leave_code)?;
+            Some((enter, leave))
+        }
+    };
     let io_loops = {
         let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
         let entry = b.create_block();
@@ -408,6 +431,10 @@ fn define<M: Module>(
         b.switch_to_block(entry);
         b.seal_block(entry);
         let [inputs, outputs, scratch] = [0, 1, 2].map(|i| b.block_params(entry)[i]);
+        let old_fp = fp.map(|(enter, _)| {
+            let call = b.ins().call(enter, &[]);
+            b.inst_results(call)[0]
+        });
         let mut fx = Fx {
             b,
             lanes,
@@ -436,6 +463,9 @@ fn define<M: Module>(
             let v = &plan.buffers[port.buffer];
             let p = fx.b.ins().load(ptr, fx::trusted(), outputs, (i * 8) as i32);
             simd::copy(&mut fx, arena(v.offset), Addr { base: p, off: 0 }, v.len);
+        }
+        if let (Some((_, leave)), Some(old)) = (fp, old_fp) {
+            fx.b.ins().call(leave, &[old]);
         }
         let ok = fx.b.ins().iconst(types::I32, 0);
         fx.b.ins().return_(&[ok]);
@@ -654,12 +684,13 @@ impl Jit {
 
     /// Runs step `k` alone on whatever the scratch memory holds: the instructions it
     /// executes do not depend on the data, so this is how one step is measured.
-    /// Steps past the last do nothing.
+    /// Subnormals are flushed, as `predict` flushes them. Steps past the last do
+    /// nothing.
     pub fn run_step(&mut self, k: usize) {
         if let Some(step) = self.steps.get(k) {
             // The scratch buffer is at least `scratch_bytes(plan)` long: all a step
             // touches besides its own weights.
-            step(self.scratch.as_mut_ptr().cast());
+            kerac::fp::flushed(|| step(self.scratch.as_mut_ptr().cast()));
         }
     }
 
