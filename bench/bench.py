@@ -342,7 +342,7 @@ def report(results):
         "## Jitter of kerac's `predict`",
         "",
         "Inputs cycle through a pool of 64: 48 uniform in [-1, 1), 16 made of float32 subnormals (all, or every other value). "
-        "kerac computes subnormals as IEEE 754 says (no flush to zero, which would change results); the last column shows what they cost. "
+        "kerac flushes subnormals to zero while a model runs, as TensorFlow does (its inputs read as zeros); the last column shows what they cost. "
         "`per-input spread` takes each input's median over its repetitions (about 1 560 each) and divides the slowest input's by the fastest's: the part of the jitter that comes from the data, with the machine's interruptions, which fall on any input, left out.",
         "",
         "| model | backend | runs | median | p99.9 | max | max/median | p99.9/median | per-input spread | subnormal/normal median |",

@@ -193,7 +193,8 @@ pub fn build(
             let c_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("c");
             let nv = || {
                 let mut cmd = Command::new(&nvcc);
-                cmd.args(["-std=c++17", "-O2", "-Werror", "all-warnings"])
+                // -ftz=true: subnormals flushed, as Keras's CPU kernels flush them.
+                cmd.args(["-std=c++17", "-O2", "-ftz=true", "-Werror", "all-warnings"])
                     .arg(format!("-arch={arch}"))
                     .arg("-I")
                     .arg(case);
