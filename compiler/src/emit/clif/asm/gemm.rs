@@ -6,10 +6,19 @@
 //! runtime's `conv::valid` does. A table in the object holds where each pixel's window
 //! starts in the input, so the listing needs no division and no branch on position.
 //!
-//! Registers: rdi x, rsi w, rdx bias, rcx y (the tile's first pixel), r8 the table
-//! (the tile's first entry), r9 the loop counters; rax rbx rbp r10 r11 r12 the tile's
-//! pixels in x, r13 the weight row, r14 the index along a run of taps, r15 the first
-//! output channel of a block, in bytes.
+//! Products of one vector of output channels or less go in row tiles instead, as the
+//! runtime's `ROWS` route does: up to 12 (AVX2) or 16 (AVX-512) pixels of one output
+//! row, a constant step apart in x, so one base register reaches them all and the
+//! tile keeps enough accumulators to hide the FMA latency; on AVX-512 each FMA takes
+//! its input as a broadcast memory operand. A row's last tile steps back to end at the
+//! row's end, and stores the pixels it shares with the tile before it again, with the
+//! same bits. The table then holds each tile's start in x and in y.
+//!
+//! Registers: rdi x, rsi w, rdx bias, rcx y (the tile's first pixel; y in row tiles),
+//! r8 the table (the tile's first entry), r9 the loop counters; rax rbx rbp r10 r11 r12
+//! the tile's pixels in x (row tiles: rax the first pixel, rbx the tile in y), r13 the
+//! weight row, r14 the index along a run of taps, r15 the first output channel of a
+//! block, in bytes.
 
 use super::{disp, fits, sets, spare, vectors, Asm, Ctl, Listing, Refused, Wide, M, R};
 use crate::emit::tape::Tape;
@@ -18,6 +27,12 @@ use kerac::Act;
 
 /// Output pixels per tile.
 const TILE: usize = 6;
+/// Output pixels of the widest row tile at each width: with one vector of channels, the
+/// accumulators, a weight vector and a broadcast input (AVX2) within the registers.
+const ROW_TILE_AVX2: usize = 12;
+const ROW_TILE_AVX512: usize = 16;
+/// Narrower row tiles are for rows they divide better, down to this.
+const ROW_TILE_MIN: usize = 8;
 const PIXEL: [AsmRegister64; TILE] = [rax, rbx, rbp, r10, r11, r12];
 const PIXEL32: [AsmRegister32; TILE] = [eax, ebx, ebp, r10d, r11d, r12d];
 /// Weight rows ahead that a block asks the cache for, as the runtime does.
@@ -40,6 +55,15 @@ pub(in crate::emit::clif) struct Gemm {
     pub run: usize,
     pub bias: bool,
     pub act: Act,
+    /// The output pixels as rows of consecutive pixels a constant step apart in x.
+    pub row: Option<Row>,
+}
+
+/// Output pixels in rows of `len`, each `step` bytes on in x from the one before.
+#[derive(Clone, Copy)]
+pub(in crate::emit::clif) struct Row {
+    pub len: usize,
+    pub step: usize,
 }
 
 impl Gemm {
@@ -56,6 +80,7 @@ impl Gemm {
             run: p.k,
             bias,
             act: p.act,
+            row: None,
         }
         .checked()
     }
@@ -121,6 +146,12 @@ impl Gemm {
                 }
             }
         }
+        // A 1x1 convolution of stride 1 reads its input as one row of every pixel.
+        let pointwise = windows.iter().all(|w| w.kernel == 1 && w.stride == 1);
+        let row = Row {
+            len: if pointwise { pixels } else { ww.output },
+            step: ww.stride.checked_mul(cin)?.checked_mul(4)?,
+        };
         Gemm {
             pixels,
             n: p.cout,
@@ -129,6 +160,7 @@ impl Gemm {
             run,
             bias,
             act: p.act,
+            row: Some(row),
         }
         .checked()
     }
@@ -143,20 +175,78 @@ impl Gemm {
             .checked_mul(4)
             .and_then(|r| r.checked_add(last_run));
         let wrows = row.and_then(|r| r.checked_mul(self.run.checked_add(PREFETCH_ROWS + 8)?));
-        let tile = row.and_then(|r| r.checked_mul(TILE));
+        let tile = row.and_then(|r| r.checked_mul(TILE.max(ROW_TILE_AVX512)));
+        let y = row.and_then(|r| r.checked_mul(self.pixels));
         if self.pixels == 0 || self.n == 0 || self.run == 0 || far(reach) || far(wrows) || far(tile)
         {
             return None;
         }
+        // Row tiles reach their last pixel by displacement, and find themselves in y
+        // through the table.
+        let row_reach = |r: &Row| {
+            r.step
+                .checked_mul(ROW_TILE_AVX512)
+                .and_then(|b| b.checked_add(reach?))
+        };
+        if self
+            .row
+            .as_ref()
+            .is_some_and(|r| far(row_reach(r)) || far(y))
+        {
+            return Some(Gemm { row: None, ..self });
+        }
         Some(self)
     }
 
-    /// The kernel `(x, w, bias, y, table, counters)`. Products with 16 outputs or fewer
-    /// run at 256 bits on AVX-512 too: one 512-bit vector would leave a tile six
-    /// accumulators, a broadcast load per FMA, where two 256-bit ones keep twelve.
-    /// With `panels`, w is in the layout [`Gemm::panels`] gives.
+    /// The width the product runs at on a `wide` machine, and its row tile's pixels
+    /// where it runs in row tiles. Products with 16 outputs or fewer that cannot take
+    /// row tiles run at 256 bits on AVX-512 too: one 512-bit vector would leave a tile
+    /// of six pixels six accumulators, where two 256-bit ones keep twelve.
+    fn plan(&self, wide: Wide) -> (Wide, Option<usize>) {
+        match wide {
+            Wide::Avx512 if self.n > 16 => (Wide::Avx512, None),
+            Wide::Avx512 if self.n > 8 => match self.row_tile(ROW_TILE_AVX512) {
+                Some(t) => (Wide::Avx512, Some(t)),
+                None => (Wide::Avx2, None),
+            },
+            _ if self.n > 8 => (Wide::Avx2, None),
+            _ => (Wide::Avx2, self.row_tile(ROW_TILE_AVX2)),
+        }
+    }
+
+    /// The row tile, at most `max` pixels, that computes the fewest pixels twice (the
+    /// widest of equals), where that is at most an eighth more than the row.
+    fn row_tile(&self, max: usize) -> Option<usize> {
+        let len = self.row?.len;
+        let cost = |t: usize| len.div_ceil(t) * t;
+        let t = (ROW_TILE_MIN..=max.min(len))
+            .rev()
+            .min_by_key(|&t| cost(t))?;
+        (cost(t) * 8 <= len * 9).then_some(t)
+    }
+
+    /// The table the kernel reads on a `wide` machine: each pixel's window start in x,
+    /// or with row tiles each tile's first pixel's, then its first output, in bytes.
+    pub fn table(&self, wide: Wide) -> Vec<u32> {
+        let (Some(t), Some(row)) = (self.plan(wide).1, self.row) else {
+            return self.starts.clone();
+        };
+        let mut table = Vec::new();
+        for r in (0..self.pixels).step_by(row.len) {
+            for first in (0..row.len).step_by(t) {
+                let p = r + first.min(row.len - t);
+                // `checked` kept row tiles only where every output offset fits.
+                table.extend([self.starts[p], (p * self.n * 4) as u32]);
+            }
+        }
+        table
+    }
+
+    /// The kernel `(x, w, bias, y, table, counters)`, its table [`Gemm::table`]; with
+    /// `panels`, w is in the layout [`Gemm::panels`] gives.
     pub fn assemble(&self, wide: Wide, counting: bool, panels: bool) -> R<Listing> {
-        let wide = self.width(wide);
+        let rows = self.plan(wide).1;
+        let wide = self.plan(wide).0;
         if panels && self.panels(wide).is_none() {
             return Err(Refused::Far);
         }
@@ -176,26 +266,26 @@ impl Gemm {
             }
         }
         let act = tape.as_ref();
+        if let Some(t) = rows {
+            let tiles = self.table(wide).len() / 2;
+            asm.repeat(tiles, Ctl::Stack(0), |asm| {
+                self.tile(asm, t, act, panels, true)?;
+                asm.x().add(r8, 8)?;
+                Ok(())
+            })?;
+            return asm.finish();
+        }
         asm.repeat(self.pixels / TILE, Ctl::Stack(0), |asm| {
-            self.tile(asm, TILE, act, panels)?;
+            self.tile(asm, TILE, act, panels, false)?;
             asm.x().add(r8, (TILE * 4) as i32)?;
             asm.x().add(rcx, disp(TILE * self.n * 4)?)?;
             Ok(())
         })?;
         let rest = self.pixels % TILE;
         if rest > 0 {
-            self.tile(&mut asm, rest, act, panels)?;
+            self.tile(&mut asm, rest, act, panels, false)?;
         }
         asm.finish()
-    }
-
-    /// The width the product runs at on a `wide` machine.
-    fn width(&self, wide: Wide) -> Wide {
-        if wide == Wide::Avx512 && self.n <= 16 {
-            Wide::Avx2
-        } else {
-            wide
-        }
     }
 
     /// Rows of w.
@@ -210,26 +300,41 @@ impl Gemm {
     /// which the hardware prefetches well, rather than a slice of every row: the
     /// difference shows once a model's weights outgrow the caches.
     pub fn panels(&self, wide: Wide) -> Option<(usize, usize, usize)> {
-        let l = self.width(wide).lanes();
+        let l = self.plan(wide).0.lanes();
         let rows = self.rows();
         let whole = rows.checked_mul(self.n)?.checked_mul(4)?;
         (self.n.is_multiple_of(l) && i32::try_from(whole).is_ok()).then_some((rows, self.n, l))
     }
 
-    /// One tile of `tt` pixels: every block of output channels.
-    fn tile(&self, asm: &mut Asm, tt: usize, act: Option<&Tape>, panels: bool) -> R<()> {
-        for t in 0..tt {
-            asm.x().mov(PIXEL32[t], dword_ptr(r8 + (4 * t) as i32))?;
-            asm.x().add(PIXEL[t], rdi)?;
+    /// One tile of `tt` pixels, a row tile where `rows`: every block of output channels.
+    fn tile(
+        &self,
+        asm: &mut Asm,
+        tt: usize,
+        act: Option<&Tape>,
+        panels: bool,
+        rows: bool,
+    ) -> R<()> {
+        if rows {
+            asm.x().mov(eax, dword_ptr(r8))?;
+            asm.x().add(rax, rdi)?;
+            asm.x().mov(ebx, dword_ptr(r8 + 4))?;
+            asm.x().add(rbx, rcx)?;
+        } else {
+            for t in 0..tt {
+                asm.x().mov(PIXEL32[t], dword_ptr(r8 + (4 * t) as i32))?;
+                asm.x().add(PIXEL[t], rdi)?;
+            }
         }
-        let nv = vectors(asm.wide, tt);
+        let nv = if rows { 1 } else { vectors(asm.wide, tt) };
         asm.channel_blocks(self.n, nv, |asm, nv, masked| {
-            self.block(asm, tt, nv, masked, act, panels)
+            self.block(asm, tt, nv, masked, act, panels, rows)
         })
     }
 
     /// `nv` vectors of output channels from r15 for the tile's `tt` pixels; the last
     /// vector only partly (the lane mask) when `masked`.
+    #[allow(clippy::too_many_arguments)]
     fn block(
         &self,
         asm: &mut Asm,
@@ -238,6 +343,7 @@ impl Gemm {
         masked: bool,
         act: Option<&Tape>,
         panels: bool,
+        row_tile: bool,
     ) -> R<()> {
         let (l, n) = (asm.wide.lanes(), self.n);
         let unroll = self.run.min(4);
@@ -295,8 +401,16 @@ impl Gemm {
                 asm.load(wreg(j), weight(u, j)?, part(j))?;
             }
             let set = (u % sets) * tt * nv;
-            for (t, &p) in PIXEL.iter().enumerate().take(tt) {
-                asm.bcast(xreg, M::ix(p, r14, disp(x_off + u * 4)?))?;
+            for t in 0..tt {
+                let x = match (row_tile, self.row) {
+                    (true, Some(row)) => M::ix(rax, r14, disp(t * row.step + x_off + u * 4)?),
+                    _ => M::ix(PIXEL[t], r14, disp(x_off + u * 4)?),
+                };
+                if asm.wide == Wide::Avx512 && nv == 1 {
+                    asm.fma_bcast(set + acc(t, 0), wreg(0), x, xreg)?;
+                    continue;
+                }
+                asm.bcast(xreg, x)?;
                 for j in 0..nv {
                     asm.fma(set + acc(t, j), xreg, wreg(j))?;
                 }
@@ -322,9 +436,10 @@ impl Gemm {
         }
         asm.fold_sets(sets, tt * nv)?;
         let mut outs = Vec::new();
+        let y = if row_tile { rbx } else { rcx };
         for t in 0..tt {
             for j in 0..nv {
-                let at = M::ix(rcx, r15, disp(t * n * 4 + j * l * 4)?);
+                let at = M::ix(y, r15, disp(t * n * 4 + j * l * 4)?);
                 outs.push((acc(t, j), at, part(j)));
             }
         }

@@ -364,6 +364,19 @@ impl Asm {
         Ok(())
     }
 
+    /// `acc += a * [m]` with the one float at `m` broadcast: AVX-512's broadcast
+    /// memory operand, AVX2's broadcast into `tmp` first.
+    pub fn fma_bcast(&mut self, acc: usize, a: usize, m: M, tmp: usize) -> R<()> {
+        match self.wide {
+            Wide::Avx2 => {
+                self.bcast(tmp, m)?;
+                self.fma(acc, tmp, a)?;
+            }
+            Wide::Avx512 => self.a.vfmadd231ps(ZMM[acc], ZMM[a], dword_bcst(m.op()))?,
+        }
+        Ok(())
+    }
+
     /// `r = 0`.
     pub fn zero(&mut self, r: usize) -> R<()> {
         match self.wide {
@@ -538,9 +551,9 @@ pub(super) fn assemble(
     use crate::plan::Kernel;
     let listing = match kernel {
         Kernel::Dense { p, b, .. } => gemm::Gemm::dense(p, b.is_some())
-            .map(|g| (g.assemble(wide, counting, panels), Some(g.starts))),
+            .map(|g| (g.assemble(wide, counting, panels), Some(g.table(wide)))),
         Kernel::Conv { p, b, .. } => match gemm::Gemm::conv(p, b.is_some()) {
-            Some(g) => Some((g.assemble(wide, counting, panels), Some(g.starts))),
+            Some(g) => Some((g.assemble(wide, counting, panels), Some(g.table(wide)))),
             None => depthwise::Depthwise::new(p, b.is_some())
                 .map(|d| (d.assemble(wide, counting), None)),
         },
