@@ -404,7 +404,12 @@ impl Gemm {
             for t in 0..tt {
                 let x = match (row_tile, self.row) {
                     (true, Some(row)) => M::ix(rax, r14, disp(t * row.step + x_off + u * 4)?),
-                    _ => M::ix(PIXEL[t], r14, disp(x_off + u * 4)?),
+                    // Tiles from the table have a register per pixel.
+                    _ => M::ix(
+                        *PIXEL.get(t).ok_or(Refused::NoRoom)?,
+                        r14,
+                        disp(x_off + u * 4)?,
+                    ),
                 };
                 if asm.wide == Wide::Avx512 && nv == 1 {
                     asm.fma_bcast(set + acc(t, 0), wreg(0), x, xreg)?;
