@@ -288,7 +288,15 @@ def report(results):
             if isinstance(l, dict) and "flops" in l:
                 share = f"{100 * l['share_of_peak']:.0f}%" if l.get("share_of_peak") else "—"
                 loops = " x ".join(f"{n} {c}" for n, c in l["loops"])
-                layers.append(f"| {label} | {kind} | `{l['layers']}` | {loops} | {l['flops']} | {fmt_ns(l['median_ns'])} | {l['gflops']:.1f} | {share} |")
+                if l.get("object_median_ns"):
+                    obj = fmt_ns(l["object_median_ns"])
+                    obj_share = f"{100 * l['object_share_of_peak']:.0f}%" if l.get("object_share_of_peak") else "—"
+                else:
+                    obj, obj_share = "—", "—"
+                layers.append(
+                    f"| {label} | {kind} | `{l['layers']}` | {loops} | {l['flops']} | {fmt_ns(l['median_ns'])} | {share} "
+                    f"| {obj} | {obj_share} |"
+                )
     wcet = []
     mhz = machine["derived_peak_flops"] / 32e6 if machine.get("derived_peak_flops") else None
     for name, label in models([]):
@@ -351,10 +359,12 @@ def report(results):
         "",
         "## The largest Dense and Conv layer of each model",
         "",
-        "Each step timed on its own (kerac's runtime kernels, median of 2000 calls), against the measured peak.",
+        "Each step timed on its own (median of 2000 calls), against the measured peak: on the runtime's kernels through the plan "
+        "(what `Model::run` runs: shapes read at run time), and as the step function of the x86-64 object for this machine "
+        "(the JIT's code: shapes as constants, as in `model!`'s steps, with the assembled kernels of the widest vectors).",
         "",
-        "| model | kind | layers | loops | FLOPs | median | GFLOP/s | of peak |",
-        "|---|---|---|---|---:|---:|---:|---:|",
+        "| model | kind | layers | loops | FLOPs | runtime kernels | of peak | object step | of peak |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|",
         *layers,
         "",
         "## WCET reports (`kerac inspect --wcet`, in wcet/)",

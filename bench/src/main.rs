@@ -170,8 +170,10 @@ fn tract(file: &Path, shape: &[usize]) -> Result<TractRun, String> {
     }))
 }
 
-/// The steps that decide speed: the Dense and the Conv with
-/// the most FLOPs, timed on their own (runtime kernels, median of 2000 calls).
+/// The steps that decide speed: the Dense and the Conv with the most FLOPs, each timed
+/// on its own (median of 2000 calls) twice: on the runtime's kernels through the plan
+/// (`Model::run`'s code, with generic shapes), and as the x86-64 object's step function
+/// at the host's widest vectors (shapes as constants, as in `model!`'s steps).
 fn largest_layers(bench: &Bench, x: &[f32], peak: Option<f64>) -> Result<Value, String> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let graph = kerac_compiler::load(&root.join(bench.file), None, &Default::default())
@@ -182,7 +184,9 @@ fn largest_layers(bench: &Bench, x: &[f32], peak: Option<f64>) -> Result<Value, 
         ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(bench.input_shapes[0]), x[..len].to_vec())
             .map_err(|e| e.to_string())?;
     let isa = kerac::Dispatch::detect(kerac::Level::Avx512);
-    let times = exec::profile(&plan, isa, &[input], 2000).map_err(|e| e.to_string())?;
+    let times = exec::profile(&plan.with_runtime_panels(), isa, &[input], 2000)
+        .map_err(|e| e.to_string())?;
+    let object = object_steps(&plan, &x[..len]);
     let mut out = serde_json::Map::new();
     for (kind, pick) in [
         (
@@ -199,6 +203,12 @@ fn largest_layers(bench: &Bench, x: &[f32], peak: Option<f64>) -> Result<Value, 
             .max_by_key(|(s, _)| s.flops);
         if let Some((step, ns)) = best {
             let rate = step.flops as f64 / ns * 1e9;
+            let k = plan.steps.iter().position(|s| std::ptr::eq(s, step));
+            let object_ns = object
+                .as_ref()
+                .ok()
+                .and_then(|o| o.get(k?).copied());
+            let object_rate = object_ns.map(|o| step.flops as f64 / o * 1e9);
             out.insert(
                 kind.into(),
                 json!({
@@ -208,11 +218,31 @@ fn largest_layers(bench: &Bench, x: &[f32], peak: Option<f64>) -> Result<Value, 
                     "median_ns": ns,
                     "gflops": rate / 1e9,
                     "share_of_peak": peak.map(|p| rate / p),
+                    "object_median_ns": object_ns,
+                    "object_share_of_peak": object_rate.zip(peak).map(|(r, p)| r / p),
+                    "object_error": object.as_ref().err(),
                 }),
             );
         }
     }
     Ok(Value::Object(out))
+}
+
+/// Each step function of the x86-64 object for the host (the JIT: the same code),
+/// timed alone on what one call on `x` left in its scratch: median of 2000 calls.
+fn object_steps(plan: &Plan, x: &[f32]) -> Result<Vec<f64>, String> {
+    use kerac_compiler::emit::clif::Jit;
+    let mut jit = Jit::new(plan).map_err(|e| e.to_string())?;
+    let mut outs: Vec<Vec<f32>> = plan
+        .outputs
+        .iter()
+        .map(|p| vec![0.0; plan.buffers[p.buffer].len])
+        .collect();
+    let mut views: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
+    jit.run(&[x], &mut views).map_err(|e| e.to_string())?;
+    Ok((0..plan.steps.len())
+        .map(|k| kerac_compiler::bench::measure(2000, 200, || jit.run_step(k)).median_ns)
+        .collect())
 }
 
 /// Time kerac gets per backend and model: `--runs` calls, cut at four times a peer's
