@@ -664,23 +664,13 @@ unsafe fn columns<V: Vector, const T: usize, const ROWS: bool>(
                 band::<V, 1, T, ROWS>(p, xp, wp, bias, yp, tiles, co);
                 co += l;
             }
-        } else if const { T == PAIR_ROW_TILE } {
-            // Two registers of channels, then one and the narrower widths for the rest.
-            while co + 2 * l <= cout {
-                band::<V, 2, T, ROWS>(p, xp, wp, bias, yp, tiles, co);
-                co += 2 * l;
-            }
-            if co + l <= cout {
-                band::<V, 1, T, ROWS>(p, xp, wp, bias, yp, tiles, co);
-                co += l;
-            }
-        } else if const { T != TILE } {
+        } else if const { T != TILE && T != PAIR_ROW_TILE } {
             // Wide tiles are for layers of one register of channels or less.
             while co + l <= cout {
                 band::<V, 1, T, ROWS>(p, xp, wp, bias, yp, tiles, co);
                 co += l;
             }
-        } else if const { V::LANES == 16 } {
+        } else if const { V::LANES == 16 && T == TILE } {
             while co + 4 * l <= cout {
                 band::<V, 4, T, ROWS>(p, xp, wp, bias, yp, tiles, co);
                 co += 4 * l;
@@ -696,6 +686,8 @@ unsafe fn columns<V: Vector, const T: usize, const ROWS: bool>(
                 co += l;
             }
         } else {
+            // Tiles of 6 with 16 registers, and AVX-512's pairs of registers for 8
+            // pixels: two registers of channels, then one.
             while co + 2 * l <= cout {
                 band::<V, 2, T, ROWS>(p, xp, wp, bias, yp, tiles, co);
                 co += 2 * l;
